@@ -1,0 +1,267 @@
+"""The data layer: every stage reads the competition's files through this module.
+
+`load_train` turns train.csv + person folders into one row per image with all labels;
+`load_eval` turns eval/info.csv into (ImageID, path). Problems raise a one-line MaskcompError
+naming the file and the fix, or with skip_bad are listed in a CSV and left out.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import labels
+from .config import PROJECT_ROOT, Config
+from .errors import MaskcompError
+from .fileio import write_csv
+from .paths import Paths
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
+EVAL_COLUMNS = ("ImageID", "ans")
+FIX_COLUMNS = ("person_id", "fix", "value", "note")
+FIX_KINDS = ("gender", "age", "swap_incorrect_normal")
+KNOWN_FIXES = PROJECT_ROOT / "configs" / "label_fixes_known.csv"
+
+
+@dataclass
+class Problems:
+    """Collects bad input; raises on the first problem unless skip_bad is set."""
+
+    skip_bad: bool
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, file: Path | str, reason: str, fix: str) -> None:
+        if not self.skip_bad:
+            raise MaskcompError(f"{file}: {reason}; {fix} (or set data.skip_bad=true to skip it)")
+        self.rows.append({"file": str(file), "reason": reason})
+
+
+def is_hidden(name: str) -> bool:
+    """macOS `._*` resource forks, .DS_Store and other dot files are not data."""
+    return name.startswith(".")
+
+
+def check_image(path: Path, how: str) -> str | None:
+    """None if the image is usable, else the reason it is not."""
+    if how == "none":
+        return None
+    if path.stat().st_size == 0:
+        return "empty (0-byte) image"
+    try:
+        with Image.open(path) as img:
+            if how == "decode":
+                img.load()
+            elif img.width <= 0 or img.height <= 0:
+                return "image has no pixels"
+    except Exception as err:  # PIL raises many types for broken files
+        return f"unreadable image ({type(err).__name__})"
+    return None
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise MaskcompError(f"{path}: missing; put the competition's {what} there or run `make sample`")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MaskcompError(f"{path}: not a readable CSV ({type(err).__name__}); restore the original file") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise MaskcompError(f"{path}: missing column(s) {', '.join(missing)}; expected columns {','.join(columns)}")
+    return df
+
+
+def _person_ids(df: pd.DataFrame, csv: Path) -> pd.Series:
+    """Person ids, made unique: a repeated id (003397 in the real data) becomes id-1, id-2 by row order."""
+    dup_paths = df["path"][df["path"].duplicated()]
+    if len(dup_paths):
+        raise MaskcompError(f"{csv}: folder '{dup_paths.iloc[0]}' is listed twice; remove the repeated row")
+    counts = df.groupby("id").cumcount()
+    ids = df["id"].where(counts == 0, df["id"] + "-" + counts.astype(str))
+    for pid in df["id"][counts > 0]:
+        log.warning("%s: person id %s appears more than once; the later rows are kept as separate persons (%s-1, ...)", csv, pid, pid)
+    return ids
+
+
+def _person_images(folder: Path, problems: Problems, image_check: str) -> dict[str, Path] | None:
+    """The 7 images of one person by stem, or None if the person is unusable."""
+    if not folder.is_dir():
+        problems.add(folder, "person folder missing", "restore the folder or remove the person's row from train.csv")
+        return None
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if is_hidden(entry.name) or entry.is_dir():
+            continue
+        stem, ext = entry.stem, entry.suffix.lower()
+        if stem not in labels.IMAGE_MASK_STATUS or ext not in labels.IMAGE_EXTENSIONS:
+            problems.add(entry, "unknown file name", f"person folders hold only {', '.join(labels.IMAGE_STEMS)} as .jpg/.jpeg/.png; remove or rename it")
+            return None
+        if stem in found:
+            problems.add(entry, f"duplicate image '{stem}' (also {found[stem].name})", "keep one of the two files")
+            return None
+        found[stem] = entry
+    missing = [s for s in labels.IMAGE_STEMS if s not in found]
+    if missing:
+        problems.add(folder, f"missing image(s) {', '.join(missing)}", "restore them or remove the person's row from train.csv")
+        return None
+    for path in found.values():
+        reason = check_image(path, image_check)
+        if reason:
+            problems.add(path, reason, "replace the file with a valid image")
+            return None
+    return found
+
+
+def read_label_fixes(path: Path) -> pd.DataFrame:
+    df = _read_csv(path, FIX_COLUMNS[:3], "label-fixes file")
+    bad = df[~df["fix"].isin(FIX_KINDS)]
+    if len(bad):
+        raise MaskcompError(f"{path}: unknown fix '{bad['fix'].iloc[0]}'; use one of {', '.join(FIX_KINDS)}")
+    return df
+
+
+def fix_files(cfg: Config) -> list[Path]:
+    files = [KNOWN_FIXES] if cfg["data"]["known_label_fixes"] else []
+    return files + [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg["data"]["label_fixes"]]
+
+
+def apply_label_fixes(persons: pd.DataFrame, fixes: pd.DataFrame, source: Path,
+                      allow_unknown: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply gender/age/swap fixes to the person table; returns it and the log of what changed.
+
+    allow_unknown skips fixes for persons not in this data (the shipped file of known fixes
+    names persons of the full competition set, which a subset may lack)."""
+    persons = persons.copy()
+    if "swap_incorrect_normal" not in persons:
+        persons["swap_incorrect_normal"] = False
+    unknown = sorted(set(fixes["person_id"]) - set(persons["person_id"]))
+    if allow_unknown:
+        fixes = fixes[~fixes["person_id"].isin(unknown)]
+    elif unknown:
+        raise MaskcompError(f"{source}: unknown person id(s) {', '.join(unknown[:5])}; use ids from train.csv (a repeated id's later rows are id-1, ...)")
+    index = pd.Series(persons.index, index=persons["person_id"])
+    applied = []
+    for row in fixes.itertuples(index=False):
+        i = index[row.person_id]
+        if row.fix == "gender":
+            if row.value not in labels.GENDER_NAMES:
+                raise MaskcompError(f"{source}: gender fix for {row.person_id} must be male or female, got '{row.value}'")
+            old, persons.at[i, "gender"] = persons.at[i, "gender"], row.value
+        elif row.fix == "age":
+            if not str(row.value).strip().isdigit():
+                raise MaskcompError(f"{source}: age fix for {row.person_id} must be a whole number, got '{row.value}'")
+            old, persons.at[i, "age"] = persons.at[i, "age"], int(row.value)
+        else:
+            old = persons.at[i, "swap_incorrect_normal"]
+            persons.at[i, "swap_incorrect_normal"] = not old
+        # each fix kind is also the name of the column it changes
+        applied.append({"person_id": row.person_id, "fix": row.fix, "old": old, "new": persons.at[i, row.fix], "source": str(source)})
+    return persons, pd.DataFrame(applied, columns=["person_id", "fix", "old", "new", "source"])
+
+
+def read_persons(paths: Paths) -> pd.DataFrame:
+    """train.csv as one validated row per person, with a unique person_id."""
+    csv = paths.train_csv
+    df = _read_csv(csv, TRAIN_COLUMNS, "train.csv")
+    bad_age = df[~df["age"].str.strip().str.fullmatch(r"\d+")]
+    if len(bad_age):
+        row = bad_age.iloc[0]
+        raise MaskcompError(f"{csv}: age '{row['age']}' of person {row['id']} (line {bad_age.index[0] + 2}) is not a whole number; correct it")
+    bad_gender = df[~df["gender"].isin(labels.GENDER_NAMES)]
+    if len(bad_gender):
+        row = bad_gender.iloc[0]
+        raise MaskcompError(f"{csv}: gender '{row['gender']}' of person {row['id']} (line {bad_gender.index[0] + 2}) must be male or female")
+    df["age"] = df["age"].astype(int)
+    df.insert(0, "person_id", _person_ids(df, csv))
+    return df
+
+
+def load_train(cfg: Config, split_report: str = "train") -> pd.DataFrame:
+    """One row per training image with person, labels and the fixes applied.
+
+    Columns: image_path, person_id, id, gender, race, age, stem, mask, gender_label, age_group, label.
+    """
+    paths = Paths.from_config(cfg)
+    persons = read_persons(paths)
+    applied_fixes = []
+    for fix_file in fix_files(cfg):
+        persons, applied = apply_label_fixes(persons, read_label_fixes(fix_file), fix_file, allow_unknown=fix_file == KNOWN_FIXES)
+        log.info("applied %d label fix(es) from %s", len(applied), fix_file)
+        applied_fixes.extend(applied.to_dict("records"))
+    if "swap_incorrect_normal" not in persons:
+        persons["swap_incorrect_normal"] = False
+    problems = Problems(cfg["data"]["skip_bad"])
+    rows = []
+    for person in persons.itertuples(index=False):
+        images = _person_images(paths.train_images / person.path, problems, cfg["data"]["image_check"])
+        if images is None:
+            continue
+        for stem, image_path in images.items():
+            mask = labels.IMAGE_MASK_STATUS[stem]
+            if person.swap_incorrect_normal and mask in (1, 2):
+                mask = 3 - mask
+            rows.append({"image_path": str(image_path), "person_id": person.person_id, "id": person.id,
+                         "gender": person.gender, "race": person.race, "age": person.age, "stem": stem, "mask": mask})
+    _write_skipped(problems, paths, split_report)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise MaskcompError(f"{paths.train_csv}: no usable person; check the data root ({paths.data_root})")
+    df["gender_label"] = df["gender"].map(labels.gender_code).astype(np.int64)
+    df["age_group"] = labels.age_group(df["age"].to_numpy())
+    df["label"] = labels.encode(df["mask"].to_numpy(), df["gender_label"].to_numpy(), df["age_group"].to_numpy())
+    df.attrs["applied_fixes"] = applied_fixes
+    return df
+
+
+def load_eval(cfg: Config) -> pd.DataFrame:
+    """eval/info.csv in its own row order, with each image's path."""
+    paths = Paths.from_config(cfg)
+    df = _read_csv(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")
+    dup = df["ImageID"][df["ImageID"].duplicated()]
+    if len(dup):
+        raise MaskcompError(f"{paths.eval_csv}: ImageID {dup.iloc[0]} is listed twice; restore the original file")
+    problems = Problems(cfg["data"]["skip_bad"])
+    keep = []
+    for image_id in df["ImageID"]:
+        path = paths.eval_images / image_id
+        if not path.is_file():
+            problems.add(path, "image listed in info.csv is missing", "restore it from the competition data")
+            keep.append(False)
+            continue
+        reason = check_image(path, cfg["data"]["image_check"])
+        if reason:
+            problems.add(path, reason, "replace the file with a valid image")
+        keep.append(reason is None)
+    _write_skipped(problems, paths, "eval")
+    out = df.loc[keep, ["ImageID"]].reset_index(drop=True)
+    out["image_path"] = [str(paths.eval_images / i) for i in out["ImageID"]]
+    return out
+
+
+def _write_skipped(problems: Problems, paths: Paths, split: str) -> None:
+    if problems.rows:
+        target = paths.reports / f"skipped_{split}.csv"
+        write_csv(pd.DataFrame(problems.rows), target)
+        log.warning("skipped %d bad %s file(s); list in %s", len(problems.rows), split, target)
+
+
+def training_labels(df: pd.DataFrame, old_threshold: int) -> pd.DataFrame:
+    """Labels used as training targets: the age boundary may differ from 60; scoring never uses these."""
+    out = df.copy()
+    out["age_group"] = labels.age_group(out["age"].to_numpy(), old_threshold=old_threshold)
+    out["label"] = labels.encode(out["mask"].to_numpy(), out["gender_label"].to_numpy(), out["age_group"].to_numpy())
+    return out
+
+
+def drop_age_bands(df: pd.DataFrame, bands: list[list[int]]) -> pd.DataFrame:
+    """Leave out training images of persons whose age lies in any inclusive [low, high] band."""
+    drop = np.zeros(len(df), dtype=bool)
+    for low, high in bands:
+        drop |= (df["age"] >= low).to_numpy() & (df["age"] <= high).to_numpy()
+    return df[~drop].reset_index(drop=True)

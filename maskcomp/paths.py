@@ -1,0 +1,54 @@
+"""Where every stage reads and writes; all paths come from the config's `paths` section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PROJECT_ROOT, Config
+
+
+def _abs(p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_root: Path
+    crops: Path
+    folds: Path
+    runs: Path
+    reports: Path
+    submissions: Path
+    cache: Path
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Paths":
+        return cls(**{name: _abs(value) for name, value in cfg["paths"].items()})
+
+    @property
+    def train_csv(self) -> Path:
+        return self.data_root / "train" / "train.csv"
+
+    @property
+    def train_images(self) -> Path:
+        return self.data_root / "train" / "images"
+
+    @property
+    def eval_csv(self) -> Path:
+        return self.data_root / "eval" / "info.csv"
+
+    @property
+    def eval_images(self) -> Path:
+        return self.data_root / "eval" / "images"
+
+    @property
+    def eval_answers(self) -> Path:
+        """Ground truth of generated or benchmark data; it sits beside eval/, never inside it."""
+        return self.data_root / "eval_answers.csv"
+
+    def experiment_dir(self, experiment: str) -> Path:
+        return self.runs / experiment
+
+    def fold_dir(self, experiment: str, fold: int) -> Path:
+        return self.runs / experiment / f"fold{fold}"

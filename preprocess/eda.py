@@ -1,0 +1,14 @@
+"""Exploratory data analysis into reports/eda/: python preprocess/eda.py [--config ...]"""
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.eda import run_eda
+from maskcomp.errors import cli
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    run_eda(cfg)
+
+
+if __name__ == "__main__":
+    main()

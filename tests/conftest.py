@@ -1,0 +1,36 @@
+"""Shared fixtures: a small generated dataset (made once per session) and configs pointing into tmp dirs."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from maskcomp.config import load_config
+from maskcomp.paths import Paths
+from maskcomp.sample import make_sample
+
+SAMPLE_PERSONS = 40
+SAMPLE_EVAL_PERSONS = 8
+
+
+def config_for(data_root: Path, work: Path, *overrides: str, config: str = "configs/sample.yaml") -> dict:
+    """A config whose outputs all live under `work`."""
+    outs = [f"paths.{name}={work / name}" for name in ("crops", "runs", "reports", "submissions", "cache")]
+    return load_config(config, [f"paths.data_root={data_root}", f"paths.folds={work / 'folds.csv'}", *outs, *overrides])
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "data"
+    cfg = load_config(None, [f"paths.data_root={root}"])
+    make_sample(Paths.from_config(cfg), SAMPLE_PERSONS, SAMPLE_EVAL_PERSONS, seed=0)
+    return root
+
+
+@pytest.fixture
+def data_copy(sample_root, tmp_path) -> Path:
+    """A private copy of the sample data that a test may damage."""
+    root = tmp_path / "data"
+    shutil.copytree(sample_root, root)
+    return root
