@@ -34,3 +34,11 @@ def data_copy(sample_root, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """6 train persons and 2 eval persons, for stages whose cost grows with the image count."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 6, 2, seed=3)
+    return root
