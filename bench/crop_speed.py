@@ -1,0 +1,40 @@
+"""Crop-stage detection speed: batched (workers decode while MTCNN runs on batches) vs one image at a time."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from common import SHARED_DATA, peak_rss_mb
+
+from maskcomp.config import load_config
+from maskcomp.crop import Item, run_detection
+from maskcomp.paths import Paths
+from maskcomp.sample import make_sample
+
+
+def images(n: int, work: Path) -> tuple[list[Item], str]:
+    root = SHARED_DATA / "train" / "images"
+    source = "aaf_masks (real faces)"
+    if not root.exists():
+        data = work / "data"
+        make_sample(Paths.from_config(load_config(None, [f"paths.data_root={data}"])), n // 7 + 1, 0, seed=0)
+        root, source = data / "train" / "images", "generated sample"
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))[:n]
+    return [Item(str(p), "train", str(p), p.parent.name) for p in paths], source
+
+
+def run(n: int = 200) -> list[dict]:
+    crop_cfg = load_config(None)["crop"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        items, source = images(n, Path(tmp))
+        for mode, one in (("one image at a time", True), (f"batched (batch {crop_cfg['batch_size']}, {crop_cfg['workers']} workers)", False)):
+            start = time.perf_counter()
+            dets = run_detection(items, crop_cfg, Path(tmp) / f"{one}.jsonl", one_at_a_time=one)
+            seconds = time.perf_counter() - start
+            rows.append({"bench": "crop", "mode": mode, "images": len(items), "data": source,
+                         "images_per_s": len(items) / seconds, "detected": sum(bool(d.get("boxes")) for d in dets.values()),
+                         "peak_rss_mb": peak_rss_mb()})
+    rows[1]["speedup"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    return rows

@@ -1,0 +1,14 @@
+"""Person-level stratified folds into folds/folds.csv: python folds/make_folds.py [--config ...] [overrides]"""
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.errors import cli
+from maskcomp.folds import make_folds
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    make_folds(cfg)
+
+
+if __name__ == "__main__":
+    main()
