@@ -1,0 +1,128 @@
+"""The training/inference data path: crops decoded once into a uint8 memmap at model resolution.
+
+cache/<crop-hash>-<h>x<w>/images.npy holds every train and eval crop; epochs read arrays, never JPEGs.
+EpochSampler yields (index, seed) pairs so that each sample's augmentation depends only on
+(run seed, epoch, position): a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from .config import Config
+from .crop import crop_dir, load_crops
+from .errors import MaskcompError
+from .fileio import atomic_path, write_csv
+from .paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+class CropCache:
+    """Row lookup by original image path into a (N, H, W, 3) uint8 memmap of crops."""
+
+    def __init__(self, array: np.ndarray, image_paths: list[str]):
+        self.array = array
+        self.row = {p: i for i, p in enumerate(image_paths)}
+
+    def rows(self, image_paths) -> np.ndarray:
+        missing = [p for p in image_paths if p not in self.row]
+        if missing:
+            raise MaskcompError(f"{missing[0]}: no face crop for this image ({len(missing)} missing); "
+                                "run `make crop` again, or set data.skip_bad=true if it is unreadable")
+        return np.array([self.row[p] for p in image_paths], dtype=np.int64)
+
+
+def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
+    """Open (building once if needed) the crop array for the current crop config at size (h, w)."""
+    h, w = size
+    folder = Paths.from_config(cfg).cache / f"{crop_dir(cfg).name}-{h}x{w}"
+    array_path, index_path = folder / "images.npy", folder / "index.csv"
+    crops = load_crops(cfg)
+    if index_path.exists() and array_path.exists():
+        index = pd.read_csv(index_path)["image_path"].tolist()
+        if set(index) >= set(crops.index):
+            return CropCache(np.load(array_path, mmap_mode="r"), index)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(array_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(crops), h, w, 3))
+        for i, path in enumerate(tqdm(crops["crop_path"], desc=f"cache crops {h}x{w}", unit="img")):
+            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            if img is None:
+                raise MaskcompError(f"{path}: crop unreadable; delete {crop_dir(cfg)} and run `make crop` again")
+            array[i] = cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        array.flush()
+        del array
+    write_csv(pd.DataFrame({"image_path": crops.index}), index_path)
+    log.info("cached %d crops at %dx%d in %s", len(crops), h, w, array_path)
+    return CropCache(np.load(array_path, mmap_mode="r"), crops.index.tolist())
+
+
+class CropDataset(Dataset):
+    """Items are (image tensor, targets dict, position); an index may come with a per-sample augmentation seed."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, targets: dict[str, np.ndarray], transform):
+        self.array, self.rows, self.targets, self.transform = array, rows, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
+        image = self.transform(image=np.asarray(self.array[self.rows[index]]))["image"]
+        return image, {k: int(v[index]) for k, v in self.targets.items()}, index
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or weighted) order fixed by (seed, epoch), sharded over DDP ranks, with per-sample seeds."""
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.weights = n, seed, weights
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(torch.as_tensor(self.weights, dtype=torch.double), self.n, replacement=True, generator=g)
+        order = order.tolist()
+        order += order[: self.per_rank * self.world_size - self.n]
+        mine = order[self.rank::self.world_size]
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        for pos, index in enumerate(mine):
+            yield index, (base + pos * self.world_size + self.rank) % (2**32)
+
+
+def targets_of(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {"label": df["label"].to_numpy(), "mask": df["mask"].to_numpy(),
+            "gender": df["gender_label"].to_numpy(), "age": df["age_group"].to_numpy()}
+
+
+def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what: str) -> pd.DataFrame:
+    """With skip_bad, rows without a crop are left out (and counted); otherwise CropCache.rows raises."""
+    if not skip_bad:
+        return df
+    keep = df["image_path"].isin(cache.row)
+    if (~keep).any():
+        log.warning("%s: leaving out %d image(s) without a crop (data.skip_bad=true)", what, int((~keep).sum()))
+    return df[keep].reset_index(drop=True)
+
+

@@ -1,0 +1,79 @@
+"""Losses: weighted sums of cross-entropy (label smoothing), focal and soft macro-F1, per head."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import labels
+from .errors import MaskcompError
+
+LOSS_NAMES = ("ce", "focal", "f1")
+
+
+def _soft_targets(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot (or already soft) targets with label smoothing applied."""
+    soft = target.float() if target.ndim == 2 else F.one_hot(target, num_classes).float()
+    return soft * (1 - smoothing) + smoothing / num_classes
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, weight: torch.Tensor | None = None,
+               smoothing: float = 0.0) -> torch.Tensor:
+    logp = logits.float().log_softmax(1)
+    soft = _soft_targets(target, logits.shape[1], smoothing)
+    per_class = -soft * (1 - logp.exp()) ** gamma * logp
+    if weight is not None:
+        per_class = per_class * weight
+    return per_class.sum(1).mean()
+
+
+def soft_f1_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - macro F1 computed from probabilities: differentiable, and exactly 1 - macro F1 on one-hot predictions."""
+    probs = logits.float().softmax(1)
+    soft = _soft_targets(target, logits.shape[1], 0.0)
+    tp = (probs * soft).sum(0)
+    fp = (probs * (1 - soft)).sum(0)
+    fn = ((1 - probs) * soft).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn + eps)
+    present = (soft.sum(0) + probs.sum(0)) > 0
+    return 1 - f1[present].mean()
+
+
+def balanced_class_weights(values: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(values, minlength=num_classes).astype(np.float64)
+    return torch.tensor(len(values) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+class Criterion:
+    """loss.terms summed with their weights, over every head with loss.head_weights."""
+
+    def __init__(self, loss_cfg: dict, heads: dict[str, int], class_weights: dict[str, torch.Tensor] | None = None):
+        for term in loss_cfg["terms"]:
+            if term.get("name") not in LOSS_NAMES:
+                raise MaskcompError(f"loss.terms: unknown loss '{term.get('name')}'; use {', '.join(LOSS_NAMES)}")
+        if loss_cfg["class_weights"] not in ("none", "balanced"):
+            raise MaskcompError(f"loss.class_weights '{loss_cfg['class_weights']}' is unknown; use none or balanced")
+        self.cfg, self.heads = loss_cfg, heads
+        self.class_weights = class_weights or {}
+
+    def __call__(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = 0.0
+        for head in self.heads:
+            logits, target = outputs[head], targets[head]
+            weight = self.class_weights.get(head)
+            weight = weight.to(logits.device) if weight is not None else None
+            head_loss = 0.0
+            for term in self.cfg["terms"]:
+                if term["name"] == "ce":
+                    value = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.cfg["label_smoothing"])
+                elif term["name"] == "focal":
+                    value = focal_loss(logits, target, self.cfg["focal_gamma"], weight, self.cfg["label_smoothing"])
+                else:
+                    value = soft_f1_loss(logits, target)
+                head_loss = head_loss + term["weight"] * value
+            total = total + self.cfg["head_weights"].get(head, 1.0) * head_loss
+        return total
+
+
+def head_sizes(head_kind: str) -> dict[str, int]:
+    return {"label": labels.NUM_CLASSES} if head_kind == "single" else dict(labels.HEADS)

