@@ -27,7 +27,9 @@ class MaskNet(nn.Module):
         self.head_kind = head
         self.dropout = nn.Dropout(drop_rate)
         sizes = {"label": labels.NUM_CLASSES} if head == "single" else labels.HEADS
-        self.heads = nn.ModuleDict({name: nn.Linear(backbone.num_features, n) for name, n in sizes.items()})
+        # models with a pre-logits layer (mobilenetv3, ...) emit head_hidden_size features, not num_features
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in sizes.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))

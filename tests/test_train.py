@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maskcomp import labels
+from maskcomp.crop import crop_faces
+from maskcomp.errors import MaskcompError
+from maskcomp.folds import make_folds
+from maskcomp.models import MaskNet, create_model, probs18
+from maskcomp.paths import Paths
+from maskcomp.trainer import train
+
+from conftest import config_for
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
+        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32")
+
+
+@pytest.fixture
+def tiny_cfg(tiny_root, tmp_path):
+    cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=2")
+    crop_faces(cfg)
+    make_folds(cfg)
+    return cfg
+
+
+def test_run_writes_every_file(tiny_cfg):
+    result = train(tiny_cfg, folds=[0])[0]
+    run = Paths.from_config(tiny_cfg).fold_dir("sample", 0)
+    for name in ("best.pt", "last.pt", "config.yaml", "env.json", "metrics.csv", "oof.csv", "done.json"):
+        assert (run / name).exists(), name
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    for col in ("train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc", "lr", "images_per_s"):
+        assert metrics[col].notna().all(), col
+    oof = pd.read_csv(run / "oof.csv")
+    assert np.allclose(oof[[f"p{i}" for i in range(18)]].sum(1), 1, atol=1e-4)
+    assert np.allclose(oof[["mask_p0", "mask_p1", "mask_p2"]].sum(1), 1, atol=1e-4)
+    assert oof["fold"].eq(0).all() and result["best_f1"] == pytest.approx(metrics["f1"].max())
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 42 and "torch" in env["versions"]
+    # a second call skips the finished fold
+    before = (run / "last.pt").stat().st_mtime_ns
+    train(tiny_cfg, folds=[0])
+    assert (run / "last.pt").stat().st_mtime_ns == before
+
+
+def test_multi_head_product_maps_to_18_labels():
+    g = torch.Generator().manual_seed(0)
+    outputs = {"mask": torch.randn(5, 3, generator=g), "gender": torch.randn(5, 2, generator=g), "age": torch.randn(5, 3, generator=g)}
+    p = probs18(outputs)
+    assert p.shape == (5, 18) and torch.allclose(p.sum(1), torch.ones(5))
+    pm, pg, pa = (outputs[k].softmax(1) for k in ("mask", "gender", "age"))
+    for m, gd, a in [(0, 0, 0), (1, 1, 2), (2, 0, 1)]:
+        assert torch.allclose(p[:, labels.encode(m, gd, a)], pm[:, m] * pg[:, gd] * pa[:, a])
+    marg = labels.head_probs_from_18(p.numpy())
+    assert np.allclose(marg["age"], pa.numpy(), atol=1e-6)
+
+
+def test_single_head_model_shape():
+    model = create_model({"backbone": "mobilenetv3_small_050", "pretrained": False, "head": "single", "drop_rate": 0.0})
+    out = model(torch.randn(2, 3, 48, 36))
+    assert set(out) == {"label"} and out["label"].shape == (2, 18)
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("model.backbone=resnet_nonexistent", "not a timm model"),
+    ("loss.terms=[{name: hinge, weight: 1}]", "unknown loss 'hinge'"),
+    ("model.head=double", "model.head 'double' is unknown"),
+    ("train.amp=fp8", "train.amp 'fp8' is unknown"),
+])
+def test_bad_config_values_fail_with_one_line(tiny_cfg, tiny_root, tmp_path, override, pattern):
+    cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=1", override)
+    with pytest.raises(MaskcompError, match=pattern) as err:
+        train(cfg, folds=[0])
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_via_cli_prints_one_line(tiny_root, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/sample.yaml", "model.backbonee=x"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: override 'model.backbonee=x': unknown config key 'model.backbonee'; "
+                                                "known keys here: backbone, drop_rate, freeze_backbone_epochs, head, pretrained"]
+
+
+def _cli(cfg_overrides: list[str], *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "--config", "configs/sample.yaml", *cfg_overrides, *extra]
+
+
+def _overrides(root: Path, work: Path, epochs: int) -> list[str]:
+    outs = [f"paths.{n}={work / n}" for n in ("crops", "runs", "reports", "submissions", "cache")]
+    return [f"paths.data_root={root}", f"paths.folds={work / 'folds.csv'}", *outs, *TINY, f"train.epochs={epochs}"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_path):
+    work = Path(tiny_cfg["paths"]["runs"]).parent
+    args = _overrides(tiny_root, work, epochs=4)
+    straight = subprocess.run(_cli(args, "paths.runs=" + str(work / "straight"), "--fold", "0"), cwd=ROOT, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_runs = work / "killed"
+    proc = subprocess.Popen(_cli(args, f"paths.runs={killed_runs}", "--fold", "0"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed_runs / "sample" / "fold0" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(pd.read_csv(metrics)) >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed_runs / "sample" / "fold0" / "done.json").exists(), "run finished before it could be killed"
+    resumed = subprocess.run(_cli(args, f"paths.runs={killed_runs}", "--fold", "0", "--resume"), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    cols = ["epoch", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc", "lr"]
+    a = pd.read_csv(work / "straight" / "sample" / "fold0" / "metrics.csv")[cols]
+    b = pd.read_csv(metrics)[cols]
+    assert len(a) == 4
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
+    work = Path(tiny_cfg["paths"]["runs"]).parent
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), "--config", "configs/sample.yaml",
+                           *_overrides(tiny_root, work, epochs=1), f"paths.runs={work / 'ddp'}", "--fold", "1"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env_json = json.loads((work / "ddp" / "sample" / "fold1" / "env.json").read_text())
+    assert env_json["world_size"] == 2
+    assert len(pd.read_csv(work / "ddp" / "sample" / "fold1" / "metrics.csv")) == 1
