@@ -2,7 +2,6 @@
 env.json, metrics.csv, oof.csv (and TensorBoard events when asked)."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -33,13 +32,11 @@ from .fileio import atomic_path, write_csv, write_json, write_text
 from .folds import load_folds, split_fold
 from .losses import Criterion, balanced_class_weights, head_sizes
 from .metrics import scores
-from .models import create_model, normalisation, probs18
+from .inference import _autocast, oof_table, predict
+from .models import create_model, normalisation
 from .paths import Paths
 
 log = logging.getLogger(__name__)
-
-PROB_COLUMNS = [f"p{i}" for i in range(labels.NUM_CLASSES)]
-
 
 def config_hash(cfg: Config) -> str:
     relevant = {k: v for k, v in cfg.items() if k not in ("infer", "ensemble", "paths")}
@@ -86,45 +83,10 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-@torch.inference_mode()
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp_dtype) -> tuple[np.ndarray, dict]:
-    """(N, 18) probabilities and per-head probabilities, in loader order."""
-    model.eval()
-    out18, heads = [], {h: [] for h in labels.HEADS}
-    for images, _, _ in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            outputs = model(images)
-        p = probs18(outputs)
-        out18.append(p.cpu())
-        for h in labels.HEADS:
-            heads[h].append(outputs[h].float().softmax(1).cpu() if h in outputs else None)
-    probs = torch.cat(out18).numpy()
-    head_probs = ({h: torch.cat(v).numpy() for h, v in heads.items()} if heads["mask"][0] is not None
-                  else labels.head_probs_from_18(probs))
-    return probs, head_probs
-
-
-def _autocast(device: torch.device, amp_dtype):
-    if device.type == "cuda" and amp_dtype is not None:
-        return torch.autocast("cuda", dtype=amp_dtype)
-    return contextlib.nullcontext()
-
-
 def amp_dtype_of(name: str):
     if name not in ("bf16", "fp16", "none"):
         raise MaskcompError(f"train.amp '{name}' is unknown; use bf16, fp16 or none")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[name]
-
-
-def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
-    table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].copy()
-    table.insert(2, "fold", fold)
-    table["pred"] = probs.argmax(1)
-    table[PROB_COLUMNS] = probs
-    for h, p in head_probs.items():
-        table[[f"{h}_p{i}" for i in range(p.shape[1])]] = p
-    return table
 
 
 class FoldTrainer:

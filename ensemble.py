@@ -1,0 +1,15 @@
+"""Blend folds and experiments, tune the F1 decision on OOF, write submissions/<name>.csv + .json:
+python ensemble.py --config ... [ensemble.experiments=[a,b]] [ensemble.weights=fit]"""
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.ensemble import ensemble
+from maskcomp.errors import cli
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    ensemble(cfg)
+
+
+if __name__ == "__main__":
+    main()

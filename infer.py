@@ -1,0 +1,16 @@
+"""Per-fold predictions on the eval set with TTA (and TTA re-scored OOF): python infer.py --config ... [--fold K]"""
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.errors import cli
+from maskcomp.inference import infer
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
+    cfg, args = parse_stage_args(parser, argv)
+    infer(cfg, folds=args.fold)
+
+
+if __name__ == "__main__":
+    main()
