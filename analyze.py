@@ -1,0 +1,14 @@
+"""Fold-level analysis pages from run files: python analyze.py --config ... [ensemble.experiments=[a,b]]"""
+from maskcomp.analysis import analyze
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.errors import cli
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    analyze(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Offline fold-level analysis from run files alone: reports/analysis/<exp>/index.html."""
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import labels, plots
+from .config import Config
+from .errors import MaskcompError
+from .fileio import write_csv, write_text
+from .metrics import confusion, f1_per_class, macro_f1, scores
+from .paths import Paths
+
+log = logging.getLogger(__name__)
+
+PROB_COLUMNS = [f"p{i}" for i in range(labels.NUM_CLASSES)]
+
+
+def read_runs(paths: Paths, experiment: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+    """All folds' OOF rows (TTA re-scored where present) and metrics; a clear message lists what is absent."""
+    root = paths.experiment_dir(experiment)
+    fold_dirs = sorted(root.glob("fold*"))
+    if not fold_dirs:
+        raise MaskcompError(f"{root}: no runs for experiment '{experiment}'; run `make train` first")
+    missing = [str(d / n) for d in fold_dirs for n in ("metrics.csv", "oof.csv") if not (d / n).exists()]
+    if missing:
+        raise MaskcompError(f"incomplete runs, missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
+                            "finish them with `train.py --resume`")
+    oofs, metrics = [], {}
+    for d in fold_dirs:
+        fold = int(d.name.removeprefix("fold"))
+        oof_file = d / "oof_tta.csv" if (d / "oof_tta.csv").exists() else d / "oof.csv"
+        oofs.append(pd.read_csv(oof_file, dtype={"person_id": str}))
+        metrics[fold] = pd.read_csv(d / "metrics.csv")
+    return pd.concat(oofs, ignore_index=True), metrics
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, pd.DataFrame]:
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table = pd.DataFrame({"bin": idx, "conf": conf, "correct": correct}).groupby("bin").agg(
+        conf=("conf", "mean"), acc=("correct", "mean"), n=("conf", "size"))
+    ece = float((table["n"] / len(conf) * (table["acc"] - table["conf"]).abs()).sum())
+    return ece, table
+
+
+def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
+    """Rows in the label-fixes format (person_id, fix, value, note), most suspicious first.
+
+    Image level: cleanlab's find_label_issues on the OOF probabilities, pooled per person for gender
+    and age (a person's 7 images share them). Pair level: a person whose incorrect_mask image looks
+    'not worn' and whose normal image looks 'incorrect' is a swap candidate."""
+    from cleanlab.filter import find_label_issues
+
+    y = oof["label"].to_numpy()
+    probs = oof[PROB_COLUMNS].to_numpy()
+    issues = find_label_issues(y, probs, filter_by="prune_by_noise_rate") if len(np.unique(y)) > 1 else np.zeros(len(y), bool)
+    rows = []
+    gender_p = oof[[f"gender_p{i}" for i in range(2)]].to_numpy()
+    age_p = oof[[f"age_p{i}" for i in range(3)]].to_numpy()
+    frame = oof.assign(issue=issues, p_other_gender=1 - gender_p[np.arange(len(y)), oof["gender_label"]],
+                       p_true_age=age_p[np.arange(len(y)), oof["age_group"]], age_pred=age_p.argmax(1))
+    for pid, g in frame.groupby("person_id"):
+        flagged = int(g["issue"].sum())
+        if g["p_other_gender"].mean() > 0.5:
+            value = labels.GENDER_NAMES[1 - int(g["gender_label"].iloc[0])]
+            rows.append({"person_id": pid, "fix": "gender", "value": value, "score": g["p_other_gender"].mean(),
+                         "note": f"mean p(other gender) {g['p_other_gender'].mean():.2f}; cleanlab flagged {flagged}/7 images"})
+        if g["p_true_age"].mean() < 0.3:
+            grp = int(np.bincount(g["age_pred"], minlength=3).argmax())
+            rows.append({"person_id": pid, "fix": "age", "value": "", "score": 1 - g["p_true_age"].mean(),
+                         "note": f"age {g['age'].iloc[0]} looks {labels.AGE_NAMES[grp]} (mean p(true age group) {g['p_true_age'].mean():.2f}); set the true age"})
+        inc, nor = g[g["mask"] == 1], g[g["mask"] == 2]
+        if len(inc) and len(nor):
+            p_swap = float(inc[[f"mask_p2"]].to_numpy().mean() * nor[["mask_p1"]].to_numpy().mean())
+            if p_swap > 0.25:
+                rows.append({"person_id": pid, "fix": "swap_incorrect_normal", "value": "", "score": p_swap,
+                             "note": f"incorrect_mask looks not-worn and normal looks incorrect (p {p_swap:.2f})"})
+    out = pd.DataFrame(rows, columns=["person_id", "fix", "value", "score", "note"])
+    return out.sort_values("score", ascending=False).head(top).reset_index(drop=True)
+
+
+def analyze_experiment(cfg: Config, experiment: str) -> Path:
+    paths = Paths.from_config(cfg)
+    out = paths.reports / "analysis" / experiment
+    oof, metrics = read_runs(paths, experiment)
+    y = oof["label"].to_numpy()
+    probs = oof[PROB_COLUMNS].to_numpy()
+    pred = probs.argmax(1)
+
+    fold_rows = []
+    for fold, grp in oof.groupby("fold"):
+        s = scores(grp["label"].to_numpy(), grp[PROB_COLUMNS].to_numpy())
+        m = metrics[fold]
+        fold_rows.append({"fold": fold, **{k: round(v, 4) for k, v in s.items()}, "best_epoch": int(m.loc[m["f1"].idxmax(), "epoch"])})
+    folds = pd.DataFrame(fold_rows)
+    summary = folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4)
+    overall = scores(y, probs)
+
+    per_class = pd.DataFrame({"class": range(18), "name": [labels.class_name(c) for c in range(18)],
+                              "support": np.bincount(y, minlength=18),
+                              "f1": f1_per_class(y, pred, 18).round(4)})
+    cm = confusion(y, pred, 18)
+    per_class["precision"] = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(18), where=cm.sum(0) > 0).round(4)
+    per_class["recall"] = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(18), where=cm.sum(1) > 0).round(4)
+    write_csv(per_class, out / "per_class.csv")
+    plots.confusion(cm, [str(c) for c in range(18)], "OOF confusion (18 classes)", out / "confusion_18.png")
+    true_h, pred_h = labels.head_labels(y), labels.head_labels(pred)
+    names = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
+    for head, n in labels.HEADS.items():
+        plots.confusion(confusion(true_h[head], pred_h[head], n), names[head], f"OOF confusion: {head}", out / f"confusion_{head}.png")
+
+    fig, axes = plots.plt.subplots(1, 3, figsize=(14, 3.5))
+    for fold, m in metrics.items():
+        axes[0].plot(m["epoch"], m["train_loss"], label=f"fold {fold} train")
+        axes[0].plot(m["epoch"], m["val_loss"], "--", label=f"fold {fold} val")
+        axes[1].plot(m["epoch"], m["f1"], label=f"fold {fold}")
+        axes[2].plot(m["epoch"], m["lr"], label=f"fold {fold}")
+    for ax, title in zip(axes, ("loss", "val macro F1", "learning rate")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=6)
+    plots.save(fig, out / "curves.png")
+
+    conf = probs.max(1)
+    ece, bins = expected_calibration_error(conf, pred == y)
+    fig, ax = plots.plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--")
+    ax.plot(bins["conf"], bins["acc"], "o-")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    plots.save(fig, out / "reliability.png")
+
+    wrong = oof.assign(conf=conf, pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
+    crops = _crop_paths(cfg)
+    images = [_thumb(crops.get(p, p)) for p in wrong["image_path"]]
+    plots.image_grid(images, [f"true {t} pred {p} ({c:.2f})" for t, p, c in zip(wrong["label"], wrong["pred"], wrong["conf"])],
+                     "most confidently wrong", out / "wrong_gallery.png")
+
+    candidates = label_noise_candidates(oof)
+    write_csv(candidates[["person_id", "fix", "value", "note"]], out / "label_fix_candidates.csv")
+
+    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title></head><body>",
+            f"<h1>Analysis: {html.escape(experiment)}</h1>",
+            f"<p>OOF macro F1 (all {len(oof)} images): <b>{overall['f1']:.4f}</b>; accuracy {overall['acc']:.4f}; "
+            f"ECE {ece:.4f}</p>",
+            "<h2>Folds</h2>", folds.to_html(index=False), summary.to_html(),
+            "<h2>Per class</h2>", per_class.to_html(index=False),
+            *[f"<img src='{n}.png'>" for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")],
+            "<h2>Training curves</h2><img src='curves.png'>",
+            "<h2>Calibration</h2><img src='reliability.png'>",
+            "<h2>Most confidently wrong</h2><img src='wrong_gallery.png'>",
+            "<h2>Label-noise candidates</h2><p>In the label-fixes format: copy rows into a fixes file "
+            "(data.label_fixes) after checking the images.</p>", candidates.to_html(index=False),
+            "</body></html>"]
+    index = write_text("\n".join(page), out / "index.html")
+    log.info("wrote %s", index)
+    return index
+
+
+def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
+    paths = Paths.from_config(cfg)
+    out = paths.reports / "analysis" / "compare"
+    table, errors = [], {}
+    for exp in experiments:
+        oof, _ = read_runs(paths, exp)
+        oof = oof.sort_values("image_path").reset_index(drop=True)
+        y, pred = oof["label"].to_numpy(), oof[PROB_COLUMNS].to_numpy().argmax(1)
+        table.append({"experiment": exp, "oof_macro_f1": round(macro_f1(y, pred), 4),
+                      **{f"f1_{c}": round(v, 3) for c, v in enumerate(f1_per_class(y, pred, 18))}})
+        errors[exp] = (pred != y).astype(float)
+    table = pd.DataFrame(table)
+    corr = pd.DataFrame(errors).corr().round(3)
+    write_csv(table, out / "experiments.csv")
+    page = ["<html><body><h1>Experiments side by side</h1>", table.to_html(index=False),
+            "<h2>Correlation of errors (lower: better ensemble partners)</h2>", corr.to_html(), "</body></html>"]
+    return write_text("\n".join(page), out / "index.html")
+
+
+def _crop_paths(cfg: Config) -> dict[str, str]:
+    from .crop import crop_dir
+
+    records = crop_dir(cfg) / "records.csv"
+    if not records.exists():
+        return {}
+    df = pd.read_csv(records)
+    return dict(zip(df["image_path"], df["crop_path"]))
+
+
+def _thumb(path: str) -> np.ndarray:
+    img = cv2.imread(path)
+    if img is None:
+        return np.zeros((128, 96, 3), np.uint8)
+    return cv2.cvtColor(cv2.resize(img, (96, 128)), cv2.COLOR_BGR2RGB)
+
+
+def analyze(cfg: Config) -> list[Path]:
+    experiments = cfg["ensemble"]["experiments"] or [cfg["experiment"]]
+    pages = [analyze_experiment(cfg, e) for e in experiments]
+    if len(experiments) > 1:
+        pages.append(compare_experiments(cfg, experiments))
+    return pages

@@ -1,0 +1,126 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from maskcomp.dataset import CropDataset
+from maskcomp.ensemble import fit_weights, nested_bias_gain, tune_biases, validate_submission
+from maskcomp.errors import MaskcompError
+from maskcomp.inference import predict, tta_view
+from maskcomp.metrics import macro_f1, scores
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 18, 300)
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 12, 300))
+    assert macro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="macro"))
+
+
+def test_scores_per_head_match_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 18, 200)
+    probs = rng.dirichlet(np.ones(18), 200)
+    s = scores(y, probs)
+    pred = probs.argmax(1)
+    assert s["f1_age"] == pytest.approx(f1_score(y % 3, pred % 3, average="macro"))
+    assert s["f1_mask"] == pytest.approx(f1_score(y // 6, pred // 6, average="macro"))
+
+
+class FlipInvariant(nn.Module):
+    """Logits from per-row means: a horizontal flip cannot change them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 8, 18)
+
+    def forward(self, x):
+        return {"label": self.proj(x.mean(-1).flatten(1))}
+
+
+def test_tta_with_flip_invariant_model_changes_nothing():
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 255, (10, 8, 6, 3), dtype=np.uint8)
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+    ds = CropDataset(images, np.arange(10), {}, A.Compose([A.Normalize(), ToTensorV2()]))
+    loader = DataLoader(ds, batch_size=4)
+    model = FlipInvariant()
+    plain, _ = predict(model, loader, torch.device("cpu"))
+    for reduce in ("mean_probs", "mean_logits"):
+        flipped, heads = predict(model, loader, torch.device("cpu"), tta=("identity", "hflip"), reduce=reduce)
+        assert np.allclose(plain, flipped, atol=1e-6)
+        assert np.allclose(heads["gender"].sum(1), 1, atol=1e-6)
+
+
+def test_tta_views_keep_shape_and_unknown_view_fails():
+    x = torch.randn(2, 3, 16, 12)
+    assert tta_view(x, "scale:1.15").shape == x.shape
+    assert torch.equal(tta_view(x, "hflip"), x.flip(-1))
+    with pytest.raises(MaskcompError, match="unknown view 'rot90'"):
+        tta_view(x, "rot90")
+
+
+def _noisy_oof(seed=0, n=600):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(18, n, p=np.r_[np.full(6, 0.12), np.full(12, 0.28 / 12)])
+    logits = rng.normal(0, 1, (n, 18))
+    logits[np.arange(n), y] += 1.2
+    logits[:, :6] += 0.8  # a model biased towards the frequent classes
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, p, rng.integers(0, 4, n)
+
+
+@pytest.mark.parametrize("mode", ["class", "head"])
+def test_bias_tuning_never_lowers_oof_f1(mode):
+    for seed in range(3):
+        y, p, _ = _noisy_oof(seed)
+        logp = np.log(p)
+        bias = tune_biases(logp, y, rounds=2, mode=mode)
+        assert bias.shape == (18,)
+        assert macro_f1(y, (logp + bias).argmax(1)) >= macro_f1(y, logp.argmax(1))
+    assert macro_f1(y, (logp + bias).argmax(1)) > macro_f1(y, logp.argmax(1))
+
+
+def test_nested_gain_reports_per_fold():
+    y, p, folds = _noisy_oof(3)
+    out = nested_bias_gain(np.log(p), y, folds, rounds=1, mode="class")
+    assert len(out["per_fold_before"]) == 4 and out["gain"] == pytest.approx(out["mean_after"] - out["mean_before"])
+
+
+def test_fitted_weights_are_non_negative_and_do_not_hurt():
+    y, good, _ = _noisy_oof(4)
+    rng = np.random.default_rng(9)
+    noise = rng.dirichlet(np.ones(18), len(y))
+    w = fit_weights([good, noise], y)
+    assert (w >= 0).all() and w.sum() == pytest.approx(1) and w[0] > w[1]
+
+    def nll(p):
+        return -np.log(p[np.arange(len(y)), y]).mean()
+    assert nll(w[0] * good + w[1] * noise) <= nll(0.5 * good + 0.5 * noise) + 1e-9
+
+
+def _info():
+    return pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": ["", "", ""]})
+
+
+@pytest.mark.parametrize("sub,pattern", [
+    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg"], "ans": [1, 2]}), "2 rows but info.csv has 3"),
+    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "x.jpg"], "ans": [1, 2, 3]}), "ImageIDs differ"),
+    (pd.DataFrame({"ImageID": ["b.jpg", "a.jpg", "c.jpg"], "ans": [1, 2, 3]}), "not in info.csv order"),
+    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, None, 3]}), "missing or non-numeric"),
+    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 18, 3]}), "whole numbers 0..17"),
+    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2.5, 3]}), "whole numbers 0..17"),
+    (pd.DataFrame({"id": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2, 3]}), "columns must be ImageID,ans"),
+])
+def test_submission_validator_rejects_malformed(sub, pattern):
+    with pytest.raises(MaskcompError, match=pattern):
+        validate_submission(sub, _info(), "sub.csv")
+
+
+def test_submission_validator_accepts_good_one():
+    validate_submission(pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [0, 17, 5]}), _info(), "sub.csv")
