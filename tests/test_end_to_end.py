@@ -1,0 +1,78 @@
+"""The whole pipeline on generated data: it must learn (macro F1 well above chance against hidden answers)."""
+import json
+
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from maskcomp.analysis import analyze
+from maskcomp.config import load_config
+from maskcomp.crop import crop_faces
+from maskcomp.ensemble import ensemble
+from maskcomp.errors import MaskcompError
+from maskcomp.folds import make_folds
+from maskcomp.inference import infer
+from maskcomp.paths import Paths
+from maskcomp.sample import make_sample
+from maskcomp.trainer import train
+
+from conftest import config_for
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    root = work / "data"
+    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 70, 12, seed=11)
+    cfg = config_for(root, work, "crop.mode=center", "train.img_size=[80, 60]", "train.epochs=6", "train.workers=0",
+                     "train.batch_size=24", "folds.k=3")
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    infer(cfg)
+    submission = ensemble(cfg)
+    return cfg, root, submission
+
+
+def test_pipeline_learns_on_generated_data(pipeline):
+    cfg, root, submission = pipeline
+    sub = pd.read_csv(submission)
+    truth = pd.read_csv(root / "eval_answers.csv").set_index("ImageID").loc[sub["ImageID"], "ans"]
+    score = f1_score(truth, sub["ans"], average="macro")
+    assert score > 0.5, f"eval macro F1 {score:.3f}: the pipeline did not learn"
+    info = pd.read_csv(root / "eval" / "info.csv")
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist()
+    side = json.loads(submission.with_suffix(".json").read_text())
+    assert side["oof_macro_f1_after_decision"] >= side["oof_before_decision"]["f1"]
+    assert len(side["biases"]) == 18 and side["nested_bias_gain"] is not None
+
+
+def test_analysis_report_from_run_files(pipeline):
+    cfg, _, _ = pipeline
+    index = analyze(cfg)[0]
+    out = index.parent
+    for name in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age", "curves", "reliability", "wrong_gallery"):
+        assert (out / f"{name}.png").exists(), name
+    per_class = pd.read_csv(out / "per_class.csv")
+    oof_rows = sum(len(pd.read_csv(p)) for p in Paths.from_config(cfg).experiment_dir("sample").glob("fold*/oof_tta.csv"))
+    assert per_class["support"].sum() == oof_rows == 70 * 7
+    candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
+    assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
+    assert "OOF macro F1" in index.read_text()
+
+
+def test_missing_checkpoint_is_one_line(pipeline):
+    cfg, _, _ = pipeline
+    best = Paths.from_config(cfg).fold_dir("sample", 1) / "best.pt"
+    best.rename(best.with_suffix(".bak"))
+    try:
+        with pytest.raises(MaskcompError, match=r"fold1/best.pt: missing fold checkpoint"):
+            infer(cfg, folds=[1])
+    finally:
+        best.with_suffix(".bak").rename(best)
+
+
+def test_analysis_of_missing_run_lists_it(pipeline, tmp_path):
+    cfg, _, _ = pipeline
+    with pytest.raises(MaskcompError, match="no runs for experiment 'nothing'"):
+        analyze({**cfg, "experiment": "nothing"})
