@@ -9,7 +9,7 @@ import sys
 
 from common import print_table, save_results
 
-BENCHES = {"crop": "crop_speed"}
+BENCHES = {"crop": "crop_speed", "train": "train_speed"}
 
 
 def main(names: list[str]) -> None:
