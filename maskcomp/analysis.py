@@ -18,7 +18,7 @@ from .paths import Paths
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = [f"p{i}" for i in range(labels.NUM_CLASSES)]
+PROB_COLUMNS = labels.PROB_COLUMNS
 
 
 def read_runs(paths: Paths, experiment: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:

@@ -22,7 +22,7 @@ from .paths import Paths
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = [f"p{i}" for i in range(labels.NUM_CLASSES)]
+PROB_COLUMNS = labels.PROB_COLUMNS
 BIAS_GRID = np.round(np.arange(-3.0, 3.01, 0.1), 2)
 
 

@@ -91,7 +91,7 @@ def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict)
     table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].copy()
     table.insert(2, "fold", fold)
     table["pred"] = probs.argmax(1)
-    table[[f"p{i}" for i in range(labels.NUM_CLASSES)]] = probs
+    table[labels.PROB_COLUMNS] = probs
     for h, p in head_probs.items():
         table[[f"{h}_p{i}" for i in range(p.shape[1])]] = p
     return table

@@ -19,6 +19,8 @@ IMAGE_MASK_STATUS = {
 }
 IMAGE_STEMS = tuple(IMAGE_MASK_STATUS)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# column names of the 18 class probabilities in OOF tables
+PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 
 
 def gender_code(gender: str) -> int:
