@@ -57,10 +57,13 @@ def parse_override(text: str) -> dict:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    """default.yaml, then each config file in order (a later file wins), then the dotted overrides."""
     cfg = _read_yaml(DEFAULT_CONFIG)
-    if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
-        _merge(cfg, _read_yaml(Path(path)), str(path))
+    files = [] if path is None else path if isinstance(path, list) else [path]
+    for file in files:
+        if Path(file).resolve() != DEFAULT_CONFIG:
+            _merge(cfg, _read_yaml(Path(file)), str(file))
     for text in overrides or []:
         _merge(cfg, parse_override(text), f"override '{text}'")
     return cfg

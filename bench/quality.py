@@ -1,0 +1,191 @@
+"""`make bench-quality`: the typical first submission (baseline) against the pipeline's recipe (ours) on real faces.
+
+Data: ../shared/data/aaf_masks (competition layout, plus eval_answers.csv); absent -> a skip message.
+Both recipes share configs/quality.yaml (backbone, resolution, epochs, folds); configs/quality_<recipe>.yaml
+holds what differs. Each recipe runs in its own process (clean wall time and peak memory) through the
+pipeline's own stages in a fresh work directory, then is scored on eval against the hidden answers.
+Writes bench/results/quality-<date>.json (keys baseline, ours) and a markdown table beside it.
+
+Usage: python bench/quality.py [--gpu] [--data DIR] [--work DIR] [--recipes baseline ours] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import RESULTS, ROOT, SHARED_DATA
+
+from maskcomp import labels
+from maskcomp.config import Config, load_config
+from maskcomp.crop import crop_faces
+from maskcomp.ensemble import ensemble
+from maskcomp.fileio import write_json, write_text
+from maskcomp.folds import make_folds
+from maskcomp.inference import infer
+from maskcomp.metrics import f1_per_class, macro_f1, scores
+from maskcomp.paths import Paths
+from maskcomp.trainer import train
+
+RECIPES = ("baseline", "ours")
+WORK_PATHS = ("crops", "runs", "reports", "submissions", "cache")
+
+
+def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Config:
+    files = [ROOT / "configs" / "quality.yaml", ROOT / "configs" / f"quality_{recipe}.yaml"]
+    if gpu:
+        files.append(ROOT / "configs" / "quality_gpu.yaml")
+    return load_config(files, [f"paths.data_root={data}", f"paths.folds={work / 'folds.csv'}",
+                               *[f"paths.{name}={work / name}" for name in WORK_PATHS], *overrides])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or of its largest child (DataLoader and crop workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def eval_scores(pred: np.ndarray, ids: list[str], answers_csv: Path) -> dict:
+    truth = pd.read_csv(answers_csv, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+    y = truth.loc[ids].to_numpy()
+    onehot = np.eye(labels.NUM_CLASSES)[pred]
+    s = scores(y, onehot)
+    return {"eval_macro_f1": s["f1"], "eval_acc": s["acc"], "eval_f1_mask": s["f1_mask"], "eval_f1_gender": s["f1_gender"],
+            "eval_f1_age": s["f1_age"], "eval_f1_per_class": f1_per_class(y, pred, labels.NUM_CLASSES).round(4).tolist()}
+
+
+def run_recipe(recipe: str, cfg: Config) -> dict:
+    """All stages of one recipe; returns its CV and eval scores."""
+    paths = Paths.from_config(cfg)
+    records = crop_faces(cfg)
+    readable = records[~records["unreadable"]]
+    make_folds(cfg)
+    train(cfg)
+    k = cfg["folds"]["k"]
+    if recipe == "baseline":
+        # one model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled
+        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof.csv") for f in range(k)])
+        cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
+        infer(cfg, folds=[0])
+        fold0 = paths.fold_dir(cfg["experiment"], 0)
+        pred = np.load(fold0 / "test_probs.npy").argmax(1)
+        ids = pd.read_csv(fold0 / "test_ids.csv", dtype=str)["ImageID"].tolist()
+        extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
+    else:
+        infer(cfg)
+        sub_path = ensemble(cfg)
+        side = json.loads(sub_path.with_suffix(".json").read_text())
+        sub = pd.read_csv(sub_path, dtype={"ImageID": str})
+        pred, ids = sub["ans"].to_numpy(), sub["ImageID"].tolist()
+        cv = side["nested_bias_gain"]["pooled_after"]
+        extra = {"cv_macro_f1_note": "pooled OOF with biases tuned on the other folds (nested); TTA; fold ensemble on eval",
+                 "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
+                 "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"]}
+    detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
+    return {"recipe": recipe, "config_files": ["configs/quality.yaml", f"configs/quality_{recipe}.yaml"],
+            "cv_macro_f1": cv, **eval_scores(pred, ids, paths.eval_answers),
+            "crop_mode": cfg["crop"]["mode"], "crop_detection_rate": float(detected.mean()),
+            "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),
+            "backbone": cfg["model"]["backbone"], "img_size": cfg["train"]["img_size"], "epochs": cfg["train"]["epochs"],
+            "folds": k, "train_images": int((readable["split"] == "train").sum()), **extra}
+
+
+def markdown(results: dict, meta: dict) -> str:
+    rows = [("CV (OOF) macro F1", "cv_macro_f1"), ("eval macro F1", "eval_macro_f1"), ("eval F1 mask", "eval_f1_mask"),
+            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"), ("crop detection rate", "crop_detection_rate"),
+            ("wall time (s)", "wall_s"), ("peak RSS (MB)", "peak_rss_mb")]
+    names = list(results)
+    out = [f"# Quality benchmark {meta['date']}", "", f"Data: {meta['data']} ({meta['device']}). "
+           f"Shared: {meta['shared']}.", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for title, key in rows:
+        out.append(f"| {title} | " + " | ".join(_cell(results[n].get(key)) for n in names) + " |")
+    out += ["", "Per-class eval F1 (class = mask*6 + gender*3 + age):", "",
+            "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for c in range(labels.NUM_CLASSES):
+        out.append(f"| {c} | " + " | ".join(_cell(results[n]["eval_f1_per_class"][c]) for n in names) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.0f}" if isinstance(v, float) else str(v))
+
+
+def child(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str], out: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_recipe(recipe, recipe_config(recipe, data, work, gpu, overrides))
+    result["peak_rss_mb"] = peak_rss_mb()
+    write_json(result, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="add configs/quality_gpu.yaml (CUDA, full resolution, 5 folds)")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="competition-layout data with eval_answers.csv")
+    parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary directory, removed)")
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for both recipes")
+    parser.add_argument("--child", choices=RECIPES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.data, args.work, args.gpu, args.set, args.out)
+        return 0
+    if not (args.data / "train" / "train.csv").exists() or not (args.data / "eval_answers.csv").exists():
+        print(f"bench-quality: skipped, no benchmark data at {args.data} (needs train/, eval/ and eval_answers.csv)")
+        return 0
+    work_root = args.work or Path(tempfile.mkdtemp(prefix="maskcomp-quality-"))
+    results = {}
+    try:
+        for recipe in args.recipes:
+            work = work_root / recipe
+            work.mkdir(parents=True, exist_ok=True)
+            out = work / "result.json"
+            start = time.perf_counter()
+            cmd = [sys.executable, __file__, "--child", recipe, "--data", str(args.data.resolve()), "--work", str(work),
+                   "--out", str(out), *(["--gpu"] if args.gpu else []), "--set", *args.set]
+            subprocess.run(cmd, check=True)
+            results[recipe] = {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1)}
+            print(f"{recipe}: eval macro F1 {results[recipe]['eval_macro_f1']:.4f}, CV {results[recipe]['cv_macro_f1']:.4f}, "
+                  f"{results[recipe]['wall_s']:.0f} s", flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work_root, ignore_errors=True)
+    import torch
+
+    meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "gpu_config": args.gpu,
+            "device": torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else f"CPU, {_cores()} cores",
+            "shared": "configs/quality.yaml" + (" + configs/quality_gpu.yaml" if args.gpu else "") + "".join(f" {o}" for o in args.set)}
+    if "baseline" in results and "ours" in results:
+        meta["eval_gain"] = results["ours"]["eval_macro_f1"] - results["baseline"]["eval_macro_f1"]
+        meta["ours_cv_minus_eval"] = results["ours"]["cv_macro_f1"] - results["ours"]["eval_macro_f1"]
+        meta["total_wall_s"] = sum(r["wall_s"] for r in results.values())
+    suffix = "-gpu" if args.gpu else ""
+    path = RESULTS / f"quality{suffix}-{meta['date']}.json"
+    write_json({**results, "meta": meta}, path)
+    write_text(markdown(results, meta), path.with_suffix(".md"))
+    print(markdown(results, meta))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in meta.items()}))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
