@@ -18,7 +18,6 @@ from .paths import Paths
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = labels.PROB_COLUMNS
 
 
 def read_runs(paths: Paths, experiment: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
@@ -58,7 +57,7 @@ def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
     from cleanlab.filter import find_label_issues
 
     y = oof["label"].to_numpy()
-    probs = oof[PROB_COLUMNS].to_numpy()
+    probs = oof[labels.PROB_COLUMNS].to_numpy()
     issues = find_label_issues(y, probs, filter_by="prune_by_noise_rate") if len(np.unique(y)) > 1 else np.zeros(len(y), bool)
     rows = []
     gender_p = oof[[f"gender_p{i}" for i in range(2)]].to_numpy()
@@ -77,7 +76,7 @@ def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
                          "note": f"age {g['age'].iloc[0]} looks {labels.AGE_NAMES[grp]} (mean p(true age group) {g['p_true_age'].mean():.2f}); set the true age"})
         inc, nor = g[g["mask"] == 1], g[g["mask"] == 2]
         if len(inc) and len(nor):
-            p_swap = float(inc[[f"mask_p2"]].to_numpy().mean() * nor[["mask_p1"]].to_numpy().mean())
+            p_swap = float(inc[["mask_p2"]].to_numpy().mean() * nor[["mask_p1"]].to_numpy().mean())
             if p_swap > 0.25:
                 rows.append({"person_id": pid, "fix": "swap_incorrect_normal", "value": "", "score": p_swap,
                              "note": f"incorrect_mask looks not-worn and normal looks incorrect (p {p_swap:.2f})"})
@@ -90,12 +89,12 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     out = paths.reports / "analysis" / experiment
     oof, metrics = read_runs(paths, experiment)
     y = oof["label"].to_numpy()
-    probs = oof[PROB_COLUMNS].to_numpy()
+    probs = oof[labels.PROB_COLUMNS].to_numpy()
     pred = probs.argmax(1)
 
     fold_rows = []
     for fold, grp in oof.groupby("fold"):
-        s = scores(grp["label"].to_numpy(), grp[PROB_COLUMNS].to_numpy())
+        s = scores(grp["label"].to_numpy(), grp[labels.PROB_COLUMNS].to_numpy())
         m = metrics[fold]
         fold_rows.append({"fold": fold, **{k: round(v, 4) for k, v in s.items()}, "best_epoch": int(m.loc[m["f1"].idxmax(), "epoch"])})
     folds = pd.DataFrame(fold_rows)
@@ -171,7 +170,7 @@ def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
     for exp in experiments:
         oof, _ = read_runs(paths, exp)
         oof = oof.sort_values("image_path").reset_index(drop=True)
-        y, pred = oof["label"].to_numpy(), oof[PROB_COLUMNS].to_numpy().argmax(1)
+        y, pred = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)
         table.append({"experiment": exp, "oof_macro_f1": round(macro_f1(y, pred), 4),
                       **{f"f1_{c}": round(v, 3) for c, v in enumerate(f1_per_class(y, pred, 18))}})
         errors[exp] = (pred != y).astype(float)

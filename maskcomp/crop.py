@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import labels, plots
 from .config import Config
 from .data import load_eval, load_train
+from .device import resolve_device
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv, write_json, write_text
 from .paths import Paths
@@ -136,14 +137,10 @@ def _equalise(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def make_detectors(crop_cfg: dict):
     from facenet_pytorch import MTCNN
 
-    device = _device(crop_cfg["device"])
+    device = resolve_device(crop_cfg["device"], "crop.device")
     min_size = max(12, int(crop_cfg["min_face_size"] * crop_cfg["detect_scale"]))
     strict = MTCNN(keep_all=True, min_face_size=min_size, thresholds=list(crop_cfg["thresholds"]), device=device)
     relaxed = MTCNN(keep_all=True, min_face_size=max(12, min_size // 2), thresholds=list(crop_cfg["relaxed_thresholds"]), device=device)
@@ -194,11 +191,12 @@ def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_ti
             good = [(i, img, size) for i, img, size in batch if img is not None]
             lines = [json.dumps({"key": todo[i].key, "unreadable": True}) for i, img, _ in batch if img is None]
             found = _detect_batch(strict, [img for _, img, _ in good]) if good else []
-            for (i, img, size), (boxes, probs) in zip(good, found):
-                stage = "mtcnn"
-                if boxes is None:
-                    boxes, probs = relaxed.detect(_equalise(img))
-                    stage = "mtcnn_relaxed"
+            # the misses (mostly masked faces) get the relaxed pass together, as one more batch
+            missed = [j for j, (boxes, _) in enumerate(found) if boxes is None]
+            for j, result in zip(missed, _detect_batch(relaxed, [_equalise(good[j][1]) for j in missed]) if missed else []):
+                found[j] = result
+            for j, ((i, img, size), (boxes, probs)) in enumerate(zip(good, found)):
+                stage = "mtcnn_relaxed" if j in missed else "mtcnn"
                 rec = {"key": todo[i].key, "size": list(size), "stage": stage if boxes is not None else None,
                        "boxes": [] if boxes is None else (np.asarray(boxes, dtype=float) / scale).round(1).tolist(),
                        "probs": [] if probs is None else np.asarray(probs, dtype=float).round(4).tolist()}
@@ -281,10 +279,9 @@ def write_crops(records: pd.DataFrame, crop_cfg: dict, out_dir: Path) -> pd.Data
         out.at[i, "crop_path"] = str(target)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                cv2.imwrite(str(tmp.with_suffix(".jpg")), cv2.cvtColor(img[y1:y2, x1:x2], cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 95])
-                os.replace(tmp.with_suffix(".jpg"), tmp)
+            with atomic_path(target) as tmp:  # the temporary name keeps the .jpg suffix that cv2 needs
+                if not cv2.imwrite(str(tmp), cv2.cvtColor(img[y1:y2, x1:x2], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                    raise MaskcompError(f"{target}: could not write the crop; check free disk space and permissions")
     out.attrs["bad"] = bad
     return out
 

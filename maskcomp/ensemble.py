@@ -22,7 +22,6 @@ from .paths import Paths
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = labels.PROB_COLUMNS
 BIAS_GRID = np.round(np.arange(-3.0, 3.01, 0.1), 2)
 
 
@@ -48,7 +47,7 @@ def load_experiment(paths: Paths, experiment: str) -> tuple[pd.DataFrame, np.nda
         ids = fold_ids
         tests.append(probs)
     oof = pd.concat(oofs, ignore_index=True).sort_values("image_path").reset_index(drop=True)
-    if not set(PROB_COLUMNS) <= set(oof.columns):
+    if not set(labels.PROB_COLUMNS) <= set(oof.columns):
         raise MaskcompError(f"{root}: OOF files lack the 18 class columns p0..p17; this run has another class layout")
     return oof, np.mean(tests, axis=0), ids
 
@@ -154,7 +153,7 @@ def ensemble(cfg: Config) -> Path:
                                 "ensemble only runs trained on the same folds and data")
     y = base_oof["label"].to_numpy()
     folds = base_oof["fold"].to_numpy()
-    oof_probs = [oof[PROB_COLUMNS].to_numpy() for oof, _, _ in loaded]
+    oof_probs = [oof[labels.PROB_COLUMNS].to_numpy() for oof, _, _ in loaded]
     if ec["weights"] not in ("equal", "fit"):
         raise MaskcompError(f"ensemble.weights '{ec['weights']}' is unknown; use equal or fit")
     weights = fit_weights(oof_probs, y) if ec["weights"] == "fit" else np.full(len(loaded), 1 / len(loaded))

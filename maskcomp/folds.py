@@ -6,7 +6,6 @@ sit in two folds. Oversampling only ever touches a training split.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from . import labels
 from .config import Config
 from .data import drop_age_bands, load_train, training_labels
 from .errors import MaskcompError
-from .fileio import write_csv, write_text
+from .fileio import write_csv
 from .paths import Paths
 
 log = logging.getLogger(__name__)

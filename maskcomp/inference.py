@@ -2,7 +2,6 @@
 (test_probs.npy + test_ids.csv) and re-scores its validation images with the same TTA (oof_tta.csv)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 
@@ -17,6 +16,7 @@ from .augment import eval_transform
 from .config import Config
 from .data import load_eval, load_train
 from .dataset import CropDataset, build_cache, existing_crops_only, targets_of
+from .device import amp_dtype_of, autocast, resolve_device
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv, write_json
 from .folds import load_folds
@@ -41,12 +41,6 @@ def tta_view(images: torch.Tensor, op: str) -> torch.Tensor:
     raise MaskcompError(f"infer.tta: unknown view '{op}'; use identity, hflip or scale:<factor> (e.g. scale:1.1)")
 
 
-def _autocast(device: torch.device, amp_dtype):
-    if device.type == "cuda" and amp_dtype is not None:
-        return torch.autocast("cuda", dtype=amp_dtype)
-    return contextlib.nullcontext()
-
-
 @torch.inference_mode()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
             tta: tuple[str, ...] = ("identity",), reduce: str = "mean_probs") -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -59,7 +53,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         views = []
         for op in tta:
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 views.append({k: v.float() for k, v in model(tta_view(images, op)).items()})
         if reduce == "mean_logits":
             mean = {k: torch.stack([v[k] for v in views]).mean(0) for k in views[0]}
@@ -98,8 +92,6 @@ def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict)
 
 
 def infer(cfg: Config, folds: list[int] | None = None) -> None:
-    from .trainer import amp_dtype_of, resolve_device
-
     paths = Paths.from_config(cfg)
     device = resolve_device(cfg["train"]["device"])
     amp = amp_dtype_of(cfg["train"]["amp"])

@@ -32,7 +32,8 @@ from .fileio import atomic_path, write_csv, write_json, write_text
 from .folds import load_folds, split_fold
 from .losses import Criterion, balanced_class_weights, head_sizes
 from .metrics import scores
-from .inference import _autocast, oof_table, predict
+from .device import amp_dtype_of, autocast, resolve_device
+from .inference import oof_table, predict
 from .models import create_model, normalisation
 from .paths import Paths
 
@@ -42,14 +43,6 @@ def config_hash(cfg: Config) -> str:
     relevant = {k: v for k, v in cfg.items() if k not in ("infer", "ensemble", "paths")}
     relevant["train"] = {k: v for k, v in cfg["train"].items() if k not in ("folds", "workers", "tensorboard", "device")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskcompError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
-    return torch.device(name)
 
 
 def distributed() -> tuple[int, int]:
@@ -76,17 +69,6 @@ def library_versions() -> dict[str, str]:
 def save_checkpoint(state: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def amp_dtype_of(name: str):
-    if name not in ("bf16", "fp16", "none"):
-        raise MaskcompError(f"train.amp '{name}' is unknown; use bf16, fp16 or none")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[name]
 
 
 class FoldTrainer:
@@ -181,7 +163,7 @@ class FoldTrainer:
             if self.mixup is not None:
                 images, targets["label"] = self.mixup(images, targets["label"])
             images = images.contiguous(memory_format=torch.channels_last) if tc["channels_last"] else images
-            with _autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.amp_dtype):
                 outputs = self.net(images)
             loss = self.criterion(outputs, targets)
             self.optimizer.zero_grad(set_to_none=True)

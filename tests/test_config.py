@@ -37,3 +37,10 @@ def test_free_form_mapping_accepts_any_key():
 @pytest.mark.parametrize("name", ["default", "sample"])
 def test_shipped_configs_load(name):
     assert load_config(f"configs/{name}.yaml")["experiment"] == name
+
+
+def test_config_files_layer_in_order():
+    cfg = load_config(["configs/quality.yaml", "configs/quality_ours.yaml", "configs/quality_gpu.yaml"], ["train.epochs=2"])
+    assert cfg["experiment"] == "quality_ours" and cfg["crop"]["mode"] == "mtcnn"
+    assert cfg["train"]["img_size"] == [256, 192] and cfg["folds"]["k"] == 5  # the GPU file overrides quality.yaml
+    assert cfg["train"]["epochs"] == 2 and cfg["model"]["backbone"] == "efficientnet_lite0"

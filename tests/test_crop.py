@@ -110,7 +110,7 @@ def test_unreadable_image_is_listed_not_fatal(tiny_root, tmp_path):
     victim.write_bytes(b"")
     # the data layer's check is off, so the broken file reaches the crop stage itself
     cfg = config_for(root, tmp_path / "w", "crop.mode=center", "data.image_check=none")
-    recs = crop_faces(cfg)
+    crop_faces(cfg)
     listed = pd.read_csv(Paths.from_config(cfg).reports / "crop" / "unreadable_images.csv")
     assert listed["image_path"].tolist() == [str(victim)]
     assert str(victim) not in load_crops(cfg).index

@@ -1,5 +1,8 @@
-"""The whole pipeline on generated data: it must learn (macro F1 well above chance against hidden answers)."""
+"""The whole pipeline on generated data: it must learn (macro F1 well above chance against hidden answers),
+and the analysis must point at label errors planted in train.csv."""
 import json
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -18,12 +21,18 @@ from maskcomp.trainer import train
 
 from conftest import config_for
 
+PLANTED_GENDER_FLIPS = 5
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     root = work / "data"
     make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 70, 12, seed=11)
+    persons = pd.read_csv(root / "train" / "train.csv", dtype=str)
+    planted = np.random.default_rng(5).choice(len(persons), PLANTED_GENDER_FLIPS, replace=False)
+    persons.loc[planted, "gender"] = persons.loc[planted, "gender"].map({"male": "female", "female": "male"})
+    persons.to_csv(root / "train" / "train.csv", index=False)
     cfg = config_for(root, work, "crop.mode=center", "train.img_size=[80, 60]", "train.epochs=6", "train.workers=0",
                      "train.batch_size=24", "folds.k=3")
     crop_faces(cfg)
@@ -31,11 +40,11 @@ def pipeline(tmp_path_factory):
     train(cfg)
     infer(cfg)
     submission = ensemble(cfg)
-    return cfg, root, submission
+    return cfg, root, submission, set(persons.loc[planted, "id"])
 
 
 def test_pipeline_learns_on_generated_data(pipeline):
-    cfg, root, submission = pipeline
+    cfg, root, submission, _ = pipeline
     sub = pd.read_csv(submission)
     truth = pd.read_csv(root / "eval_answers.csv").set_index("ImageID").loc[sub["ImageID"], "ans"]
     score = f1_score(truth, sub["ans"], average="macro")
@@ -48,7 +57,7 @@ def test_pipeline_learns_on_generated_data(pipeline):
 
 
 def test_analysis_report_from_run_files(pipeline):
-    cfg, _, _ = pipeline
+    cfg, _, _, _ = pipeline
     index = analyze(cfg)[0]
     out = index.parent
     for name in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age", "curves", "reliability", "wrong_gallery"):
@@ -61,8 +70,18 @@ def test_analysis_report_from_run_files(pipeline):
     assert "OOF macro F1" in index.read_text()
 
 
+def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
+    cfg, _, _, planted = pipeline
+    analyze(cfg)
+    out = Paths.from_config(cfg).reports / "analysis" / "sample"
+    candidates = pd.read_csv(out / "label_fix_candidates.csv", dtype=str, keep_default_na=False)
+    top = candidates[candidates["fix"] == "gender"]["person_id"].head(2 * PLANTED_GENDER_FLIPS).tolist()
+    found = planted & set(top)
+    assert len(found) >= PLANTED_GENDER_FLIPS - 1, f"planted {sorted(planted)}, top gender candidates {top}"
+
+
 def test_missing_checkpoint_is_one_line(pipeline):
-    cfg, _, _ = pipeline
+    cfg, _, _, _ = pipeline
     best = Paths.from_config(cfg).fold_dir("sample", 1) / "best.pt"
     best.rename(best.with_suffix(".bak"))
     try:
@@ -73,6 +92,6 @@ def test_missing_checkpoint_is_one_line(pipeline):
 
 
 def test_analysis_of_missing_run_lists_it(pipeline, tmp_path):
-    cfg, _, _ = pipeline
+    cfg, _, _, _ = pipeline
     with pytest.raises(MaskcompError, match="no runs for experiment 'nothing'"):
         analyze({**cfg, "experiment": "nothing"})

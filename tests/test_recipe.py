@@ -9,7 +9,7 @@ from skimage import data as skdata
 
 from maskcomp.augment import half_cutmix
 from maskcomp.config import load_config
-from maskcomp.data import KNOWN_FIXES, load_train
+from maskcomp.data import load_train
 from maskcomp.errors import MaskcompError
 from maskcomp.losses import Criterion, soft_f1_loss
 from maskcomp.metrics import macro_f1

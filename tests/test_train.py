@@ -15,7 +15,7 @@ from maskcomp import labels
 from maskcomp.crop import crop_faces
 from maskcomp.errors import MaskcompError
 from maskcomp.folds import make_folds
-from maskcomp.models import MaskNet, create_model, probs18
+from maskcomp.models import create_model, probs18
 from maskcomp.paths import Paths
 from maskcomp.trainer import train
 

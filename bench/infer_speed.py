@@ -1,0 +1,56 @@
+"""Inference throughput on eval crops: images/s (each eval image counted once) with and without TTA views."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from common import peak_rss_mb
+
+from maskcomp.augment import eval_transform
+from maskcomp.config import load_config
+from maskcomp.crop import crop_faces
+from maskcomp.data import load_eval
+from maskcomp.dataset import CropDataset, build_cache
+from maskcomp.device import resolve_device
+from maskcomp.inference import predict
+from maskcomp.models import create_model, normalisation
+from maskcomp.paths import Paths
+from maskcomp.sample import make_sample
+
+TTA_SETS = (("identity",), ("identity", "hflip"), ("identity", "hflip", "scale:1.1"))
+
+
+def run(eval_persons: int = 60, repeats: int = 2) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        over = [f"paths.data_root={work / 'data'}", *[f"paths.{n}={work / n}" for n in ("crops", "reports", "cache")],
+                "crop.mode=center"]
+        cfg = load_config("configs/sample.yaml", over)
+        make_sample(Paths.from_config(cfg), 2, eval_persons, seed=0)
+        crop_faces(cfg)
+        size = tuple(cfg["train"]["img_size"])
+        cache = build_cache(cfg, size)
+        evals = load_eval(cfg)
+        mean, std = normalisation(cfg["model"]["backbone"])
+        dataset = CropDataset(cache.array, cache.rows(evals["image_path"]), {}, eval_transform(size, mean, std))
+        device = resolve_device(cfg["train"]["device"])
+        model = create_model({**cfg["model"], "pretrained": False}).to(device).to(memory_format=torch.channels_last)
+        loader = DataLoader(dataset, batch_size=cfg["infer"]["batch_size"], num_workers=cfg["train"]["workers"],
+                            persistent_workers=cfg["train"]["workers"] > 0)
+        predict(model, loader, device)  # warm-up: workers start, allocator settles
+        rows = []
+        for tta in TTA_SETS:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                predict(model, loader, device, tta=tta)
+            rate = repeats * len(dataset) / (time.perf_counter() - start)
+            rows.append({"bench": "infer", "backbone": cfg["model"]["backbone"], "img_size": f"{size[0]}x{size[1]}",
+                         "batch": cfg["infer"]["batch_size"], "tta": "+".join(tta), "images": len(dataset),
+                         "images_per_s": rate, "device": device.type, "peak_rss_mb": peak_rss_mb()})
+    for row in rows:
+        row["vs_no_tta"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return rows
