@@ -89,8 +89,10 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
         side = json.loads(sub_path.with_suffix(".json").read_text())
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})
         pred, ids = sub["ans"].to_numpy(), sub["ImageID"].tolist()
-        cv = side["nested_bias_gain"]["pooled_after"]
-        extra = {"cv_macro_f1_note": "pooled OOF with biases tuned on the other folds (nested); TTA; fold ensemble on eval",
+        cv = side["cv_macro_f1"]
+        extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with biases tuned on the other folds when they are "
+                                     "applied (nested); eval is the fold ensemble", "biases_applied": side["biases_applied"],
+                 "nested_bias_gain": side["nested_bias_gain"]["gain"],
                  "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
                  "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"]}
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])

@@ -160,12 +160,20 @@ def ensemble(cfg: Config) -> Path:
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([t for _, t, _ in loaded]), 1)
     logp_oof, logp_test = np.log(np.clip(oof_blend, 1e-9, None)), np.log(np.clip(test_blend, 1e-9, None))
+    if ec["tune_biases"] not in (True, False, "auto"):
+        raise MaskcompError(f"ensemble.tune_biases '{ec['tune_biases']}' is unknown; use true, false or auto")
     biases = np.zeros(labels.NUM_CLASSES)
     nested = None
+    before = scores(y, oof_blend)
+    cv_f1 = before["f1"]
     if ec["tune_biases"]:
         biases = tune_biases(logp_oof, y, ec["bias_rounds"], ec["bias_mode"])
         nested = nested_bias_gain(logp_oof, y, folds, ec["bias_rounds"], ec["bias_mode"])
-    before = scores(y, oof_blend)
+        if ec["tune_biases"] == "auto" and nested["gain"] <= 0:
+            log.info("biases not applied: tuned on k-1 folds they lower held-out macro F1 (%+.4f)", nested["gain"])
+            biases = np.zeros(labels.NUM_CLASSES)
+        else:
+            cv_f1 = nested["pooled_after"]
     after_f1 = macro_f1(y, (logp_oof + biases).argmax(1))
     name = ec["name"] or "+".join(experiments)
     out = paths.submissions / f"{name}.csv"
@@ -177,6 +185,7 @@ def ensemble(cfg: Config) -> Path:
     sidecar = {"experiments": experiments, "weights": weights.tolist(), "biases": biases.round(3).tolist(),
                "bias_mode": ec["bias_mode"], "tta": cfg["infer"]["tta"],
                "oof_before_decision": before, "oof_macro_f1_after_decision": after_f1, "nested_bias_gain": nested,
+               "biases_applied": bool(biases.any()), "cv_macro_f1": cv_f1,
                "class_distribution": {"train_oof": train_share.round(4).tolist(), "submission": sub_share.round(4).tolist()}}
     write_json(sidecar, out.with_suffix(".json"))
     gain = f"; nested gain {nested['gain']:+.4f}" if nested else ""

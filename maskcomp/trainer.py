@@ -117,7 +117,9 @@ class FoldTrainer:
             class_weights = {h: balanced_class_weights(targets_of(self.train_df)[h], n) for h, n in self.heads.items()}
         self.criterion = Criterion(cfg["loss"], self.heads, class_weights)
         self.mixup = self._mixup()
-        self.ema = ModelEmaV3(self.model, decay=tc["ema_decay"]) if tc["ema"] else None
+        # the decay warms up (1 - (1 + step)^-0.75, capped at ema_decay) so that short runs do not average in the
+        # barely trained first steps
+        self.ema = ModelEmaV3(self.model, decay=tc["ema_decay"], use_warmup=True, warmup_power=0.75) if tc["ema"] else None
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -40,7 +40,7 @@ def test_frozen_backbone_keeps_weights_then_trains(tiny_root, tmp_path):
 
 
 def test_ema_weights_are_what_best_checkpoint_keeps(tiny_root, tmp_path):
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "train.ema=true", "train.ema_decay=0.5")
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "train.batch_size=4", "train.ema=true", "train.ema_decay=0.5")
     train(cfg, folds=[0])
     run = Paths.from_config(cfg).fold_dir("sample", 0)
     best = torch.load(run / "best.pt", weights_only=False)["model"]
