@@ -87,7 +87,13 @@ class FoldTrainer:
         if tc["deterministic"] and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(self.seed)
+        self._build_data(images)
+        self._build_model()
+        self._build_optimisation()
 
+    def _build_data(self, images: pd.DataFrame) -> None:
+        """Train/validation splits of this fold over the crop cache, their datasets, sampler and loaders."""
+        cfg, tc, fold = self.cfg, self.cfg["train"], self.fold
         size = tuple(tc["img_size"])
         cache = build_cache(cfg, size) if self.rank == 0 else None
         if self.world > 1:
@@ -110,6 +116,9 @@ class FoldTrainer:
         self.train_loader = DataLoader(self.train_set, batch_size=tc["batch_size"], sampler=self.sampler, drop_last=len(self.train_set) > tc["batch_size"], **loader_kw)
         self.val_loader = DataLoader(self.val_set, batch_size=cfg["infer"]["batch_size"], shuffle=False, **loader_kw)
 
+    def _build_model(self) -> None:
+        """Model, loss, Mixup, EMA, and the wrapped network (DDP, torch.compile) that the steps run."""
+        cfg, tc = self.cfg, self.cfg["train"]
         self.model = create_model(cfg["model"]).to(self.device).to(memory_format=torch.channels_last if tc["channels_last"] else torch.contiguous_format)
         self.heads = head_sizes(cfg["model"]["head"])
         class_weights = None
@@ -125,6 +134,9 @@ class FoldTrainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if tc["compile"]:
             self.net = torch.compile(self.net)
+
+    def _build_optimisation(self) -> None:
+        tc = self.cfg["train"]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
         steps = len(self.train_loader)
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(1, tc["epochs"] * steps), lr_min=tc["lr"] * 0.01,
