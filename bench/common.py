@@ -16,7 +16,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "aaf_masks"
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process or of its largest finished child (DataLoader and crop workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
 
 
 def save_results(name: str, rows: list[dict]) -> Path:

@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import RESULTS, ROOT, SHARED_DATA
+from common import RESULTS, ROOT, SHARED_DATA, peak_rss_mb
 
 from maskcomp import labels
 from maskcomp.config import Config, load_config
@@ -50,16 +49,8 @@ def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: lis
                                *[f"paths.{name}={work / name}" for name in WORK_PATHS], *overrides])
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process or of its largest child (DataLoader and crop workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
-
-
-def eval_scores(pred: np.ndarray, ids: list[str], answers_csv: Path) -> dict:
-    truth = pd.read_csv(answers_csv, dtype={"ImageID": str}).set_index("ImageID")["ans"]
-    y = truth.loc[ids].to_numpy()
+def eval_scores(pred: np.ndarray, ids: list[str], answers: pd.Series) -> dict:
+    y = answers.loc[ids].to_numpy()
     onehot = np.eye(labels.NUM_CLASSES)[pred]
     s = scores(y, onehot)
     return {"eval_macro_f1": s["f1"], "eval_acc": s["acc"], "eval_f1_mask": s["f1_mask"], "eval_f1_gender": s["f1_gender"],
@@ -69,6 +60,7 @@ def eval_scores(pred: np.ndarray, ids: list[str], answers_csv: Path) -> dict:
 def run_recipe(recipe: str, cfg: Config) -> dict:
     """All stages of one recipe; returns its CV and eval scores."""
     paths = Paths.from_config(cfg)
+    answers = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
     records = crop_faces(cfg)
     readable = records[~records["unreadable"]]
     make_folds(cfg)
@@ -96,7 +88,6 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
                  "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
                  "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"]}
     # each fold model alone on eval: what the OOF estimate measures, so the fold ensemble's gain shows beside it
-    answers = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
     fold_models = []
     for f in range(k):
         probs_file = paths.fold_dir(cfg["experiment"], f) / "test_probs.npy"
@@ -105,7 +96,7 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
             fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), np.load(probs_file).argmax(1)))
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
     return {"recipe": recipe, "config_files": ["configs/quality.yaml", f"configs/quality_{recipe}.yaml"],
-            "cv_macro_f1": cv, **eval_scores(pred, ids, paths.eval_answers),
+            "cv_macro_f1": cv, **eval_scores(pred, ids, answers),
             "eval_macro_f1_fold_models": fold_models, "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
             "crop_mode": cfg["crop"]["mode"], "crop_detection_rate": float(detected.mean()),
             "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),

@@ -193,8 +193,9 @@ def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_ti
             found = _detect_batch(strict, [img for _, img, _ in good]) if good else []
             # the misses (mostly masked faces) get the relaxed pass together, as one more batch
             missed = [j for j, (boxes, _) in enumerate(found) if boxes is None]
-            for j, result in zip(missed, _detect_batch(relaxed, [_equalise(good[j][1]) for j in missed]) if missed else []):
+            for j, result in zip(missed, _detect_batch(relaxed, [_equalise(good[j][1]) for j in missed])):
                 found[j] = result
+            missed = set(missed)
             for j, ((i, img, size), (boxes, probs)) in enumerate(zip(good, found)):
                 stage = "mtcnn_relaxed" if j in missed else "mtcnn"
                 rec = {"key": todo[i].key, "size": list(size), "stage": stage if boxes is not None else None,
