@@ -33,7 +33,7 @@ from maskcomp.ensemble import ensemble
 from maskcomp.fileio import write_json, write_text
 from maskcomp.folds import make_folds
 from maskcomp.inference import infer
-from maskcomp.metrics import f1_per_class, macro_f1, scores
+from maskcomp.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
 from maskcomp.paths import Paths
 from maskcomp.trainer import train
 
@@ -57,18 +57,30 @@ def eval_scores(pred: np.ndarray, ids: list[str], answers: pd.Series) -> dict:
             "eval_f1_age": s["f1_age"], "eval_f1_per_class": f1_per_class(y, pred, labels.NUM_CLASSES).round(4).tolist()}
 
 
+def uncertainty(y_eval: np.ndarray, pred_eval: np.ndarray, eval_persons: np.ndarray, oof: pd.DataFrame) -> dict:
+    """Person-bootstrap spread of the eval score and of the CV score, and the interval of their difference."""
+    boot_eval = bootstrap_macro_f1(y_eval, pred_eval, eval_persons)
+    boot_cv = bootstrap_macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1),
+                                 oof["person_id"].astype(str).to_numpy(), seed=1)
+    return {"eval_macro_f1_boot_sd": float(boot_eval.std()), "eval_macro_f1_90ci": np.percentile(boot_eval, [5, 95]).tolist(),
+            "cv_macro_f1_boot_sd": float(boot_cv.std()),
+            "eval_minus_cv_90ci": np.percentile(boot_eval - boot_cv, [5, 95]).tolist()}
+
+
 def run_recipe(recipe: str, cfg: Config) -> dict:
     """All stages of one recipe; returns its CV and eval scores."""
     paths = Paths.from_config(cfg)
-    answers = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+    answer_table = pd.read_csv(paths.eval_answers, dtype={"ImageID": str, "person_id": str}).set_index("ImageID")
+    answers = answer_table["ans"]
     records = crop_faces(cfg)
     readable = records[~records["unreadable"]]
     make_folds(cfg)
     train(cfg)
     k = cfg["folds"]["k"]
+    oof_name = "oof.csv" if recipe == "baseline" else "oof_tta.csv"
+    oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / oof_name, dtype={"person_id": str}) for f in range(k)])
     if recipe == "baseline":
         # one model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled
-        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof.csv") for f in range(k)])
         cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
         infer(cfg, folds=[0])
         fold0 = paths.fold_dir(cfg["experiment"], 0)
@@ -97,6 +109,7 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
     return {"recipe": recipe, "config_files": ["configs/quality.yaml", f"configs/quality_{recipe}.yaml"],
             "cv_macro_f1": cv, **eval_scores(pred, ids, answers),
+            **uncertainty(answers.loc[ids].to_numpy(), pred, answer_table.loc[ids, "person_id"].to_numpy(), oof),
             "eval_macro_f1_fold_models": fold_models, "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
             "crop_mode": cfg["crop"]["mode"], "crop_detection_rate": float(detected.mean()),
             "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),
@@ -106,6 +119,8 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
 
 def markdown(results: dict, meta: dict) -> str:
     rows = [("CV (OOF) macro F1", "cv_macro_f1"), ("eval macro F1", "eval_macro_f1"),
+            ("eval macro F1, 90 % person-bootstrap interval", "eval_macro_f1_90ci"),
+            ("eval - CV, 90 % person-bootstrap interval", "eval_minus_cv_90ci"),
             ("eval macro F1, single fold models (mean)", "eval_macro_f1_fold_models_mean"), ("eval F1 mask", "eval_f1_mask"),
             ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"), ("crop detection rate", "crop_detection_rate"),
             ("wall time (s)", "wall_s"), ("peak RSS (MB)", "peak_rss_mb")]
@@ -122,6 +137,8 @@ def markdown(results: dict, meta: dict) -> str:
 
 
 def _cell(v) -> str:
+    if isinstance(v, list):
+        return " to ".join(_cell(x) for x in v)
     return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.0f}" if isinstance(v, float) else str(v))
 
 

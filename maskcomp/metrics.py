@@ -33,3 +33,22 @@ def scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     for head, n in labels.HEADS.items():
         out[f"f1_{head}"] = macro_f1(true_heads[head], pred_heads[head], n)
     return out
+
+
+def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, rounds: int = 300,
+                       seed: int = 0) -> np.ndarray:
+    """Macro F1 on `rounds` resamples that draw whole groups (persons) with replacement.
+
+    A person's 7 images are not independent, so resampling images would understate the spread.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    codes, members = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(members, kind="stable")
+    starts = np.searchsorted(members[order], np.arange(len(codes) + 1))
+    rng = np.random.default_rng(seed)
+    out = np.empty(rounds)
+    for r in range(rounds):
+        picked = rng.integers(0, len(codes), len(codes))
+        rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in picked])
+        out[r] = macro_f1(y_true[rows], y_pred[rows])
+    return out

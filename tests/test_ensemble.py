@@ -10,7 +10,7 @@ from maskcomp.dataset import CropDataset
 from maskcomp.ensemble import fit_weights, nested_bias_gain, tune_biases, validate_submission
 from maskcomp.errors import MaskcompError
 from maskcomp.inference import predict, tta_view
-from maskcomp.metrics import macro_f1, scores
+from maskcomp.metrics import bootstrap_macro_f1, macro_f1, scores
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -40,6 +40,20 @@ class FlipInvariant(nn.Module):
 
     def forward(self, x):
         return {"label": self.proj(x.mean(-1).flatten(1))}
+
+
+def test_person_bootstrap_resamples_whole_persons():
+    rng = np.random.default_rng(0)
+    persons = np.repeat(np.arange(60), 7)
+    y = np.repeat(rng.integers(0, 3, 60), 7)
+    # a person's 7 images are all right or all wrong, as when a model misreads one face
+    pred = np.where(np.repeat(rng.random(60) < 0.7, 7), y, (y + 1) % 3)
+    by_person = bootstrap_macro_f1(y, pred, persons, rounds=200)
+    by_image = bootstrap_macro_f1(y, pred, np.arange(len(y)), rounds=200)
+    assert by_person.shape == (200,) and np.array_equal(by_person, bootstrap_macro_f1(y, pred, persons, rounds=200))
+    assert abs(by_person.mean() - macro_f1(y, pred)) < 0.03
+    assert by_person.std() > 1.8 * by_image.std()  # ~sqrt(7) wider: 7 images of a person are one draw
+    assert np.all(bootstrap_macro_f1(y, y, persons, rounds=20) == 1.0)
 
 
 def test_tta_with_flip_invariant_model_changes_nothing():
