@@ -108,7 +108,7 @@ def list_items(cfg: Config) -> list[Item]:
     return items
 
 
-class _DecodeDataset(Dataset):
+class DecodeDataset(Dataset):
     """Decodes and downscales images in DataLoader workers so the detector never waits on JPEG decoding."""
 
     def __init__(self, items: list[Item], scale: float):
@@ -182,7 +182,7 @@ def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_ti
     scale = crop_cfg["detect_scale"]
     batch_size = 1 if one_at_a_time else crop_cfg["batch_size"]
     workers = 0 if one_at_a_time else crop_cfg["workers"]
-    loader = DataLoader(_DecodeDataset(todo, scale), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(DecodeDataset(todo, scale), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     det_path.parent.mkdir(parents=True, exist_ok=True)
     with open(det_path, "a") as out, torch.inference_mode():
         if out.tell() and not det_path.read_bytes().endswith(b"\n"):

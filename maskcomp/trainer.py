@@ -201,7 +201,8 @@ class FoldTrainer:
         probs, head_probs = predict(model, self.val_loader, self.device, self.amp_dtype)
         y = self.val_df["label"].to_numpy()
         result = scores(y, probs)
-        result["val_loss"] = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.as_tensor(y)))
+        # torch.tensor copies: pandas hands out read-only arrays, which torch.as_tensor warns about
+        result["val_loss"] = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.tensor(y)))
         return result, probs, head_probs
 
     def _state(self, epoch: int, best_f1: float, best_epoch: int, bad_epochs: int, history: list) -> dict:
