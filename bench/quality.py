@@ -77,10 +77,10 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
     make_folds(cfg)
     train(cfg)
     k = cfg["folds"]["k"]
-    oof_name = "oof.csv" if recipe == "baseline" else "oof_tta.csv"
-    oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / oof_name, dtype={"person_id": str}) for f in range(k)])
     if recipe == "baseline":
         # one model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled
+        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof.csv", dtype={"person_id": str})
+                         for f in range(k)])
         cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
         infer(cfg, folds=[0])
         fold0 = paths.fold_dir(cfg["experiment"], 0)
@@ -89,6 +89,8 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
         extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
     else:
         infer(cfg)
+        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof_tta.csv", dtype={"person_id": str})
+                         for f in range(k)])
         sub_path = ensemble(cfg)
         side = json.loads(sub_path.with_suffix(".json").read_text())
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})
