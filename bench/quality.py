@@ -29,7 +29,7 @@ from common import RESULTS, ROOT, SHARED_DATA, peak_rss_mb
 from maskcomp import labels
 from maskcomp.config import Config, load_config
 from maskcomp.crop import crop_faces
-from maskcomp.ensemble import ensemble
+from maskcomp.ensemble import ensemble, load_experiment
 from maskcomp.fileio import write_json, write_text
 from maskcomp.folds import make_folds
 from maskcomp.inference import infer
@@ -61,7 +61,7 @@ def uncertainty(y_eval: np.ndarray, pred_eval: np.ndarray, eval_persons: np.ndar
     """Person-bootstrap spread of the eval score and of the CV score, and the interval of their difference."""
     boot_eval = bootstrap_macro_f1(y_eval, pred_eval, eval_persons)
     boot_cv = bootstrap_macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1),
-                                 oof["person_id"].astype(str).to_numpy(), seed=1)
+                                 oof["person_id"].to_numpy(), seed=1)
     return {"eval_macro_f1_boot_sd": float(boot_eval.std()), "eval_macro_f1_90ci": np.percentile(boot_eval, [5, 95]).tolist(),
             "cv_macro_f1_boot_sd": float(boot_cv.std()),
             "eval_minus_cv_90ci": np.percentile(boot_eval - boot_cv, [5, 95]).tolist()}
@@ -89,8 +89,7 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
         extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
     else:
         infer(cfg)
-        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof_tta.csv", dtype={"person_id": str})
-                         for f in range(k)])
+        oof, _, _ = load_experiment(paths, cfg["experiment"])
         sub_path = ensemble(cfg)
         side = json.loads(sub_path.with_suffix(".json").read_text())
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})
