@@ -20,8 +20,20 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 
 all: setup sample eda crop folds train infer ensemble analyze
 
+# The stamp's name carries the requirements' digest, so it depends on their content, never on their mtime (a
+# copied tree must not re-run setup). After it, setup checks that maskcomp imports from this tree and
+# reinstalls it (editable) when it does not, e.g. after the folder it pointed to was moved or deleted
+# (-I: the current folder on sys.path would hide a broken install).
+ifeq ($(SKIP_SETUP),1)
+setup:
+	@echo "setup: skipped (SKIP_SETUP=1)"
+else
 setup: $(STAMP)
-$(STAMP): requirements.txt requirements-nodeps.txt
+	@$(PY) -I -c "import maskcomp, pathlib, sys; sys.exit(pathlib.Path(maskcomp.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())" 2>/dev/null \
+	  || { echo "setup: maskcomp does not import from $(CURDIR); reinstalling it"; $(PY) -m pip install -q --no-deps -e .; }
+endif
+
+$(STAMP):
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -66,4 +78,4 @@ bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)
 
 clean:
-	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* runs reports cache submissions/*.csv submissions/*.json
+	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* folds/applied_fixes.csv folds/*.manifest.json runs reports cache submissions/*.csv submissions/*.json

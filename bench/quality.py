@@ -30,6 +30,7 @@ from maskcomp import labels
 from maskcomp.config import Config, load_config
 from maskcomp.crop import crop_faces
 from maskcomp.ensemble import ensemble, load_experiment
+from maskcomp.runs import read_oof, read_test_probs
 from maskcomp.fileio import write_json, write_text
 from maskcomp.folds import make_folds
 from maskcomp.inference import infer
@@ -79,17 +80,15 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
     k = cfg["folds"]["k"]
     if recipe == "baseline":
         # one model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled
-        oof = pd.concat([pd.read_csv(paths.fold_dir(cfg["experiment"], f) / "oof.csv", dtype={"person_id": str})
-                         for f in range(k)])
+        run = infer(cfg, folds=[0])
+        oof = read_oof(run, tta=False)
         cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
-        infer(cfg, folds=[0])
-        fold0 = paths.fold_dir(cfg["experiment"], 0)
-        pred = np.load(fold0 / "test_probs.npy").argmax(1)
-        ids = pd.read_csv(fold0 / "test_ids.csv", dtype=str)["ImageID"].tolist()
+        probs, ids = read_test_probs(run, 0)
+        pred = probs.argmax(1)
         extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
     else:
-        infer(cfg)
-        oof, _, _ = load_experiment(paths, cfg["experiment"])
+        run = infer(cfg)
+        oof, _, _, _ = load_experiment(cfg, cfg["experiment"])
         sub_path = ensemble(cfg)
         side = json.loads(sub_path.with_suffix(".json").read_text())
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})
@@ -102,11 +101,10 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
                  "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"]}
     # each fold model alone on eval: what the OOF estimate measures, so the fold ensemble's gain shows beside it
     fold_models = []
-    for f in range(k):
-        probs_file = paths.fold_dir(cfg["experiment"], f) / "test_probs.npy"
-        if probs_file.exists():
-            fold_ids = pd.read_csv(probs_file.with_name("test_ids.csv"), dtype=str)["ImageID"]
-            fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), np.load(probs_file).argmax(1)))
+    for f in run.trained_folds():
+        if (run.fold_dir(f) / "test_probs.npy").exists():
+            probs, fold_ids = read_test_probs(run, f)
+            fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), probs.argmax(1)))
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
     return {"recipe": recipe, "config_files": ["configs/quality.yaml", f"configs/quality_{recipe}.yaml"],
             "cv_macro_f1": cv, **eval_scores(pred, ids, answers),

@@ -1,6 +1,6 @@
 """`make bench`: every speed benchmark; prints a table per benchmark and writes bench/results/<name>-<date>.json.
 
-Usage: python bench/run.py [crop train infer make_all]   (no names: all)
+Usage: python bench/run.py [crop train infer make_all digest]   (no names: all)
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from common import print_table, save_results
 
-BENCHES = {"crop": "crop_speed", "train": "train_speed", "infer": "infer_speed", "make_all": "make_all_time"}
+BENCHES = {"crop": "crop_speed", "train": "train_speed", "infer": "infer_speed", "make_all": "make_all_time", "digest": "digest_speed"}
 
 
 def main(names: list[str]) -> None:

@@ -11,32 +11,19 @@ import pandas as pd
 
 from . import labels, plots
 from .config import Config
-from .errors import MaskcompError
 from .fileio import write_csv, write_text
 from .metrics import confusion, f1_per_class, macro_f1, scores
 from .paths import Paths
+from .runs import RunRef, read_metrics, read_oof, resolve_run
 
 log = logging.getLogger(__name__)
 
 
 
-def read_runs(paths: Paths, experiment: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
-    """All folds' OOF rows (TTA re-scored where present) and metrics; a clear message lists what is absent."""
-    root = paths.experiment_dir(experiment)
-    fold_dirs = sorted(root.glob("fold*"))
-    if not fold_dirs:
-        raise MaskcompError(f"{root}: no runs for experiment '{experiment}'; run `make train` first")
-    missing = [str(d / n) for d in fold_dirs for n in ("metrics.csv", "oof.csv") if not (d / n).exists()]
-    if missing:
-        raise MaskcompError(f"incomplete runs, missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
-                            "finish them with `train.py --resume`")
-    oofs, metrics = [], {}
-    for d in fold_dirs:
-        fold = int(d.name.removeprefix("fold"))
-        oof_file = d / "oof_tta.csv" if (d / "oof_tta.csv").exists() else d / "oof.csv"
-        oofs.append(pd.read_csv(oof_file, dtype={"person_id": str}))
-        metrics[fold] = pd.read_csv(d / "metrics.csv")
-    return pd.concat(oofs, ignore_index=True), metrics
+def read_runs(cfg: Config, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
+    """All folds' OOF rows (TTA re-scored where present) and metrics of the experiment's chosen run."""
+    ref = resolve_run(Paths.from_config(cfg), spec, cfg["run"] if spec == cfg["experiment"] else "latest")
+    return read_oof(ref, tta=True), read_metrics(ref), ref
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, pd.DataFrame]:
@@ -86,8 +73,8 @@ def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
 
 def analyze_experiment(cfg: Config, experiment: str) -> Path:
     paths = Paths.from_config(cfg)
-    out = paths.reports / "analysis" / experiment
-    oof, metrics = read_runs(paths, experiment)
+    out = paths.reports / "analysis" / experiment.replace("@", "-")
+    oof, metrics, run = read_runs(cfg, experiment)
     y = oof["label"].to_numpy()
     probs = oof[labels.PROB_COLUMNS].to_numpy()
     pred = probs.argmax(1)
@@ -147,6 +134,7 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
 
     page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title></head><body>",
             f"<h1>Analysis: {html.escape(experiment)}</h1>",
+            f"<p>Run {html.escape(run.label)} ({html.escape(str(run.dir))})</p>",
             f"<p>OOF macro F1 (all {len(oof)} images): <b>{overall['f1']:.4f}</b>; accuracy {overall['acc']:.4f}; "
             f"ECE {ece:.4f}</p>",
             "<h2>Folds</h2>", folds.to_html(index=False), summary.to_html(),
@@ -168,7 +156,7 @@ def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
     out = paths.reports / "analysis" / "compare"
     table, errors = [], {}
     for exp in experiments:
-        oof, _ = read_runs(paths, exp)
+        oof, _, _ = read_runs(cfg, exp)
         oof = oof.sort_values("image_path").reset_index(drop=True)
         y, pred = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)
         table.append({"experiment": exp, "oof_macro_f1": round(macro_f1(y, pred), 4),

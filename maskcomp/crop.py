@@ -1,17 +1,20 @@
 """Face crops for every train and eval image (facenet-pytorch MTCNN), cached, resumable, with fallbacks.
 
 Layout under paths.crops:
-  det-<hash>/detections.jsonl   raw MTCNN boxes per image (appended per batch; a torn last line is ignored)
-  crop-<hash>/<split>/<name>.jpg the crops; crop-<hash>/records.csv one record per image
+  det-<hash>/detections.jsonl   raw MTCNN boxes per image content (SHA-256 of the file; appended per batch,
+                                a torn last line is ignored)
+  crop-<hash>/<split>/<name>-<digest>.jpg  the crops; crop-<hash>/records.csv one record per image;
+                                crop-<hash>/manifest.json what they were made from
 The detection hash covers the detector settings only, the crop hash also margin/aspect/mode, so
-changing the margin re-crops from cached detections without running the detector again.
+changing the margin re-crops from cached detections without running the detector again. Detections
+and crop files are keyed by the image's content, so an image replaced in place is detected and cut anew.
 
 Box policy: among an image's detections the subject is the one maximising
   probability x sqrt(box area / image area) x (1 - distance of box centre from image centre / half diagonal),
 i.e. a confident, large, central face (bystanders are small and off-centre).
 Fallbacks, in order: relaxed thresholds on a contrast-equalised copy (`mtcnn_relaxed`); the median
 box of the same person's detected images (`person`, the 7 photos share camera and pose); the
-median detected box of the whole dataset (`median`); the configured centre box (`center`).
+median detected box of the training images (`median`); the configured centre box (`center`).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from .data import load_eval, load_train
 from .device import resolve_device
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv, write_json, write_text
+from .manifest import MANIFEST, Manifest, config_keys, digest_cache, digest_of, differences, is_current, write_manifest
 from .paths import Paths
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 DETECTOR_KEYS = ("detect_scale", "min_face_size", "thresholds", "relaxed_thresholds")
 CROP_KEYS = ("mode", "margin", "aspect", "center_box")
 SOURCES = ("mtcnn", "mtcnn_relaxed", "person", "median", "center", "none")
+DIGEST_CHARS = 16
 
 
 def _hash(obj: dict) -> str:
@@ -92,20 +97,48 @@ def expand_box(box, width: int, height: int, margin: float, aspect: float) -> tu
 
 @dataclass
 class Item:
+    """One image to crop; `digest` (SHA-256 of its bytes) keys its detection and its crop file."""
+
     key: str
     split: str
     image_path: str
     person_id: str
+    digest: str
 
 
 def list_items(cfg: Config) -> list[Item]:
     paths = Paths.from_config(cfg)
     train = load_train(cfg)
     evals = load_eval(cfg)
-    items = [Item(str(Path(p).relative_to(paths.data_root)), "train", p, pid)
-             for p, pid in zip(train["image_path"], train["person_id"])]
-    items += [Item(str(Path(p).relative_to(paths.data_root)), "eval", p, "") for p in evals["image_path"]]
-    return items
+    cache = digest_cache(cfg)
+    listed = [(p, "train", pid) for p, pid in zip(train["image_path"], train["person_id"])]
+    listed += [(p, "eval", "") for p in evals["image_path"]]
+    digests = cache.digests([p for p, _, _ in listed], "images")
+    cache.save()
+    return [Item(str(Path(p).relative_to(paths.data_root)), split, p, pid, d)
+            for (p, split, pid), d in zip(listed, digests)]
+
+
+def crop_manifest(cfg: Config, items: list[Item]) -> Manifest:
+    """What the crops depend on: every image's place, person and content per split, and the crop settings."""
+    inputs = {split: digest_of([(it.key, it.person_id, it.digest) for it in items if it.split == split])
+              for split in ("train", "eval")}
+    return Manifest("crop", inputs, config_keys(cfg, "crop"))
+
+
+def train_crops_digest(crops: dict) -> str:
+    """What the training crops depend on (training images and crop settings; eval images never enter them)."""
+    return digest_of([crops["inputs"]["train"], crops["config"]])
+
+
+def require_current_crops(cfg: Config) -> dict:
+    """The crop manifest on disk, after checking that it matches the current images and crop settings."""
+    folder = crop_dir(cfg)
+    manifest = crop_manifest(cfg, list_items(cfg))
+    if not is_current(folder, manifest):
+        changed = ", ".join(differences(folder, manifest))
+        raise MaskcompError(f"{folder}: crops were made from other images or settings ({changed}); run `make crop` first")
+    return manifest.as_dict()
 
 
 class DecodeDataset(Dataset):
@@ -148,11 +181,15 @@ def make_detectors(crop_cfg: dict):
 
 
 def _detect_batch(detector, images: list[np.ndarray]):
-    """MTCNN on images of one size at once; images of different sizes go in separate calls."""
-    results: list = [None] * len(images)
+    """MTCNN on images of one size at once; images of different sizes go in separate calls.
+
+    An image smaller than the detector's minimum face size gets no detection (it falls back like a
+    miss): facenet-pytorch builds an empty scale pyramid for it and fails inside torch.cat."""
+    results: list = [(None, None)] * len(images)
     by_size: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
-        by_size.setdefault(img.shape, []).append(i)
+        if min(img.shape[:2]) >= detector.min_face_size:
+            by_size.setdefault(img.shape, []).append(i)
     for idx in by_size.values():
         boxes, probs = detector.detect(np.stack([images[i] for i in idx]))
         for j, i in enumerate(idx):
@@ -175,7 +212,7 @@ def read_detections(path: Path) -> dict[str, dict]:
 def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_time: bool = False) -> dict[str, dict]:
     """Detect faces in every item not yet in det_path; append results batch by batch."""
     done = read_detections(det_path)
-    todo = [it for it in items if it.key not in done]
+    todo = list({it.digest: it for it in items if it.digest not in done}.values())
     if not todo:
         return done
     strict, relaxed = make_detectors(crop_cfg)
@@ -189,7 +226,7 @@ def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_ti
             out.write("\n")  # end a line torn by an interrupted run, so the next record starts clean
         for batch in tqdm(loader, desc="detect faces", unit="batch", disable=one_at_a_time):
             good = [(i, img, size) for i, img, size in batch if img is not None]
-            lines = [json.dumps({"key": todo[i].key, "unreadable": True}) for i, img, _ in batch if img is None]
+            lines = [json.dumps({"key": todo[i].digest, "unreadable": True}) for i, img, _ in batch if img is None]
             found = _detect_batch(strict, [img for _, img, _ in good]) if good else []
             # the misses (mostly masked faces) get the relaxed pass together, as one more batch
             missed = [j for j, (boxes, _) in enumerate(found) if boxes is None]
@@ -198,7 +235,7 @@ def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_ti
             missed = set(missed)
             for j, ((i, img, size), (boxes, probs)) in enumerate(zip(good, found)):
                 stage = "mtcnn_relaxed" if j in missed else "mtcnn"
-                rec = {"key": todo[i].key, "size": list(size), "stage": stage if boxes is not None else None,
+                rec = {"key": todo[i].digest, "size": list(size), "stage": stage if boxes is not None else None,
                        "boxes": [] if boxes is None else (np.asarray(boxes, dtype=float) / scale).round(1).tolist(),
                        "probs": [] if probs is None else np.asarray(probs, dtype=float).round(4).tolist()}
                 lines.append(json.dumps(rec))
@@ -215,8 +252,8 @@ def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: dict
     """One record per item: the chosen raw box, its source and score (fallbacks applied)."""
     rows = []
     for it in items:
-        det = detections.get(it.key, {})
-        row = {"key": it.key, "split": it.split, "image_path": it.image_path, "person_id": it.person_id,
+        det = detections.get(it.digest, {})
+        row = {"key": it.key, "digest": it.digest, "split": it.split, "image_path": it.image_path, "person_id": it.person_id,
                "source": None, "score": np.nan, "box": None, "unreadable": bool(det.get("unreadable"))}
         if det.get("boxes"):
             boxes, probs = np.array(det["boxes"]), np.array(det["probs"])
@@ -228,7 +265,10 @@ def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: dict
     boxes = np.array(df.loc[found, "box"].tolist()) if found.any() else np.zeros((0, 4))
     person_median = (pd.DataFrame(boxes, index=df.index[found]).groupby(df.loc[found, "person_id"]).median()
                      if found.any() else pd.DataFrame())
-    dataset_median = np.median(boxes, axis=0).tolist() if len(boxes) else None
+    # the dataset median comes from training images only, so training crops never depend on the eval set
+    train_boxes = np.array(df.loc[found & (df["split"] == "train"), "box"].tolist()).reshape(-1, 4)
+    pool = train_boxes if len(train_boxes) else boxes
+    dataset_median = np.median(pool, axis=0).tolist() if len(pool) else None
     for i in df.index[~found & ~df["unreadable"]]:
         pid = df.at[i, "person_id"]
         if pid and pid in person_median.index:
@@ -245,8 +285,8 @@ def _fixed_box(crop_cfg: dict, width: int, height: int) -> list[float]:
     return [x1 * width, y1 * height, x2 * width, y2 * height]
 
 
-def crop_name(key: str) -> str:
-    return key.replace("/", "__").rsplit(".", 1)[0] + ".jpg"
+def crop_name(key: str, digest: str) -> str:
+    return f"{key.replace('/', '__').rsplit('.', 1)[0]}-{digest[:DIGEST_CHARS]}.jpg"
 
 
 def write_crops(records: pd.DataFrame, crop_cfg: dict, out_dir: Path) -> pd.DataFrame:
@@ -259,7 +299,7 @@ def write_crops(records: pd.DataFrame, crop_cfg: dict, out_dir: Path) -> pd.Data
         if out.at[i, "unreadable"]:
             bad.append(out.at[i, "image_path"])
             continue
-        target = out_dir / out.at[i, "split"] / crop_name(out.at[i, "key"])
+        target = out_dir / out.at[i, "split"] / crop_name(out.at[i, "key"], out.at[i, "digest"])
         img = None
         if out.at[i, "box"] is None or not target.exists():
             img = read_image_rgb(out.at[i, "image_path"])
@@ -310,10 +350,12 @@ def crop_faces(cfg: Config) -> pd.DataFrame:
         detections = run_detection(items, crop_cfg, det_path)
     else:
         detections = {}
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # records.csv is about to change; no manifest may vouch for it meanwhile
     records = write_crops(resolve_boxes(items, detections, crop_cfg), crop_cfg, out_dir)
     bad = records.attrs["bad"]
-    columns = ["key", "split", "image_path", "person_id", "source", "score", "x1", "y1", "x2", "y2", "crop_path"]
+    columns = ["key", "digest", "split", "image_path", "person_id", "source", "score", "x1", "y1", "x2", "y2", "crop_path"]
     write_csv(records.loc[~records["unreadable"], columns], out_dir / "records.csv")
+    write_manifest(out_dir, crop_manifest(cfg, items))
     if bad:
         write_csv(pd.DataFrame({"image_path": bad}), paths.reports / "crop" / "unreadable_images.csv")
         log.warning("%d unreadable image(s) got no crop; list in %s", len(bad), paths.reports / "crop" / "unreadable_images.csv")

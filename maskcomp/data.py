@@ -6,6 +6,7 @@ naming the file and the fix, or with skip_bad are listed in a CSV and left out.
 """
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
 FIX_COLUMNS = ("person_id", "fix", "value", "note")
 FIX_KINDS = ("gender", "age", "swap_incorrect_normal")
+MIN_AGE, MAX_AGE = 0, 120
 KNOWN_FIXES = PROJECT_ROOT / "configs" / "label_fixes_known.csv"
 
 
@@ -47,10 +49,33 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+# the last bytes of a complete file: JPEG's end-of-image marker, PNG's IEND chunk
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096
+
+
+def _is_truncated(path: Path, fmt: str | None) -> bool:
+    """True if a JPEG/PNG lacks its end marker near the end of the file (a cut-off download or copy).
+
+    Inside JPEG entropy data 0xFF is always followed by 0x00 or a restart marker, so FFD9 near the end
+    is the end-of-image marker; a few bytes of padding after it are allowed."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        return marker not in fh.read()
+
+
 def check_image(path: Path, how: str) -> str | None:
-    """None if the image is usable, else the reason it is not."""
+    """None if the image is usable, else the reason it is not.
+
+    header: the header parses and the file ends with its format's end marker (catches truncation);
+    decode: every pixel decodes (slower); none: no check."""
     if how == "none":
         return None
+    if how not in ("header", "decode"):
+        raise MaskcompError(f"data.image_check '{how}' is unknown; use header, decode or none")
     if path.stat().st_size == 0:
         return "empty (0-byte) image"
     try:
@@ -59,17 +84,38 @@ def check_image(path: Path, how: str) -> str | None:
                 img.load()
             elif img.width <= 0 or img.height <= 0:
                 return "image has no pixels"
+            fmt = img.format
     except Exception as err:  # PIL raises many types for broken files
         return f"unreadable image ({type(err).__name__})"
+    if _is_truncated(path, fmt):
+        return "truncated image (its end marker is missing)"
     return None
+
+
+# UTF-8 (a BOM is dropped), then CP949, the encoding Korean Excel saves CSV files in
+CSV_ENCODINGS = ("utf-8-sig", "cp949")
+
+
+def read_text_csv(path: Path) -> pd.DataFrame:
+    """A CSV of strings in the first encoding of CSV_ENCODINGS that decodes it; says which when not plain UTF-8."""
+    raw = path.read_bytes()
+    for encoding in CSV_ENCODINGS:
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if encoding != "utf-8-sig" or raw.startswith(b"\xef\xbb\xbf"):
+            log.info("%s: read as %s", path, "UTF-8 with BOM" if encoding == "utf-8-sig" else encoding.upper())
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    raise MaskcompError(f"{path}: neither UTF-8 nor CP949 text; save it again as UTF-8 CSV")
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     if not path.is_file():
         raise MaskcompError(f"{path}: missing; put the competition's {what} there or run `make sample`")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        df = read_text_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise MaskcompError(f"{path}: not a readable CSV ({type(err).__name__}); restore the original file") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -178,6 +224,9 @@ def read_persons(paths: Paths) -> pd.DataFrame:
         row = bad_gender.iloc[0]
         raise MaskcompError(f"{csv}: gender '{row['gender']}' of person {row['id']} (line {bad_gender.index[0] + 2}) must be male or female")
     df["age"] = df["age"].astype(int)
+    for line, row in df[(df["age"] < MIN_AGE) | (df["age"] > MAX_AGE)].iterrows():
+        log.warning("%s: age %d of person %s (line %d) is outside %d-%d; check it (it is used as given)",
+                    csv, row["age"], row["id"], line + 2, MIN_AGE, MAX_AGE)
     df.insert(0, "person_id", _person_ids(df, csv))
     return df
 
@@ -223,6 +272,8 @@ def load_eval(cfg: Config) -> pd.DataFrame:
     """eval/info.csv in its own row order, with each image's path."""
     paths = Paths.from_config(cfg)
     df = _read_csv(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")
+    if df.empty:
+        raise MaskcompError(f"{paths.eval_csv}: no rows (only a header); restore the competition's info.csv with one row per eval image")
     dup = df["ImageID"][df["ImageID"].duplicated()]
     if len(dup):
         raise MaskcompError(f"{paths.eval_csv}: ImageID {dup.iloc[0]} is listed twice; restore the original file")

@@ -1,6 +1,8 @@
 """The training/inference data path: crops decoded once into a uint8 memmap at model resolution.
 
-cache/<crop-hash>-<h>x<w>/images.npy holds every train and eval crop; epochs read arrays, never JPEGs.
+cache/<crop-hash>-<h>x<w>-<crop manifest digest>/images.npy holds every train and eval crop; epochs read
+arrays, never JPEGs. The folder name carries the crop manifest's digest, so crops of changed images never
+reuse an old array.
 EpochSampler yields (index, seed) pairs so that each sample's augmentation depends only on
 (run seed, epoch, position): a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -17,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from .config import Config
-from .crop import crop_dir, load_crops
+from .crop import crop_dir, load_crops, require_current_crops
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv
 from .paths import Paths
@@ -28,8 +30,8 @@ log = logging.getLogger(__name__)
 class CropCache:
     """Row lookup by original image path into a (N, H, W, 3) uint8 memmap of crops."""
 
-    def __init__(self, array: np.ndarray, image_paths: list[str]):
-        self.array = array
+    def __init__(self, array: np.ndarray, image_paths: list[str], manifest: dict):
+        self.array, self.manifest = array, manifest
         self.row = {p: i for i, p in enumerate(image_paths)}
 
     def rows(self, image_paths) -> np.ndarray:
@@ -43,13 +45,12 @@ class CropCache:
 def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
     """Open (building once if needed) the crop array for the current crop config at size (h, w)."""
     h, w = size
-    folder = Paths.from_config(cfg).cache / f"{crop_dir(cfg).name}-{h}x{w}"
+    manifest = require_current_crops(cfg)
+    folder = Paths.from_config(cfg).cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
     array_path, index_path = folder / "images.npy", folder / "index.csv"
     crops = load_crops(cfg)
     if index_path.exists() and array_path.exists():
-        index = pd.read_csv(index_path)["image_path"].tolist()
-        if set(index) >= set(crops.index):
-            return CropCache(np.load(array_path, mmap_mode="r"), index)
+        return CropCache(np.load(array_path, mmap_mode="r"), pd.read_csv(index_path)["image_path"].tolist(), manifest)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(crops), h, w, 3))
@@ -60,9 +61,10 @@ def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
             array[i] = cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
         array.flush()
         del array
+        index_path.unlink(missing_ok=True)
     write_csv(pd.DataFrame({"image_path": crops.index}), index_path)
     log.info("cached %d crops at %dx%d in %s", len(crops), h, w, array_path)
-    return CropCache(np.load(array_path, mmap_mode="r"), crops.index.tolist())
+    return CropCache(np.load(array_path, mmap_mode="r"), crops.index.tolist(), manifest)
 
 
 class CropDataset(Dataset):

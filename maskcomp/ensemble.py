@@ -6,7 +6,10 @@ parameters). Its honest gain is measured nested: tune on k-1 folds' OOF, score t
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,40 +19,37 @@ from scipy.optimize import minimize
 from . import labels
 from .config import Config
 from .errors import MaskcompError
-from .fileio import write_csv, write_json
+from .fileio import atomic_pair, json_default
+from .inference import require_current_predictions
 from .metrics import macro_f1, scores
 from .paths import Paths
+from .runs import RunRef, git_commit, read_oof, read_test_probs, resolve_run
 
 log = logging.getLogger(__name__)
 
 BIAS_GRID = np.round(np.arange(-3.0, 3.01, 0.1), 2)
 
 
-def load_experiment(paths: Paths, experiment: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """OOF table (TTA re-scored) of all folds, fold-averaged test probabilities, and the eval ImageIDs."""
-    root = paths.experiment_dir(experiment)
-    folds = sorted(root.glob("fold*/best.pt"))
+def load_experiment(cfg: Config, spec: str) -> tuple[pd.DataFrame, np.ndarray, list[str], RunRef]:
+    """OOF table (TTA re-scored) of all folds, fold-averaged test probabilities, the eval ImageIDs and the run.
+
+    `spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
+    fold's model or than the eval set are refused."""
+    ref = resolve_run(Paths.from_config(cfg), spec, cfg["run"] if spec == cfg["experiment"] else "latest")
+    require_current_predictions(cfg, ref)
+    folds = ref.trained_folds()
     if not folds:
-        raise MaskcompError(f"{root}: no trained folds (fold*/best.pt); run `make train` for experiment '{experiment}'")
-    oofs, tests, ids = [], [], None
-    for best in folds:
-        d = best.parent
-        for name in ("oof_tta.csv", "test_probs.npy", "test_ids.csv"):
-            if not (d / name).exists():
-                raise MaskcompError(f"{d / name}: missing; run `make infer` for experiment '{experiment}'")
-        oofs.append(pd.read_csv(d / "oof_tta.csv", dtype={"person_id": str}))
-        probs = np.load(d / "test_probs.npy")
-        if probs.shape[1] != labels.NUM_CLASSES:
-            raise MaskcompError(f"{d / 'test_probs.npy'}: {probs.shape[1]} classes, expected {labels.NUM_CLASSES}")
-        fold_ids = pd.read_csv(d / "test_ids.csv")["ImageID"].tolist()
+        raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
+    tests, ids = [], None
+    for fold in folds:
+        if not (ref.fold_dir(fold) / "oof_tta.csv").exists():
+            raise MaskcompError(f"{ref.fold_dir(fold) / 'oof_tta.csv'}: missing; run `make infer` for experiment '{ref.experiment}'")
+        probs, fold_ids = read_test_probs(ref, fold)
         if ids is not None and fold_ids != ids:
-            raise MaskcompError(f"{d / 'test_ids.csv'}: eval images differ between folds; run `make infer` again")
+            raise MaskcompError(f"{ref.fold_dir(fold) / 'test_ids.csv'}: eval images differ between folds; run `make infer` again")
         ids = fold_ids
         tests.append(probs)
-    oof = pd.concat(oofs, ignore_index=True).sort_values("image_path").reset_index(drop=True)
-    if not set(labels.PROB_COLUMNS) <= set(oof.columns):
-        raise MaskcompError(f"{root}: OOF files lack the 18 class columns p0..p17; this run has another class layout")
-    return oof, np.mean(tests, axis=0), ids
+    return read_oof(ref, tta=True), np.mean(tests, axis=0), ids, ref
 
 
 def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -129,42 +129,39 @@ def validate_submission(sub: pd.DataFrame, info: pd.DataFrame, source: str) -> N
         raise MaskcompError(f"{source}: ans must be whole numbers 0..17")
 
 
-def write_submission(info: pd.DataFrame, ids: list[str], pred: np.ndarray, path: Path) -> pd.DataFrame:
+def submission_table(info: pd.DataFrame, ids: list[str], pred: np.ndarray, source: str) -> pd.DataFrame:
     by_id = dict(zip(ids, pred.tolist()))
     missing = [i for i in info["ImageID"] if i not in by_id]
     if missing:
-        raise MaskcompError(f"{missing[0]}: eval image without a prediction ({len(missing)} in all); it has no crop — "
-                            "run `make crop infer` again, or fix the image")
+        raise MaskcompError(f"{missing[0]}: eval image without a prediction ({len(missing)} in all); it has no crop because it "
+                            "is unreadable (data.skip_bad): replace the image, then run `make crop infer ensemble`")
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": [int(by_id[i]) for i in info["ImageID"]]})
-    validate_submission(sub, info, str(path))
-    write_csv(sub, path)
+    validate_submission(sub, info, source)
     return sub
 
 
-def ensemble(cfg: Config) -> Path:
-    paths = Paths.from_config(cfg)
-    ec = cfg["ensemble"]
-    experiments = ec["experiments"] or [cfg["experiment"]]
-    loaded = [load_experiment(paths, e) for e in experiments]
-    base_oof, _, base_ids = loaded[0]
-    for exp, (oof, _, ids) in zip(experiments[1:], loaded[1:]):
-        if oof["image_path"].tolist() != base_oof["image_path"].tolist() or ids != base_ids:
-            raise MaskcompError(f"experiment '{exp}' covers other OOF or eval images than '{experiments[0]}'; "
-                                "ensemble only runs trained on the same folds and data")
-    y = base_oof["label"].to_numpy()
-    folds = base_oof["fold"].to_numpy()
-    oof_probs = [oof[labels.PROB_COLUMNS].to_numpy() for oof, _, _ in loaded]
-    if ec["weights"] not in ("equal", "fit"):
-        raise MaskcompError(f"ensemble.weights '{ec['weights']}' is unknown; use equal or fit")
-    weights = fit_weights(oof_probs, y) if ec["weights"] == "fit" else np.full(len(loaded), 1 / len(loaded))
-    oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
-    test_blend = np.tensordot(weights, np.stack([t for _, t, _ in loaded]), 1)
-    logp_oof, logp_test = np.log(np.clip(oof_blend, 1e-9, None)), np.log(np.clip(test_blend, 1e-9, None))
-    if ec["tune_biases"] not in (True, False, "auto"):
-        raise MaskcompError(f"ensemble.tune_biases '{ec['tune_biases']}' is unknown; use true, false or auto")
+def write_submission(sub: pd.DataFrame, sidecar: dict, path: Path) -> None:
+    """The CSV and its JSON sidecar as one artifact (fileio.atomic_pair)."""
+    with atomic_pair(path, path.with_suffix(".json")) as (csv_tmp, json_tmp):
+        sub.to_csv(csv_tmp, index=False)
+        json_tmp.write_text(json.dumps(sidecar, indent=2, default=json_default) + "\n")
+
+
+@dataclass
+class Decision:
+    """The F1-tuned decision on blended log-probabilities, and what it is honestly worth."""
+
+    biases: np.ndarray
+    nested: dict | None
+    before: dict
+    after_f1: float
+    cv_f1: float
+
+
+def decide(logp_oof: np.ndarray, y: np.ndarray, folds: np.ndarray, ec: dict) -> Decision:
     biases = np.zeros(labels.NUM_CLASSES)
     nested = None
-    before = scores(y, oof_blend)
+    before = scores(y, np.exp(logp_oof))
     cv_f1 = before["f1"]
     if ec["tune_biases"]:
         biases = tune_biases(logp_oof, y, ec["bias_rounds"], ec["bias_mode"])
@@ -174,21 +171,48 @@ def ensemble(cfg: Config) -> Path:
             biases = np.zeros(labels.NUM_CLASSES)
         else:
             cv_f1 = nested["pooled_after"]
-    after_f1 = macro_f1(y, (logp_oof + biases).argmax(1))
-    name = ec["name"] or "+".join(experiments)
-    out = paths.submissions / f"{name}.csv"
+    return Decision(biases, nested, before, macro_f1(y, (logp_oof + biases).argmax(1)), cv_f1)
+
+
+def _load_all(cfg: Config, experiments: list[str]) -> list[tuple]:
+    loaded = [load_experiment(cfg, e) for e in experiments]
+    base_oof, _, base_ids, _ = loaded[0]
+    for exp, (oof, _, ids, _) in zip(experiments[1:], loaded[1:]):
+        if oof["image_path"].tolist() != base_oof["image_path"].tolist() or ids != base_ids:
+            raise MaskcompError(f"experiment '{exp}' covers other OOF or eval images than '{experiments[0]}'; "
+                                "ensemble only runs trained on the same folds and data")
+    return loaded
+
+
+def ensemble(cfg: Config) -> Path:
+    paths = Paths.from_config(cfg)
+    ec = cfg["ensemble"]
+    experiments = ec["experiments"] or [cfg["experiment"]]
+    loaded = _load_all(cfg, experiments)
+    base_oof, _, base_ids, _ = loaded[0]
+    y, folds = base_oof["label"].to_numpy(), base_oof["fold"].to_numpy()
+    oof_probs = [oof[labels.PROB_COLUMNS].to_numpy() for oof, _, _, _ in loaded]
+    weights = fit_weights(oof_probs, y) if ec["weights"] == "fit" else np.full(len(loaded), 1 / len(loaded))
+    oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
+    test_blend = np.tensordot(weights, np.stack([t for _, t, _, _ in loaded]), 1)
+    logp_oof, logp_test = np.log(np.clip(oof_blend, 1e-9, None)), np.log(np.clip(test_blend, 1e-9, None))
+    decision = decide(logp_oof, y, folds, ec)
+    out = paths.submissions / f"{ec['name'] or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
-    pred = (logp_test + biases).argmax(1)
-    sub = write_submission(info, base_ids, pred, out)
-    train_share = np.bincount(y, minlength=18) / len(y)
+    sub = submission_table(info, base_ids, (logp_test + decision.biases).argmax(1), str(out))
     sub_share = np.bincount(sub["ans"], minlength=18) / len(sub)
-    sidecar = {"experiments": experiments, "weights": weights.tolist(), "biases": biases.round(3).tolist(),
+    runs = [ref for _, _, _, ref in loaded]
+    sidecar = {"summary": {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
+                           "runs": [r.label for r in runs], "folds": {r.label: r.trained_folds() for r in runs},
+                           "cv_macro_f1": decision.cv_f1, "eval_rows": len(sub)},
+               "experiments": experiments, "weights": weights.tolist(), "biases": decision.biases.round(3).tolist(),
                "bias_mode": ec["bias_mode"], "tta": cfg["infer"]["tta"],
-               "oof_before_decision": before, "oof_macro_f1_after_decision": after_f1, "nested_bias_gain": nested,
-               "biases_applied": bool(biases.any()), "cv_macro_f1": cv_f1,
-               "class_distribution": {"train_oof": train_share.round(4).tolist(), "submission": sub_share.round(4).tolist()}}
-    write_json(sidecar, out.with_suffix(".json"))
-    gain = f"; nested gain {nested['gain']:+.4f}" if nested else ""
-    print(f"OOF macro F1 {before['f1']:.4f} -> {after_f1:.4f} after the decision step{gain}")
+               "oof_before_decision": decision.before, "oof_macro_f1_after_decision": decision.after_f1,
+               "nested_bias_gain": decision.nested, "biases_applied": bool(decision.biases.any()), "cv_macro_f1": decision.cv_f1,
+               "class_distribution": {"train_oof": (np.bincount(y, minlength=18) / len(y)).round(4).tolist(),
+                                      "submission": sub_share.round(4).tolist()}}
+    write_submission(sub, sidecar, out)
+    gain = f"; nested gain {decision.nested['gain']:+.4f}" if decision.nested else ""
+    print(f"OOF macro F1 {decision.before['f1']:.4f} -> {decision.after_f1:.4f} after the decision step{gain}")
     log.info("wrote %s (%d rows) and %s", out, len(sub), out.with_suffix(".json"))
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from typing import Callable
 
@@ -15,10 +16,21 @@ def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None]
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> None:
+        # a plain `kill` ends the stage through SystemExit, so half-written temporary files are removed
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             main(argv)
         except MaskcompError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except OSError as err:  # a read-only folder, a full disk: the file and the reason, not a traceback
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}; check that the path exists, is writable and the disk has room",
+                  file=sys.stderr)
+            sys.exit(2)
 
     return wrapped
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)

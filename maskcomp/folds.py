@@ -6,6 +6,7 @@ sit in two folds. Oversampling only ever touches a training split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +14,10 @@ from sklearn.model_selection import StratifiedKFold
 
 from . import labels
 from .config import Config
-from .data import drop_age_bands, load_train, training_labels
+from .data import drop_age_bands, fix_files, load_train, training_labels
 from .errors import MaskcompError
 from .fileio import write_csv
+from .manifest import Manifest, config_keys, digest_cache, digest_of, differences, is_current, write_manifest
 from .paths import Paths
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,31 @@ def assign_folds(persons: pd.DataFrame, k: int, seed: int) -> pd.Series:
     return pd.Series(folds, index=persons.index, name="fold")
 
 
+def manifest_file(cfg: Config) -> Path:
+    folds = Paths.from_config(cfg).folds
+    return folds.with_name(folds.stem + ".manifest.json")
+
+
+def folds_manifest(cfg: Config) -> Manifest:
+    """What folds.csv depends on: train.csv and the label-fix files by content, and the folds settings."""
+    paths = Paths.from_config(cfg)
+    cache = digest_cache(cfg)
+    inputs = {"train_csv": cache.digest(paths.train_csv),
+              "label_fixes": digest_of([cache.digest(f) for f in fix_files(cfg) if f.exists()])}
+    cache.save()
+    return Manifest("folds", inputs, config_keys(cfg, "folds"))
+
+
+def require_current_folds(cfg: Config) -> dict:
+    """The folds manifest, after checking that folds.csv was made from the current labels and settings."""
+    manifest, place = folds_manifest(cfg), manifest_file(cfg)
+    if not is_current(place, manifest):
+        changed = ", ".join(differences(place, manifest))
+        raise MaskcompError(f"{Paths.from_config(cfg).folds}: made from other labels or folds settings ({changed}); "
+                            "run `make folds` first")
+    return manifest.as_dict()
+
+
 def make_folds(cfg: Config) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
     paths = Paths.from_config(cfg)
@@ -52,8 +79,10 @@ def make_folds(cfg: Config) -> pd.DataFrame:
     if out.exists() and pd.read_csv(out, dtype={"person_id": str}).equals(persons):
         log.info("%s is up to date", out)
     else:
+        manifest_file(cfg).unlink(missing_ok=True)
         write_csv(persons, out)
         log.info("wrote %s (%d persons, %d folds)", out, len(persons), k)
+    write_manifest(manifest_file(cfg), folds_manifest(cfg))
     write_csv(table.reset_index(), out.with_name("fold_summary.csv"))
     applied = pd.DataFrame(images.attrs.get("applied_fixes", []), columns=["person_id", "fix", "old", "new", "source"])
     write_csv(applied, out.with_name("applied_fixes.csv"))
@@ -135,5 +164,8 @@ def split_fold(cfg: Config, images: pd.DataFrame, fold: int) -> tuple[pd.DataFra
     val = images[fold_of == fold].reset_index(drop=True)
     train = training_labels(images[fold_of != fold], cfg["train"]["age_old_threshold"])
     train = drop_age_bands(train, cfg["train"]["drop_age_bands"])
+    if train.empty:
+        raise MaskcompError(f"fold {fold}: no training image is left after train.drop_age_bands={cfg['train']['drop_age_bands']}; "
+                            "narrow or remove the bands")
     train, weights = oversample(train.reset_index(drop=True), cfg, seed=cfg["seed"] + fold)
     return train, val, weights

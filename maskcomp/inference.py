@@ -1,29 +1,37 @@
 """Prediction with test-time augmentation, and the infer stage: each fold's best.pt scores the eval set
-(test_probs.npy + test_ids.csv) and re-scores its validation images with the same TTA (oof_tta.csv)."""
+(test_probs.npy + test_ids.csv) and re-scores its validation images with the same TTA (oof_tta.csv).
+infer.json in the fold directory is the predictions' manifest: the checkpoint's digest, the run, the
+eval crops and ids, the TTA; predictions are remade whenever any of them changes."""
 from __future__ import annotations
 
-import json
+import functools
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.data import DataLoader
 
 from . import labels
 from .augment import eval_transform
 from .config import Config
 from .data import load_eval, load_train
-from .dataset import CropDataset, build_cache, existing_crops_only, targets_of
+from .dataset import CropCache, CropDataset, build_cache, existing_crops_only, targets_of
 from .device import amp_dtype_of, autocast, resolve_device
 from .errors import MaskcompError
-from .fileio import atomic_path, write_csv, write_json
+from .fileio import atomic_path, write_csv
 from .folds import load_folds
+from .manifest import Manifest, config_keys, differences, digest_cache, digest_of, is_current, read_manifest, write_manifest
 from .models import create_model, normalisation, probs18
 from .paths import Paths
+from .runs import RunRef, resolve_run
 
 log = logging.getLogger(__name__)
+
+PREDICTIONS_MANIFEST = "infer.json"
 
 
 def tta_view(images: torch.Tensor, op: str) -> torch.Tensor:
@@ -71,14 +79,85 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
     return probs, head_probs
 
 
-def load_fold_model(cfg: Config, fold: int, device: torch.device) -> torch.nn.Module:
-    path = Paths.from_config(cfg).fold_dir(cfg["experiment"], fold) / "best.pt"
+def load_fold_model(run: RunRef, fold: int, device: torch.device) -> torch.nn.Module:
+    path = run.fold_dir(fold) / "best.pt"
     if not path.exists():
         raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
     state = torch.load(path, map_location=device, weights_only=False)
     model = create_model({**state["config"]["model"], "pretrained": False})
     model.load_state_dict(state["model"])
     return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def run_config(cfg: Config, run: RunRef) -> Config:
+    """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input),
+    with this invocation's paths, devices, workers and infer/ensemble settings."""
+    path = run.dir / "config.yaml"
+    if not path.exists():
+        raise MaskcompError(f"{path}: missing; this run was not made by `make train`; train it again")
+    saved = yaml.safe_load(path.read_text())
+    out = {**saved, "paths": cfg["paths"], "infer": cfg["infer"], "ensemble": cfg["ensemble"], "run": cfg["run"]}
+    out["train"] = {**saved["train"], **{k: cfg["train"][k] for k in ("device", "workers")}}
+    out["data"] = {**saved["data"], "skip_bad": cfg["data"]["skip_bad"]}
+    return out
+
+
+def require_current_run(cfg: Config, run: RunRef) -> None:
+    """A run is used only while the labels, folds and training crops it was trained on still hold."""
+    from .trainer import run_manifest
+
+    expected = run_manifest(cfg)
+    if not is_current(run.dir, expected):
+        changed = ", ".join(differences(run.dir, expected))
+        raise MaskcompError(f"{run.dir}: run {run.label} was trained on other data or labels than the current ones ({changed}); "
+                            "run `make train` to train on them, or pick another run with run=<id>")
+
+
+@dataclass
+class EvalSide:
+    """What every fold of a run predicts on: the run's config, the eval rows with crops, and their crop array."""
+
+    cfg: Config
+    evals: pd.DataFrame
+    cache: CropCache
+    size: tuple[int, int]
+
+    @property
+    def eval_digest(self) -> str:
+        return digest_of([self.cache.manifest["digest"], self.evals["ImageID"].tolist()])
+
+
+def eval_side(cfg: Config, run: RunRef) -> EvalSide:
+    rcfg = run_config(cfg, run)
+    require_current_run(rcfg, run)
+    size = tuple(rcfg["train"]["img_size"])
+    cache = build_cache(rcfg, size)
+    evals = existing_crops_only(load_eval(rcfg), cache, rcfg["data"]["skip_bad"], "eval set")
+    return EvalSide(rcfg, evals, cache, size)
+
+
+def prediction_manifest(side: EvalSide, run: RunRef, fold: int) -> Manifest:
+    """What one fold's predictions depend on: its checkpoint by content, its run, the eval crops and ids, the TTA."""
+    best = run.fold_dir(fold) / "best.pt"
+    if not best.exists():
+        raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+    cache = digest_cache(side.cfg)
+    model = cache.digest(best)
+    cache.save()
+    return Manifest("infer", {"model": model, "run": read_manifest(run.dir)["digest"], "eval": side.eval_digest},
+                    config_keys(side.cfg, "infer"))
+
+
+def require_current_predictions(cfg: Config, run: RunRef) -> None:
+    """Every trained fold's test predictions were made by its current best.pt on the current eval set."""
+    side = eval_side(cfg, run)
+    for fold in run.trained_folds():
+        place = run.fold_dir(fold) / PREDICTIONS_MANIFEST
+        manifest = prediction_manifest(side, run, fold)
+        if not is_current(place, manifest):
+            changed = ", ".join(differences(place, manifest))
+            raise MaskcompError(f"{run.fold_dir(fold)}: predictions do not match fold {fold}'s current model, eval set or TTA "
+                                f"({changed}); run `make infer`")
 
 
 def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
@@ -91,39 +170,40 @@ def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict)
     return table
 
 
-def infer(cfg: Config, folds: list[int] | None = None) -> None:
+def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
+    """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run."""
     paths = Paths.from_config(cfg)
-    device = resolve_device(cfg["train"]["device"])
-    amp = amp_dtype_of(cfg["train"]["amp"])
+    run = resolve_run(paths, cfg["experiment"], cfg["run"])
     tta, reduce = tuple(cfg["infer"]["tta"]), cfg["infer"]["tta_reduce"]
     for op in tta:
         tta_view(torch.zeros(1, 3, 8, 8), op)
-    images = load_train(cfg)
-    fold_of = load_folds(cfg, images)
-    evals = load_eval(cfg)
-    size = tuple(cfg["train"]["img_size"])
-    cache = build_cache(cfg, size)
-    evals = existing_crops_only(evals, cache, cfg["data"]["skip_bad"], "eval set")
-    mean, std = normalisation(cfg["model"]["backbone"])
-    transform = eval_transform(size, mean, std)
-    bs, workers = cfg["infer"]["batch_size"], cfg["train"]["workers"]
-    eval_set = CropDataset(cache.array, cache.rows(evals["image_path"]), {}, transform)
-    for fold in folds or sorted(set(fold_of)):
-        out = paths.fold_dir(cfg["experiment"], fold)
-        stamp = {"tta": list(tta), "reduce": reduce, "best_mtime": (out / "best.pt").stat().st_mtime_ns if (out / "best.pt").exists() else None,
-                 "eval_ids": len(evals)}
-        if (out / "infer.json").exists() and json.loads((out / "infer.json").read_text()) == stamp:
+    side = eval_side(cfg, run)
+    rcfg = side.cfg
+    device = resolve_device(rcfg["train"]["device"])
+    images = load_train(rcfg)
+    fold_of = load_folds(rcfg, images)
+    mean, std = normalisation(rcfg["model"]["backbone"])
+    transform = eval_transform(side.size, mean, std)
+    eval_set = CropDataset(side.cache.array, side.cache.rows(side.evals["image_path"]), {}, transform)
+    for fold in folds or run.trained_folds():
+        out = run.fold_dir(fold)
+        manifest = prediction_manifest(side, run, fold)
+        if is_current(out / PREDICTIONS_MANIFEST, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out)
             continue
-        model = load_fold_model(cfg, fold, device)
-        val = existing_crops_only(images[fold_of == fold].reset_index(drop=True), cache, cfg["data"]["skip_bad"], "validation")
-        val_set = CropDataset(cache.array, cache.rows(val["image_path"]), targets_of(val), transform)
-        val_probs, val_heads = predict(model, DataLoader(val_set, batch_size=bs, num_workers=workers), device, amp, tta, reduce)
+        (out / PREDICTIONS_MANIFEST).unlink(missing_ok=True)
+        val = existing_crops_only(images[fold_of == fold].reset_index(drop=True), side.cache, rcfg["data"]["skip_bad"], "validation")
+        val_set = CropDataset(side.cache.array, side.cache.rows(val["image_path"]), targets_of(val), transform)
+        model = load_fold_model(run, fold, device)
+        amp = amp_dtype_of(rcfg["train"]["amp"])
+        loader = functools.partial(DataLoader, batch_size=rcfg["infer"]["batch_size"], num_workers=rcfg["train"]["workers"])
+        val_probs, val_heads = predict(model, loader(val_set), device, amp, tta, reduce)
         write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
-        test_probs, _ = predict(model, DataLoader(eval_set, batch_size=bs, num_workers=workers), device, amp, tta, reduce)
+        test_probs, _ = predict(model, loader(eval_set), device, amp, tta, reduce)
         with atomic_path(out / "test_probs.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, test_probs.astype(np.float32))
-        write_csv(evals[["ImageID"]], out / "test_ids.csv")
-        write_json(stamp, out / "infer.json")
-        log.info("fold %d: wrote test_probs.npy (%d images, TTA %s) and oof_tta.csv in %s", fold, len(evals), "+".join(tta), out)
+        write_csv(side.evals[["ImageID"]], out / "test_ids.csv")
+        write_manifest(out / PREDICTIONS_MANIFEST, manifest)
+        log.info("fold %d: wrote test_probs.npy (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)
+    return run

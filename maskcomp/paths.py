@@ -46,9 +46,3 @@ class Paths:
     def eval_answers(self) -> Path:
         """Ground truth of generated or benchmark data; it sits beside eval/, never inside it."""
         return self.data_root / "eval_answers.csv"
-
-    def experiment_dir(self, experiment: str) -> Path:
-        return self.runs / experiment
-
-    def fold_dir(self, experiment: str, fold: int) -> Path:
-        return self.runs / experiment / f"fold{fold}"

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import labels
-from .fileio import atomic_path, write_csv
+from .fileio import atomic_path, require_writable, write_csv
 from .paths import Paths
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def _write_image(img: np.ndarray, path: Path) -> None:
 
 def make_sample(paths: Paths, persons: int, eval_persons: int, seed: int) -> None:
     """Write train/ and eval/ under paths.data_root, and eval_answers.csv beside eval/."""
+    require_writable(paths.data_root)
     rng = np.random.default_rng([seed, 1])
     exts = [e for e, _ in EXTENSIONS]
     ext_p = [p for _, p in EXTENSIONS]

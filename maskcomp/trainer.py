@@ -1,8 +1,9 @@
-"""Training of one fold or all folds: runs/<experiment>/fold<K>/ gets best.pt, last.pt, config.yaml,
-env.json, metrics.csv, oof.csv (and TensorBoard events when asked)."""
+"""Training of one fold or all folds: runs/<experiment>/<run-id>/fold<K>/ gets best.pt, last.pt, config.yaml,
+env.json, metrics.csv, oof.csv, done.json (and TensorBoard events when asked). The run id comes from the
+run's manifest (see runs.py): data, labels, folds and training config decide which run a training belongs to."""
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -35,14 +36,24 @@ from .metrics import scores
 from .device import amp_dtype_of, autocast, resolve_device
 from .inference import oof_table, predict
 from .models import create_model, normalisation
+from .crop import require_current_crops, train_crops_digest
+from .folds import require_current_folds
+from .manifest import Manifest, config_keys, digest_cache
 from .paths import Paths
+from .runs import RunRef, open_run, run_lock
 
 log = logging.getLogger(__name__)
 
-def config_hash(cfg: Config) -> str:
-    relevant = {k: v for k, v in cfg.items() if k not in ("infer", "ensemble", "paths")}
-    relevant["train"] = {k: v for k, v in cfg["train"].items() if k not in ("folds", "workers", "tensorboard", "device")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+def run_manifest(cfg: Config) -> Manifest:
+    """What a training run depends on: labels and folds (by content), the training crops, the training config."""
+    folds = require_current_folds(cfg)
+    crops = require_current_crops(cfg)
+    cache = digest_cache(cfg)
+    inputs = {"labels_and_folds": folds["digest"], "folds_csv": cache.digest(Paths.from_config(cfg).folds),
+              "train_crops": train_crops_digest(crops)}
+    cache.save()
+    return Manifest("train", inputs, config_keys(cfg, "train"))
 
 
 def distributed() -> tuple[int, int]:
@@ -74,15 +85,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
 class FoldTrainer:
     """Everything one fold's run needs, built from the config; `run()` trains with resume and early stopping."""
 
-    def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, resume: bool = False):
-        self.cfg, self.fold, self.resume = cfg, fold, resume
+    def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, resume: bool = False):
+        self.cfg, self.fold, self.resume, self.run_ref = cfg, fold, resume, run
         tc = cfg["train"]
         self.rank, self.world = distributed()
         self.device = resolve_device(tc["device"])
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.amp_dtype = amp_dtype_of(tc["amp"])
-        self.dir = Paths.from_config(cfg).fold_dir(cfg["experiment"], fold)
+        self.dir = run.fold_dir(fold)
         self.seed = cfg["seed"] + fold
         if tc["deterministic"] and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
@@ -210,7 +221,7 @@ class FoldTrainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-                "config_hash": config_hash(self.cfg)}
+                "run_id": self.run_ref.run_id}
 
     def run(self) -> dict:
         tc = self.cfg["train"]
@@ -218,8 +229,6 @@ class FoldTrainer:
         last = self.dir / "last.pt"
         if self.resume and last.exists():
             state = torch.load(last, map_location=self.device, weights_only=False)
-            if state["config_hash"] != config_hash(self.cfg):
-                raise MaskcompError(f"{last}: was trained with another config; resume with the same config or delete {self.dir}")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -263,7 +272,7 @@ class FoldTrainer:
                 dist.broadcast(flags, 0)
                 bad_epochs = int(flags)
         summary = {"fold": self.fold, "best_f1": best_f1, "best_epoch": best_epoch, "epochs_run": len(history),
-                   "config_hash": config_hash(self.cfg)}
+                   "run_id": self.run_ref.run_id}
         if self.rank == 0:
             write_json(summary, self.dir / "done.json")
             log.info("fold %d done: best macro F1 %.4f at epoch %d; outputs in %s", self.fold, best_f1, best_epoch, self.dir)
@@ -275,7 +284,7 @@ class FoldTrainer:
         write_text(dump_config(self.cfg), self.dir / "config.yaml")
         write_json({"seed": self.seed, "fold": self.fold, "versions": library_versions(), "device": str(self.device),
                     "world_size": self.world, "train_images": len(self.train_df), "val_images": len(self.val_df),
-                    "config_hash": config_hash(self.cfg)}, self.dir / "env.json")
+                    "run_id": self.run_ref.run_id}, self.dir / "env.json")
 
     def _tensorboard(self):
         if not self.cfg["train"]["tensorboard"] or self.rank != 0:
@@ -286,17 +295,24 @@ class FoldTrainer:
 
 
 def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> list[dict]:
-    """Train the requested folds (default: train.folds, or all); finished folds with the same config are skipped."""
+    """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
+    run already finished are skipped. The run becomes the experiment's `latest`."""
     images = load_train(cfg)
     all_folds = sorted(set(load_folds(cfg, images)))
     todo = folds or cfg["train"]["folds"] or all_folds
-    paths = Paths.from_config(cfg)
+    rank, _ = distributed()
+    manifest = run_manifest(cfg)
+    # every rank computes the same run; rank 0 alone writes its files and holds its lock
+    run = open_run(cfg, manifest, write=rank == 0)
+    log.info("run %s: %s", run.label, run.dir)
+    lock = run_lock(run) if rank == 0 else contextlib.nullcontext()
     results = []
-    for fold in todo:
-        done = paths.fold_dir(cfg["experiment"], fold) / "done.json"
-        if done.exists() and not resume and json.loads(done.read_text())["config_hash"] == config_hash(cfg):
-            log.info("fold %d already trained with this config (%s); skipping", fold, done)
-            results.append(json.loads(done.read_text()))
-            continue
-        results.append(FoldTrainer(cfg, fold, images, resume=resume).run())
+    with lock:
+        for fold in todo:
+            done = run.fold_dir(fold) / "done.json"
+            if done.exists() and not resume:
+                log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, done)
+                results.append(json.loads(done.read_text()))
+                continue
+            results.append(FoldTrainer(cfg, fold, images, run, resume=resume).run())
     return results

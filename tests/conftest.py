@@ -8,6 +8,7 @@ import pytest
 
 from maskcomp.config import load_config
 from maskcomp.paths import Paths
+from maskcomp.runs import resolve_run
 from maskcomp.sample import make_sample
 
 SAMPLE_PERSONS = 40
@@ -18,6 +19,11 @@ def config_for(data_root: Path, work: Path, *overrides: str, config: str = "conf
     """A config whose outputs all live under `work`."""
     outs = [f"paths.{name}={work / name}" for name in ("crops", "runs", "reports", "submissions", "cache")]
     return load_config(config, [f"paths.data_root={data_root}", f"paths.folds={work / 'folds.csv'}", *outs, *overrides])
+
+
+def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:
+    """Fold `fold` of the experiment's latest run."""
+    return resolve_run(Paths.from_config(cfg), experiment).fold_dir(fold)
 
 
 @pytest.fixture(scope="session")

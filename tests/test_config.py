@@ -44,3 +44,44 @@ def test_config_files_layer_in_order():
     assert cfg["experiment"] == "quality_ours" and cfg["crop"]["mode"] == "mtcnn"
     assert cfg["train"]["img_size"] == [256, 192] and cfg["folds"]["k"] == 5  # the GPU file overrides quality.yaml
     assert cfg["train"]["epochs"] == 2 and cfg["model"]["backbone"] == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=abc", "config key train.epochs='abc': expected a whole number"),
+    ("train.epochs=0", "config key train.epochs=0: expected a whole number >= 1"),
+    ("train.img_size=64", "config key train.img_size=64: expected a list of 2 numbers"),
+    ("train.img_size=[64, 8]", r"config key train.img_size=\[64, 8\]: expected a list of whole numbers in \[32, 4096\]"),
+    ("train.batch_size=0", "config key train.batch_size=0: expected a whole number >= 1"),
+    ("folds.k=1", "config key folds.k=1: expected a whole number >= 2"),
+    ("model.head=double", "config key model.head='double': expected one of single, multi"),
+    ("train.amp=fp8", "config key train.amp='fp8': expected one of bf16, fp16, none"),
+    ("ensemble.tune_biases=maybe", "config key ensemble.tune_biases='maybe': expected one of true, false, auto"),
+    ("train.ema=yes please", "config key train.ema='yes please': expected true/false"),
+    ("crop.thresholds=[0.6, 0.7]", "config key crop.thresholds=.*: expected a list of 3 numbers"),
+    ("loss.label_smoothing=1.5", r"config key loss.label_smoothing=1.5: expected a number in \[0.0, 0.99\]"),
+])
+def test_wrong_types_and_ranges_name_key_value_and_expectation(override, message):
+    with pytest.raises(MaskcompError, match=message) as err:
+        load_config("configs/sample.yaml", [override])
+    assert "\n" not in str(err.value)
+
+
+def test_exponent_without_dot_is_a_number():
+    assert load_config(None, ["train.lr=3e-4"])["train"]["lr"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("name", ["competition", "competition_cpu"])
+def test_recipe_configs_pass_validation(name):
+    assert load_config(f"configs/{name}.yaml")["model"]["head"] == "multi"
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["--epochs", "3"], "unknown option --epochs: settings are dotted overrides here; write train.epochs=3"),
+    (["--lr=0.1"], "write train.lr=0.1"),
+    (["--bogus"], "unknown option --bogus; settings are dotted overrides such as train.epochs=3"),
+])
+def test_argparse_habits_get_the_dotted_override(argv, hint):
+    from maskcomp.cli import parse_stage_args, stage_parser
+
+    with pytest.raises(MaskcompError, match=hint):
+        parse_stage_args(stage_parser("x"), ["--config", "configs/sample.yaml", *argv])

@@ -20,7 +20,7 @@ CROP_CFG = dict(detect_scale=1.0, min_face_size=40, thresholds=[0.6, 0.7, 0.7], 
 def test_detector_finds_the_astronauts_face(tmp_path):
     path = tmp_path / "astronaut.png"
     cv2.imwrite(str(path), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
-    det = run_detection([Item("a.png", "train", str(path), "p")], CROP_CFG, tmp_path / "det.jsonl")["a.png"]
+    det = run_detection([Item("a.png", "train", str(path), "p", "digest-a")], CROP_CFG, tmp_path / "det.jsonl")["digest-a"]
     assert det["stage"] == "mtcnn"
     x1, y1, x2, y2 = det["boxes"][choose_box(np.array(det["boxes"]), np.array(det["probs"]), *det["size"])]
     # the face of skimage's astronaut lies around x 180-270, y 60-175
@@ -30,9 +30,9 @@ def test_detector_finds_the_astronauts_face(tmp_path):
 def test_faceless_image_takes_a_fallback(tmp_path):
     path = tmp_path / "blank.png"
     cv2.imwrite(str(path), np.full((512, 384, 3), 127, np.uint8))
-    items = [Item("blank.png", "eval", str(path), "")]
+    items = [Item("blank.png", "eval", str(path), "", "digest-blank")]
     dets = run_detection(items, CROP_CFG, tmp_path / "det.jsonl")
-    assert dets["blank.png"]["stage"] is None
+    assert dets["digest-blank"]["stage"] is None
     recs = crop.write_crops(crop.resolve_boxes(items, dets, {"mode": "mtcnn"}),
                             {"mode": "mtcnn", "margin": 0.2, "aspect": 0.75, "center_box": [0.1, 0.1, 0.9, 0.8]}, tmp_path / "c")
     assert recs.loc[0, "source"] == "center"

@@ -19,7 +19,7 @@ from maskcomp.paths import Paths
 from maskcomp.sample import make_sample
 from maskcomp.trainer import train
 
-from conftest import config_for
+from conftest import config_for, fold_dir
 
 PLANTED_GENDER_FLIPS = 5
 
@@ -63,7 +63,7 @@ def test_analysis_report_from_run_files(pipeline):
     for name in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age", "curves", "reliability", "wrong_gallery"):
         assert (out / f"{name}.png").exists(), name
     per_class = pd.read_csv(out / "per_class.csv")
-    oof_rows = sum(len(pd.read_csv(p)) for p in Paths.from_config(cfg).experiment_dir("sample").glob("fold*/oof_tta.csv"))
+    oof_rows = sum(len(pd.read_csv(p)) for p in fold_dir(cfg, 0).parent.glob("fold*/oof_tta.csv"))
     assert per_class["support"].sum() == oof_rows == 70 * 7
     candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
     assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
@@ -82,7 +82,7 @@ def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
 
 def test_missing_checkpoint_is_one_line(pipeline):
     cfg, _, _, _ = pipeline
-    best = Paths.from_config(cfg).fold_dir("sample", 1) / "best.pt"
+    best = fold_dir(cfg, 1) / "best.pt"
     best.rename(best.with_suffix(".bak"))
     try:
         with pytest.raises(MaskcompError, match=r"fold1/best.pt: missing fold checkpoint"):
@@ -93,5 +93,5 @@ def test_missing_checkpoint_is_one_line(pipeline):
 
 def test_analysis_of_missing_run_lists_it(pipeline, tmp_path):
     cfg, _, _, _ = pipeline
-    with pytest.raises(MaskcompError, match="no runs for experiment 'nothing'"):
+    with pytest.raises(MaskcompError, match="no trained run of experiment 'nothing'"):
         analyze({**cfg, "experiment": "nothing"})

@@ -16,10 +16,9 @@ from maskcomp.crop import crop_faces
 from maskcomp.errors import MaskcompError
 from maskcomp.folds import make_folds
 from maskcomp.models import create_model, probs18
-from maskcomp.paths import Paths
 from maskcomp.trainer import train
 
-from conftest import config_for
+from conftest import config_for, fold_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
@@ -36,7 +35,7 @@ def tiny_cfg(tiny_root, tmp_path):
 
 def test_run_writes_every_file(tiny_cfg):
     result = train(tiny_cfg, folds=[0])[0]
-    run = Paths.from_config(tiny_cfg).fold_dir("sample", 0)
+    run = fold_dir(tiny_cfg, 0)
     for name in ("best.pt", "last.pt", "config.yaml", "env.json", "metrics.csv", "oof.csv", "done.json"):
         assert (run / name).exists(), name
     metrics = pd.read_csv(run / "metrics.csv")
@@ -76,8 +75,6 @@ def test_single_head_model_shape():
 @pytest.mark.parametrize("override,pattern", [
     ("model.backbone=resnet_nonexistent", "not a timm model"),
     ("loss.terms=[{name: hinge, weight: 1}]", "unknown loss 'hinge'"),
-    ("model.head=double", "model.head 'double' is unknown"),
-    ("train.amp=fp8", "train.amp 'fp8' is unknown"),
 ])
 def test_bad_config_values_fail_with_one_line(tiny_cfg, tiny_root, tmp_path, override, pattern):
     cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=1", override)
@@ -112,17 +109,17 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_pa
     killed_runs = work / "killed"
     proc = subprocess.Popen(_cli(args, f"paths.runs={killed_runs}", "--fold", "0"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = killed_runs / "sample" / "fold0" / "metrics.csv"
     deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and len(pd.read_csv(metrics)) >= 2):
+    while time.time() < deadline and not ((m := next(killed_runs.glob("sample/*/fold0/metrics.csv"), None)) and len(pd.read_csv(m)) >= 2):
         time.sleep(0.05)
+    metrics = next(killed_runs.glob("sample/*/fold0/metrics.csv"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed_runs / "sample" / "fold0" / "done.json").exists(), "run finished before it could be killed"
+    assert not (metrics.parent / "done.json").exists(), "run finished before it could be killed"
     resumed = subprocess.run(_cli(args, f"paths.runs={killed_runs}", "--fold", "0", "--resume"), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     cols = ["epoch", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc", "lr"]
-    a = pd.read_csv(work / "straight" / "sample" / "fold0" / "metrics.csv")[cols]
+    a = pd.read_csv(next((work / "straight").glob("sample/*/fold0/metrics.csv")))[cols]
     b = pd.read_csv(metrics)[cols]
     assert len(a) == 4
     pd.testing.assert_frame_equal(a, b)
@@ -136,6 +133,7 @@ def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
                            *_overrides(tiny_root, work, epochs=1), f"paths.runs={work / 'ddp'}", "--fold", "1"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    env_json = json.loads((work / "ddp" / "sample" / "fold1" / "env.json").read_text())
+    fold1 = next((work / "ddp").glob("sample/*/fold1"))
+    env_json = json.loads((fold1 / "env.json").read_text())
     assert env_json["world_size"] == 2
-    assert len(pd.read_csv(work / "ddp" / "sample" / "fold1" / "metrics.csv")) == 1
+    assert len(pd.read_csv(fold1 / "metrics.csv")) == 1

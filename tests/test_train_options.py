@@ -6,10 +6,10 @@ import torch
 from maskcomp.crop import crop_faces
 from maskcomp.data import load_train
 from maskcomp.folds import make_folds
-from maskcomp.paths import Paths
-from maskcomp.trainer import FoldTrainer, train
+from maskcomp.runs import open_run
+from maskcomp.trainer import FoldTrainer, run_manifest, train
 
-from conftest import config_for
+from conftest import config_for, fold_dir
 from test_train import TINY
 
 
@@ -18,6 +18,10 @@ def _cfg(tiny_root, tmp_path, *overrides):
     crop_faces(cfg)
     make_folds(cfg)
     return cfg
+
+
+def _trainer(cfg) -> FoldTrainer:
+    return FoldTrainer(cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -30,7 +34,7 @@ def _changed(before: dict, module: torch.nn.Module) -> set[str]:
 
 def test_frozen_backbone_keeps_weights_then_trains(tiny_root, tmp_path):
     cfg = _cfg(tiny_root, tmp_path, "train.epochs=2", "model.freeze_backbone_epochs=1")
-    trainer = FoldTrainer(cfg, 0, load_train(cfg))
+    trainer = _trainer(cfg)
     backbone, heads = _snapshot(trainer.model.backbone), _snapshot(trainer.model)
     trainer._train_epoch(0)
     assert not _changed(backbone, trainer.model.backbone), "a frozen backbone's weights moved"
@@ -42,7 +46,7 @@ def test_frozen_backbone_keeps_weights_then_trains(tiny_root, tmp_path):
 def test_ema_weights_are_what_best_checkpoint_keeps(tiny_root, tmp_path):
     cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "train.batch_size=4", "train.ema=true", "train.ema_decay=0.5")
     train(cfg, folds=[0])
-    run = Paths.from_config(cfg).fold_dir("sample", 0)
+    run = fold_dir(cfg, 0)
     best = torch.load(run / "best.pt", weights_only=False)["model"]
     last = torch.load(run / "last.pt", weights_only=False)
     ema = {k.removeprefix("module."): v for k, v in last["ema"].items()}
@@ -56,7 +60,7 @@ def test_tensorboard_events_hold_the_epoch_scalars(tiny_root, tmp_path):
 
     cfg = _cfg(tiny_root, tmp_path, "train.epochs=2", "train.tensorboard=true")
     train(cfg, folds=[0])
-    events = EventAccumulator(str(Paths.from_config(cfg).fold_dir("sample", 0) / "tb"))
+    events = EventAccumulator(str(fold_dir(cfg, 0) / "tb"))
     events.Reload()
     tags = events.Tags()["scalars"]
     for tag in ("train_loss", "val_loss", "f1", "lr"):
@@ -66,7 +70,7 @@ def test_tensorboard_events_hold_the_epoch_scalars(tiny_root, tmp_path):
 
 def test_compiled_model_trains_and_matches_eager(tiny_root, tmp_path):
     cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "train.compile=true", "model.backbone=test_efficientnet")
-    trainer = FoldTrainer(cfg, 0, load_train(cfg))
+    trainer = _trainer(cfg)
     assert isinstance(trainer.net, torch._dynamo.eval_frame.OptimizedModule)
     loss, _ = trainer._train_epoch(0)
     assert math.isfinite(loss) and loss > 0

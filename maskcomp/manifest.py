@@ -1,0 +1,163 @@
+"""Content digests and stage manifests: the one place that decides whether a stage's outputs still hold.
+
+A stage writes `manifest.json` beside its outputs: the digests of everything those outputs depend on
+(input files by content, upstream manifests) and the config keys the stage read. It skips its work only
+when the manifest it would write now equals the one on disk, and a downstream stage refuses upstream
+outputs whose manifest no longer matches the current inputs.
+
+File digests are SHA-256 of the bytes. They are remembered in `cache/digests.json` under the file's
+(size, mtime, ctime, inode): a repeated run stats every file but reads only those whose stat changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from .config import Config
+from .fileio import write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+# config keys each stage's outputs depend on (dotted; a section name takes the whole section minus EXCLUDED)
+STAGE_KEYS = {
+    "crop": ["crop.mode", "crop.detect_scale", "crop.min_face_size", "crop.thresholds", "crop.relaxed_thresholds",
+             "crop.margin", "crop.aspect", "crop.center_box", "data.image_check", "data.skip_bad"],
+    "folds": ["folds.k", "folds.seed", "data.label_fixes", "data.known_label_fixes", "data.skip_bad"],
+    "train": ["seed", "data", "folds", "model", "loss", "augment", "train"],
+    "infer": ["infer.tta", "infer.tta_reduce"],
+}
+# keys that change how fast or where a stage runs, never what it writes
+EXCLUDED = {"train.folds", "train.workers", "train.tensorboard", "train.device", "train.compile", "data.image_check"}
+_READ_SIZE = 1 << 20
+
+
+def digest_of(obj: Any) -> str:
+    """SHA-256 of a JSON-able value (keys sorted), for config subsets and lists of digests."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_keys(cfg: Config, stage: str) -> dict[str, Any]:
+    """The values of the config keys `stage` depends on, flattened to dotted names."""
+    out: dict[str, Any] = {}
+    for key in STAGE_KEYS[stage]:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node[part]
+        if isinstance(node, dict):
+            out.update({f"{key}.{k}": v for k, v in node.items() if f"{key}.{k}" not in EXCLUDED})
+        else:
+            out[key] = node
+    return out
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_READ_SIZE):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DigestCache:
+    """File digests remembered by stat signature; `save()` writes the cache back (atomically)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.changed = False
+        if path is not None and path.exists():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError):
+                log.warning("%s: unreadable digest cache; every file is hashed again", path)
+
+    @staticmethod
+    def _signature(st: os.stat_result) -> list:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def digest(self, path: str | Path) -> str:
+        key = str(Path(path).resolve())
+        signature = self._signature(os.stat(key))
+        entry = self.entries.get(key)
+        if entry and entry[0] == signature:
+            return entry[1]
+        value = _hash_file(Path(key))
+        self.entries[key] = [signature, value]
+        self.changed = True
+        return value
+
+    def digests(self, paths: Iterable[str | Path], what: str = "files") -> list[str]:
+        paths = list(paths)
+        bar = tqdm(paths, desc=f"digest {what}", unit="file", disable=len(paths) < 500, mininterval=2.0, leave=False)
+        return [self.digest(p) for p in bar]
+
+    def save(self) -> None:
+        if self.path is not None and self.changed:
+            write_json(self.entries, self.path)
+            self.changed = False
+
+
+def digest_cache(cfg: Config) -> DigestCache:
+    from .paths import Paths
+
+    return DigestCache(Paths.from_config(cfg).cache / "digests.json")
+
+
+@dataclass
+class Manifest:
+    """What a stage's outputs were made from: named input digests and the config keys it read."""
+
+    stage: str
+    inputs: dict[str, str]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return digest_of(asdict(self))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "digest": self.digest}
+
+
+def manifest_path(place: Path) -> Path:
+    """A folder's manifest is `manifest.json` inside it; a path ending in .json is the manifest file itself."""
+    return place if place.suffix == ".json" else place / MANIFEST
+
+
+def read_manifest(place: Path) -> dict | None:
+    path = manifest_path(place)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_manifest(place: Path, manifest: Manifest) -> Path:
+    return write_json(manifest.as_dict(), manifest_path(place))
+
+
+def is_current(place: Path, manifest: Manifest) -> bool:
+    stored = read_manifest(place)
+    return stored is not None and stored.get("digest") == manifest.digest
+
+
+def differences(place: Path, manifest: Manifest) -> list[str]:
+    """Names of the inputs and config keys that differ from the stored manifest (for messages)."""
+    stored = read_manifest(place)
+    if stored is None:
+        return ["(no manifest)"]
+    names = [k for k in set(manifest.inputs) | set(stored.get("inputs", {}))
+             if manifest.inputs.get(k) != stored.get("inputs", {}).get(k)]
+    names += [k for k in set(manifest.config) | set(stored.get("config", {}))
+              if manifest.config.get(k) != stored.get("config", {}).get(k)]
+    return sorted(names)

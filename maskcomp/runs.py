@@ -1,0 +1,177 @@
+"""Training runs on disk, and the one reader of their artifacts.
+
+    runs/<experiment>/<run-id>/      one training run; the id is the start of its manifest's digest, so the
+        manifest.json                same data, labels, folds and training config always land in the same run,
+        run.json                     and anything else in a new one (a trained model is never overwritten)
+        config.yaml
+        fold<K>/                     best.pt last.pt config.yaml env.json metrics.csv oof.csv done.json, and from
+                                     `make infer`: test_probs.npy test_probs.csv test_ids.csv oof_tta.csv infer.json
+        .lock                        held while a process trains this run
+    runs/<experiment>/latest         the id of the run that `make train` trained (or found done) last
+
+infer, ensemble and analyze take `run: latest` (default) or a run id; `ensemble.experiments` entries may
+name a run as `experiment@run-id`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import labels
+from .config import PROJECT_ROOT, Config, dump_config
+from .errors import MaskcompError
+from .fileio import write_json, write_text
+from .manifest import Manifest, read_manifest, write_manifest
+from .paths import Paths
+
+RUN_ID_CHARS = 12
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One training run of one experiment."""
+
+    experiment: str
+    run_id: str
+    dir: Path
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.dir / f"fold{fold}"
+
+    def trained_folds(self) -> list[int]:
+        return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob("fold*/best.pt"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.experiment}@{self.run_id}"
+
+
+def git_commit() -> str | None:
+    """The code's commit (with '-dirty' when the work tree has changes), or None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
+    """The run for this manifest; with `write`, created (run.json, config, manifest) if new and made `latest`."""
+    run_id = manifest.digest[:RUN_ID_CHARS]
+    ref = RunRef(cfg["experiment"], run_id, Paths.from_config(cfg).runs / cfg["experiment"] / run_id)
+    if not write:
+        return ref
+    if read_manifest(ref.dir) is None:
+        write_text(dump_config(cfg), ref.dir / "config.yaml")
+        write_json({"experiment": ref.experiment, "run_id": ref.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "git_commit": git_commit(), "host": socket.gethostname()},
+                   ref.dir / "run.json")
+        write_manifest(ref.dir, manifest)
+    write_text(ref.run_id + "\n", ref.dir.parent / LATEST)
+    return ref
+
+
+def resolve_run(paths: Paths, spec: str, default_run: str = LATEST) -> RunRef:
+    """`experiment` (its `default_run`) or `experiment@run-id` -> the run; `latest` follows the pointer."""
+    experiment, _, run_id = spec.partition("@")
+    run_id = run_id or default_run
+    root = paths.runs / experiment
+    if run_id == LATEST:
+        pointer = root / LATEST
+        if not pointer.exists():
+            raise MaskcompError(f"{pointer}: no trained run of experiment '{experiment}'; run `make train` first")
+        run_id = pointer.read_text().strip()
+    ref = RunRef(experiment, run_id, root / run_id)
+    if not ref.dir.is_dir():
+        known = ", ".join(sorted(p.name for p in root.glob("*") if p.is_dir())) or "none"
+        raise MaskcompError(f"{ref.dir}: no run '{run_id}' of experiment '{experiment}' (runs: {known}); pick one with run=<id>")
+    return ref
+
+
+def list_runs(paths: Paths) -> list[RunRef]:
+    return [RunRef(p.parent.parent.name, p.parent.name, p.parent) for p in sorted(paths.runs.glob("*/*/run.json"))]
+
+
+def run_info(ref: RunRef) -> dict:
+    path = ref.dir / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@contextlib.contextmanager
+def run_lock(ref: RunRef) -> Iterator[None]:
+    """Hold the run's lock while training it; a second process stops with one line naming the holder."""
+    ref.dir.mkdir(parents=True, exist_ok=True)
+    path = ref.dir / ".lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise MaskcompError(f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_oof(ref: RunRef, tta: bool = True) -> pd.DataFrame:
+    """All trained folds' OOF rows, sorted by image path; with tta, each fold's TTA re-scored table where it exists."""
+    folds = ref.trained_folds()
+    if not folds:
+        raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
+    tables = []
+    for fold in folds:
+        d = ref.fold_dir(fold)
+        path = d / "oof_tta.csv" if tta and (d / "oof_tta.csv").exists() else d / "oof.csv"
+        if not path.exists():
+            raise MaskcompError(f"{path}: missing; finish the run with `train.py --resume`")
+        tables.append(pd.read_csv(path, dtype={"person_id": str}))
+    oof = pd.concat(tables, ignore_index=True).sort_values("image_path").reset_index(drop=True)
+    if not set(labels.PROB_COLUMNS) <= set(oof.columns):
+        raise MaskcompError(f"{ref.dir}: OOF files lack the 18 class columns p0..p17; this run has another class layout")
+    return oof
+
+
+def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
+    out = {}
+    for fold in ref.trained_folds():
+        path = ref.fold_dir(fold) / "metrics.csv"
+        if not path.exists():
+            raise MaskcompError(f"{path}: missing; finish the run with `train.py --resume`")
+        out[fold] = pd.read_csv(path)
+    return out
+
+
+def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
+    """One fold's eval probabilities (N, 18) and the ImageIDs of their rows."""
+    d = ref.fold_dir(fold)
+    for name in ("test_probs.npy", "test_ids.csv"):
+        if not (d / name).exists():
+            raise MaskcompError(f"{d / name}: missing; run `make infer` for experiment '{ref.experiment}'")
+    probs = np.load(d / "test_probs.npy")
+    if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
+        raise MaskcompError(f"{d / 'test_probs.npy'}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again")
+    return probs, pd.read_csv(d / "test_ids.csv", dtype=str, keep_default_na=False)["ImageID"].tolist()

@@ -1,0 +1,285 @@
+"""Results that can be trusted: stages redo work when the content they depend on changes, trained runs are
+never overwritten or mixed, and the submission with its sidecar is one artifact."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maskcomp import crop, fileio, manifest
+from maskcomp.config import load_config
+from maskcomp.crop import crop_faces, load_crops
+from maskcomp.ensemble import ensemble
+from maskcomp.errors import MaskcompError
+from maskcomp.folds import make_folds
+from maskcomp.inference import infer
+from maskcomp.manifest import DigestCache
+from maskcomp.paths import Paths
+from maskcomp.runs import read_oof, read_test_probs, resolve_run, run_lock
+from maskcomp.sample import make_sample
+from maskcomp.trainer import train
+
+from conftest import config_for
+
+TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
+        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32", "train.epochs=1",
+        "train.device=cpu", "infer.tta=[identity]")
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_pipeline(cfg: dict) -> Path:
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    infer(cfg)
+    return ensemble(cfg)
+
+
+@pytest.fixture
+def tiny(tiny_root, tmp_path):
+    """A private copy of the tiny data and a config writing under tmp_path/work."""
+    root = copy_data(tiny_root, tmp_path / "data")
+    return root, config_for(root, tmp_path / "work", *TINY)
+
+
+@pytest.fixture(scope="session")
+def other_eval(tmp_path_factory) -> Path:
+    """Another tiny dataset: its eval set has as many images as tiny_root's, but other ones."""
+    root = tmp_path_factory.mktemp("other") / "data"
+    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 6, 2, seed=4)
+    return root
+
+
+def flip_genders(root: Path, rows: slice) -> None:
+    csv = root / "train" / "train.csv"
+    persons = pd.read_csv(csv, dtype=str)
+    persons.loc[persons.index[rows], "gender"] = persons.loc[persons.index[rows], "gender"].map({"male": "female", "female": "male"})
+    persons.to_csv(csv, index=False)
+
+
+def swap_eval(root: Path, other: Path) -> None:
+    shutil.rmtree(root / "eval")
+    shutil.copytree(other / "eval", root / "eval")
+    shutil.copy(other / "eval_answers.csv", root / "eval_answers.csv")
+
+
+def latest(cfg: dict):
+    return resolve_run(Paths.from_config(cfg), cfg["experiment"])
+
+
+def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
+    root, cfg = tiny
+    run_pipeline(cfg)
+    first = latest(cfg)
+    best = first.fold_dir(0) / "best.pt"
+    before = best.read_bytes()
+    flip_genders(root, slice(0, 3))
+    with pytest.raises(MaskcompError, match=r"folds.csv: made from other labels .*train_csv.*run `make folds`"):
+        train(cfg)
+    make_folds(cfg)
+    train(cfg)
+    second = latest(cfg)
+    assert second.run_id != first.run_id and best.read_bytes() == before
+    persons = pd.read_csv(root / "train" / "train.csv", dtype=str).set_index("id")
+    oof = read_oof(second, tta=False)
+    expected = oof["person_id"].map(persons["gender"]).map({"male": 0, "female": 1})
+    assert (oof["gender_label"] == expected).all()
+    # the old run stays usable by its id
+    assert resolve_run(Paths.from_config(cfg), f"sample@{first.run_id}").trained_folds() == [0, 1]
+
+
+def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny, other_eval, tmp_path):
+    root, cfg = tiny
+    first_sub = run_pipeline(cfg)
+    first_csv, first_run = first_sub.read_text(), latest(cfg)
+    root2 = copy_data(root, tmp_path / "data2")
+    flip_genders(root2, slice(None))
+    swap_eval(root2, other_eval)
+    cfg2 = config_for(root2, tmp_path / "work", *TINY)
+    second_sub = run_pipeline(cfg2)
+    second_run = latest(cfg2)
+    assert second_run.run_id != first_run.run_id
+    info = pd.read_csv(root2 / "eval" / "info.csv", dtype=str)
+    assert pd.read_csv(second_sub, dtype=str)["ImageID"].tolist() == info["ImageID"].tolist()
+    assert second_sub.read_text() != first_csv
+    assert json.loads(second_sub.with_suffix(".json").read_text())["summary"]["runs"] == [second_run.label]
+
+
+def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
+    root, cfg = tiny
+    run_pipeline(cfg)
+    run = latest(cfg)
+    old_probs, _ = read_test_probs(run, 0)
+    swap_eval(root, other_eval)
+    with pytest.raises(MaskcompError, match=r"crops were made from other images or settings \(eval\); run `make crop` first"):
+        infer(cfg)
+    crop_faces(cfg)
+    train(cfg)  # the eval side is not part of a training run: nothing is retrained
+    assert latest(cfg).run_id == run.run_id
+    with pytest.raises(MaskcompError, match=r"fold0: predictions do not match .*\(inputs\.eval|eval"):
+        ensemble(cfg)
+    infer(cfg)
+    probs, ids = read_test_probs(run, 0)
+    assert ids == pd.read_csv(root / "eval" / "info.csv", dtype=str)["ImageID"].tolist()
+    assert not np.allclose(probs, old_probs)
+    sub = pd.read_csv(ensemble(cfg), dtype=str)
+    assert sub["ImageID"].tolist() == ids
+
+
+def test_ensemble_refuses_predictions_older_than_the_model(tiny):
+    _, cfg = tiny
+    run_pipeline(cfg)
+    best = latest(cfg).fold_dir(1) / "best.pt"
+    state = torch.load(best, weights_only=False)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, best)  # as a retraining of fold 1 would leave it
+    with pytest.raises(MaskcompError, match=r"fold1: predictions do not match fold 1's current model.*\(model\); run `make infer`"):
+        ensemble(cfg)
+    infer(cfg)
+    assert ensemble(cfg).exists()
+
+
+def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny):
+    _, cfg = tiny
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    first = latest(cfg)
+    files = {p: p.read_bytes() for p in first.dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    train(longer)
+    assert latest(cfg).run_id != first.run_id
+    assert all(p.read_bytes() == data for p, data in files.items())
+    infer({**cfg, "run": first.run_id})
+    assert (first.fold_dir(0) / "test_probs.npy").exists()
+    assert not (latest(cfg).fold_dir(0) / "test_probs.npy").exists()
+
+
+def test_changing_workers_keeps_the_trained_run(tiny):
+    _, cfg = tiny
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    first = latest(cfg)
+    mtime = (first.fold_dir(0) / "best.pt").stat().st_mtime_ns
+    train({**cfg, "crop": {**cfg["crop"], "workers": 1}, "train": {**cfg["train"], "workers": 1}})
+    assert latest(cfg).run_id == first.run_id
+    assert (first.fold_dir(0) / "best.pt").stat().st_mtime_ns == mtime
+
+
+def test_second_training_of_the_same_run_stops_naming_the_holder(tiny):
+    _, cfg = tiny
+    crop_faces(cfg)
+    make_folds(cfg)
+    from maskcomp.runs import open_run
+    from maskcomp.trainer import run_manifest
+
+    ref = open_run(cfg, run_manifest(cfg))
+    with run_lock(ref):
+        with pytest.raises(MaskcompError, match=rf"already being trained by pid {os.getpid()} on .*; wait for it"):
+            train(cfg)
+    assert not list(ref.dir.glob("fold*/best.pt"))
+
+
+def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
+    root, cfg = tiny
+    cfg = {**cfg, "crop": {**cfg["crop"], "mode": "mtcnn", "workers": 0}}
+    crop_faces(cfg)
+    first = load_crops(cfg)
+    images = sorted((root / "train" / "images").rglob("mask1.*"))
+    victim, donor = images[0], images[1]
+    victim.write_bytes(donor.read_bytes())
+    calls = []
+    original = crop._detect_batch
+    monkeypatch.setattr(crop, "_detect_batch", lambda det, imgs: calls.append(len(imgs)) or original(det, imgs))
+    crop_faces(cfg)
+    again = load_crops(cfg)
+    assert sum(calls) == 0, "the donor's content was detected before: its detection is reused"
+    new_crop = again.loc[str(victim), "crop_path"]
+    assert new_crop != first.loc[str(victim), "crop_path"]
+    assert again.loc[str(victim), "digest"] == again.loc[str(donor), "digest"] != first.loc[str(victim), "digest"]
+    assert Path(new_crop).read_bytes() != Path(first.loc[str(victim), "crop_path"]).read_bytes()
+
+
+def test_unreadable_image_replaced_by_a_good_one_gets_a_crop(tiny):
+    root, cfg = tiny
+    cfg = {**cfg, "crop": {**cfg["crop"], "mode": "mtcnn", "workers": 0},
+           "data": {**cfg["data"], "image_check": "none", "skip_bad": True}}
+    victim = sorted((root / "train" / "images").rglob("normal.*"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(b"")
+    crop_faces(cfg)
+    assert str(victim) not in load_crops(cfg).index
+    victim.write_bytes(good)
+    crop_faces(cfg)
+    assert str(victim) in load_crops(cfg).index
+
+
+def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
+    files = [tmp_path / f"f{i}.bin" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 100)
+    cache = DigestCache(tmp_path / "digests.json")
+    first = cache.digests(files)
+    cache.save()
+    hashed = []
+    original = manifest._hash_file
+    monkeypatch.setattr(manifest, "_hash_file", lambda p: hashed.append(p) or original(p))
+    again = DigestCache(tmp_path / "digests.json")
+    assert again.digests(files) == first and hashed == []
+    stat = files[1].stat()
+    files[1].write_bytes(b"\xff" * 100)  # same size, and the old mtime put back
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = again.digests(files)
+    assert changed[1] != first[1] and changed[0] == first[0] and len(hashed) == 1
+
+
+def test_submission_and_sidecar_are_never_mismatched(tmp_path, monkeypatch):
+    from maskcomp.ensemble import write_submission
+
+    out = tmp_path / "sub.csv"
+    write_submission(pd.DataFrame({"ImageID": ["a"], "ans": [1]}), {"run": "old"}, out)
+    real_replace = os.replace
+    calls = []
+
+    def dying_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after the CSV was renamed, before the sidecar
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_submission(pd.DataFrame({"ImageID": ["a"], "ans": [2]}), {"run": "new"}, out)
+    assert pd.read_csv(out)["ans"].tolist() == [2]
+    assert not out.with_suffix(".json").exists(), "the new CSV must not sit beside the old sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv"], "no temporary file may remain"
+
+
+def test_temporaries_of_killed_writers_are_swept(tmp_path):
+    dead = tmp_path / ".sub.csv.999999999.abc.tmp.csv"
+    dead.write_text("half")
+    alive = tmp_path / f".other.csv.{os.getpid()}.abc.tmp.csv"
+    alive.write_text("in progress")
+    fileio.write_text("x", tmp_path / "sub.csv")
+    assert not dead.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_artifacts_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        paths = [fileio.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "x.csv"), fileio.write_json({}, tmp_path / "x.json")]
+    finally:
+        os.umask(old)
+    assert [p.stat().st_mode & 0o777 for p in paths] == [mode, mode]
