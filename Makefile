@@ -16,7 +16,7 @@ RUN = $(PY) $(1) --config $(CONFIG) paths.data_root=$(DATA) $(ARGS)
 REQ_HASH := $(shell cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: all setup test sample eda crop folds train infer ensemble analyze bench bench-quality clean
+.PHONY: all setup test sample eda crop folds train infer ensemble analyze bench bench-quality gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -73,6 +73,10 @@ analyze: setup
 
 bench: setup
 	$(PY) bench/run.py $(ARGS)
+
+# every CUDA path on a tiny generated dataset (about two minutes on a GPU); says so and exits 0 without CUDA
+gpu-check: setup
+	$(PY) gpu_check.py $(ARGS)
 
 bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)

@@ -33,17 +33,21 @@ def half_cutmix(images: torch.Tensor, label: torch.Tensor, age: torch.Tensor, pr
                 generator: torch.Generator) -> torch.Tensor:
     """Label-preserving CutMix: the left or right half of an image becomes the same half of another image of
     the same 18-class label (faces are centred, so the halves stay plausible); lambda is 0.5 by construction.
-    With rare_only, only images whose age group is >=60 are mixed. Returns a new batch; labels are unchanged."""
-    out = images.clone()
-    width = images.shape[-1]
-    pick = torch.rand(len(images), generator=generator) < prob
+    With rare_only, only images whose age group is >=60 are mixed. Returns a new batch; labels are unchanged.
+
+    Vectorised, with every random draw from the CPU `generator`: no per-sample host synchronisation."""
+    n, width = len(images), images.shape[-1]
+    label, age = label.cpu(), age.cpu()
+    pick = torch.rand(n, generator=generator) < prob
     if rare_only:
-        pick &= age.cpu() == 2
-    for i in torch.nonzero(pick).flatten().tolist():
-        mates = torch.nonzero((label == label[i]) & (torch.arange(len(label), device=label.device) != i)).flatten()
-        if len(mates) == 0:
-            continue
-        j = int(mates[torch.randint(len(mates), (1,), generator=generator)])
-        cols = slice(0, width // 2) if torch.rand(1, generator=generator) < 0.5 else slice(width // 2, width)
-        out[i, :, :, cols] = images[j, :, :, cols]
-    return out
+        pick &= age == 2
+    # a random mate of the same label: the highest random score among the eligible images
+    eligible = (label[:, None] == label[None, :]) & ~torch.eye(n, dtype=torch.bool)
+    scores = torch.rand(n, n, generator=generator).masked_fill(~eligible, -1.0)
+    mate = scores.argmax(1)
+    pick &= eligible.any(1)
+    left = torch.rand(n, generator=generator) < 0.5
+    columns = torch.arange(width)
+    take = pick[:, None] & torch.where(left[:, None], columns[None, :] < width // 2, columns[None, :] >= width // 2)
+    take = take.to(images.device)[:, None, None, :]
+    return torch.where(take, images[mate.to(images.device)], images)

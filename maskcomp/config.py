@@ -95,7 +95,7 @@ RANGES: dict[str, tuple] = {
     "augment.cutmix_alpha": (0.0, None), "augment.mix_prob": (0.0, 1.0), "augment.half_cutmix": (0.0, 1.0),
     "train.img_size": (32, 4096), "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (1e-8, 10.0),
     "train.weight_decay": (0.0, None), "train.warmup_epochs": (0, None), "train.grad_clip": (0.0, None),
-    "train.ema_decay": (0.0, 0.99999), "train.patience": (1, None), "train.workers": (0, None),
+    "train.ema_decay": (0.0, 0.99999), "train.patience": (1, None), "train.workers": (0, None), "train.threads": (0, 1024),
     "train.age_old_threshold": (31, 100), "train.drop_age_bands": (0, 150), "train.folds": (0, None),
     "infer.batch_size": (1, None), "ensemble.bias_rounds": (0, None),
 }

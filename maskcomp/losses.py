@@ -62,12 +62,14 @@ class Criterion:
             logits, target = outputs[head], targets[head]
             weight = self.class_weights.get(head)
             weight = weight.to(logits.device) if weight is not None else None
+            # soft targets come from timm Mixup, which already applied the smoothing: apply it once
+            smoothing = 0.0 if target.is_floating_point() else self.cfg["label_smoothing"]
             head_loss = 0.0
             for term in self.cfg["terms"]:
                 if term["name"] == "ce":
-                    value = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.cfg["label_smoothing"])
+                    value = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
                 elif term["name"] == "focal":
-                    value = focal_loss(logits, target, self.cfg["focal_gamma"], weight, self.cfg["label_smoothing"])
+                    value = focal_loss(logits, target, self.cfg["focal_gamma"], weight, smoothing)
                 else:
                     value = soft_f1_loss(logits, target)
                 head_loss = head_loss + term["weight"] * value

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
 import random
 import time
@@ -21,7 +20,6 @@ from timm.data import Mixup
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from . import labels
 from .augment import eval_transform, half_cutmix, train_transform
@@ -33,16 +31,20 @@ from .fileio import atomic_path, write_csv, write_json, write_text
 from .folds import load_folds, split_fold
 from .losses import Criterion, balanced_class_weights, head_sizes
 from .metrics import scores
-from .device import amp_dtype_of, autocast, resolve_device
-from .inference import oof_table, predict
-from .models import create_model, normalisation
 from .crop import require_current_crops, train_crops_digest
+from .device import Placement, autocast, configure_cuda, configure_threads, resolve_amp, start_distributed
 from .folds import require_current_folds
+from .inference import oof_table, predict
 from .manifest import Manifest, config_keys, digest_cache
+from .models import create_model, normalisation
 from .paths import Paths
+from .progress import progress
 from .runs import RunRef, open_run, run_lock
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY = 20                 # steps between progress-bar updates, the loop's only host synchronisations
+RANK_SEED_STRIDE = 1_000_003   # per-rank offset of the epoch seeds (rank 0 keeps the single-process seeds)
 
 
 def run_manifest(cfg: Config) -> Manifest:
@@ -54,17 +56,6 @@ def run_manifest(cfg: Config) -> Manifest:
               "train_crops": train_crops_digest(crops)}
     cache.save()
     return Manifest("train", inputs, config_keys(cfg, "train"))
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def library_versions() -> dict[str, str]:
@@ -85,14 +76,16 @@ def save_checkpoint(state: dict, path: Path) -> None:
 class FoldTrainer:
     """Everything one fold's run needs, built from the config; `run()` trains with resume and early stopping."""
 
-    def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, resume: bool = False):
+    def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False):
         self.cfg, self.fold, self.resume, self.run_ref = cfg, fold, resume, run
         tc = cfg["train"]
-        self.rank, self.world = distributed()
-        self.device = resolve_device(tc["device"])
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.amp_dtype = amp_dtype_of(tc["amp"])
+        self.rank, self.world, self.device = place.rank, place.world, place.device
+        if self.device.type == "cpu":  # re-chosen per fold: the machine's load may have changed since the last one
+            configure_threads(tc["threads"])
+        self.amp_dtype, self.amp_note = resolve_amp(tc["amp"], self.device)
+        if self.amp_note and self.rank == 0:
+            log.warning(self.amp_note)
+        self.cuda_settings = configure_cuda(tc, self.device)
         self.dir = run.fold_dir(fold)
         self.seed = cfg["seed"] + fold
         if tc["deterministic"] and self.device.type == "cpu":
@@ -124,8 +117,13 @@ class FoldTrainer:
         self.sampler = EpochSampler(len(self.train_set), self.seed, weights, self.rank, self.world)
         workers = tc["workers"]
         loader_kw = dict(num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
-        self.train_loader = DataLoader(self.train_set, batch_size=tc["batch_size"], sampler=self.sampler, drop_last=len(self.train_set) > tc["batch_size"], **loader_kw)
-        self.val_loader = DataLoader(self.val_set, batch_size=cfg["infer"]["batch_size"], shuffle=False, **loader_kw)
+        # each loader draws its workers' base seed from its own generator, never from the global RNG: a resumed run
+        # (whose loader starts at a later epoch) then sees the same dropout masks as an uninterrupted one
+        self.train_loader = DataLoader(self.train_set, batch_size=tc["batch_size"], sampler=self.sampler,
+                                       drop_last=len(self.train_set) > tc["batch_size"],
+                                       generator=torch.Generator().manual_seed(self.seed), **loader_kw)
+        self.val_loader = DataLoader(self.val_set, batch_size=cfg["infer"]["batch_size"], shuffle=False,
+                                     generator=torch.Generator().manual_seed(self.seed + 1), **loader_kw)
 
     def _build_model(self) -> None:
         """Model, loss, Mixup, EMA, and the wrapped network (DDP, torch.compile) that the steps run."""
@@ -142,7 +140,10 @@ class FoldTrainer:
         self.ema = ModelEmaV3(self.model, decay=tc["ema_decay"], use_warmup=True, warmup_power=0.75) if tc["ema"] else None
         self.net = self.model
         if self.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # a frozen backbone produces no gradients for its parameters: DDP's reducer must not wait for them
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg["model"]["freeze_backbone_epochs"] > 0)
         if tc["compile"]:
             self.net = torch.compile(self.net)
 
@@ -164,48 +165,61 @@ class FoldTrainer:
         return Mixup(mixup_alpha=aug["mixup_alpha"], cutmix_alpha=aug["cutmix_alpha"], prob=aug["mix_prob"],
                      label_smoothing=self.cfg["loss"]["label_smoothing"], num_classes=labels.NUM_CLASSES)
 
+    def _seed_epoch(self, epoch: int) -> torch.Generator:
+        """Seed dropout, timm Mixup and half-CutMix from (seed, epoch, rank) alone: a resumed run matches an
+        uninterrupted one, and DDP ranks draw different masks (rank 0's seeds are the single-process ones)."""
+        seed = self.seed * 7919 + epoch + RANK_SEED_STRIDE * self.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        return torch.Generator().manual_seed(self.seed * 104729 + epoch + RANK_SEED_STRIDE * self.rank)
+
+    def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
+        """One optimisation step on a batch already on the device; returns the loss (on the device, no sync)."""
+        tc = self.cfg["train"]
+        if self.mixup is not None:
+            images, targets["label"] = self.mixup(images, targets["label"])
+        images = images.contiguous(memory_format=torch.channels_last) if tc["channels_last"] else images
+        with autocast(self.device, self.amp_dtype):
+            outputs = self.net(images)
+        loss = self.criterion(outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if tc["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step_update(global_step + 1)
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+        return loss.detach()
+
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
-        tc, aug = self.cfg["train"], self.cfg["augment"]
+        """(mean training loss over all ranks, images/s over all ranks)."""
+        aug = self.cfg["augment"]
         self.model.train()
         frozen = epoch < self.cfg["model"]["freeze_backbone_epochs"]
         for p in self.model.backbone.parameters():
             p.requires_grad_(not frozen)
         self.sampler.set_epoch(epoch)
-        # dropout and timm Mixup's draws depend on the epoch only, so a resumed run matches an uninterrupted one
-        torch.manual_seed(self.seed * 7919 + epoch)
-        np.random.seed((self.seed * 7919 + epoch) % 2**32)
-        random.seed(self.seed * 7919 + epoch)
-        mix_gen = torch.Generator().manual_seed(self.seed * 104729 + epoch)
-        total, count, start = 0.0, 0, time.perf_counter()
-        steps = len(self.train_loader)
-        bar = tqdm(self.train_loader, desc=f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}", unit="batch",
-                   disable=self.rank != 0, leave=False)
+        mix_gen = self._seed_epoch(epoch)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, start, steps = 0, time.perf_counter(), len(self.train_loader)
+        bar = progress(self.train_loader, f"fold {self.fold} epoch {epoch + 1}/{self.cfg['train']['epochs']}", self.rank)
         for step, (images, targets, _) in enumerate(bar):
+            if aug["half_cutmix"]:  # on the CPU batch, before the transfer: no GPU synchronisation
+                images = half_cutmix(images, targets["label"], targets["age"], aug["half_cutmix"], aug["half_cutmix_rare_only"], mix_gen)
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-            if aug["half_cutmix"]:
-                images = half_cutmix(images, targets["label"], targets["age"], aug["half_cutmix"], aug["half_cutmix_rare_only"], mix_gen)
-            if self.mixup is not None:
-                images, targets["label"] = self.mixup(images, targets["label"])
-            images = images.contiguous(memory_format=torch.channels_last) if tc["channels_last"] else images
-            with autocast(self.device, self.amp_dtype):
-                outputs = self.net(images)
-            loss = self.criterion(outputs, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if tc["grad_clip"]:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step_update(epoch * steps + step + 1)
-            if self.ema is not None:
-                self.ema.update(self.model, step=epoch * steps + step)
-            total += loss.detach().item() * len(images)
+            total += self._step(images, targets, epoch * steps + step) * len(images)
             count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        seconds = time.perf_counter() - start
-        return total / max(count, 1), count * self.world / seconds
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
+                bar.set_postfix(loss=f"{total.item() / count:.4f}")
+        sums = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(sums)
+        return float(sums[0] / sums[1].clamp_min(1)), float(sums[1]) / (time.perf_counter() - start)
 
     def _validate(self) -> tuple[dict, np.ndarray, dict]:
         model = self.ema.module if self.ema is not None else self.model
@@ -267,10 +281,10 @@ class FoldTrainer:
                 print(f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}: loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
                       f"f1 {val['f1']:.4f} (mask {val['f1_mask']:.3f} gender {val['f1_gender']:.3f} age {val['f1_age']:.3f}) "
                       f"acc {val['acc']:.4f} {images_per_s:.0f} img/s{' *' if improved else ''}", flush=True)
-            if self.world > 1:
-                flags = torch.tensor([bad_epochs], dtype=torch.int64)
+            if self.world > 1:  # rank 0 decides early stopping; collectives need tensors on this process's device
+                flags = torch.tensor([bad_epochs], dtype=torch.int64, device=self.device)
                 dist.broadcast(flags, 0)
-                bad_epochs = int(flags)
+                bad_epochs = int(flags.item())
         summary = {"fold": self.fold, "best_f1": best_f1, "best_epoch": best_epoch, "epochs_run": len(history),
                    "run_id": self.run_ref.run_id}
         if self.rank == 0:
@@ -283,6 +297,8 @@ class FoldTrainer:
     def _write_run_info(self) -> None:
         write_text(dump_config(self.cfg), self.dir / "config.yaml")
         write_json({"seed": self.seed, "fold": self.fold, "versions": library_versions(), "device": str(self.device),
+                    "amp": str(self.amp_dtype).removeprefix("torch.") if self.device.type == "cuda" else "fp32",
+                    "amp_note": self.amp_note, "cuda": self.cuda_settings, "torch_threads": torch.get_num_threads(),
                     "world_size": self.world, "train_images": len(self.train_df), "val_images": len(self.val_df),
                     "run_id": self.run_ref.run_id}, self.dir / "env.json")
 
@@ -300,12 +316,12 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> 
     images = load_train(cfg)
     all_folds = sorted(set(load_folds(cfg, images)))
     todo = folds or cfg["train"]["folds"] or all_folds
-    rank, _ = distributed()
+    place = start_distributed(cfg["train"]["device"])
     manifest = run_manifest(cfg)
     # every rank computes the same run; rank 0 alone writes its files and holds its lock
-    run = open_run(cfg, manifest, write=rank == 0)
+    run = open_run(cfg, manifest, write=place.is_main)
     log.info("run %s: %s", run.label, run.dir)
-    lock = run_lock(run) if rank == 0 else contextlib.nullcontext()
+    lock = run_lock(run) if place.is_main else contextlib.nullcontext()
     results = []
     with lock:
         for fold in todo:
@@ -314,5 +330,5 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> 
                 log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, done)
                 results.append(json.loads(done.read_text()))
                 continue
-            results.append(FoldTrainer(cfg, fold, images, run, resume=resume).run())
+            results.append(FoldTrainer(cfg, fold, images, run, place, resume=resume).run())
     return results

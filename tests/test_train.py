@@ -22,7 +22,7 @@ from conftest import config_for, fold_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
-        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32")
+        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32", "train.device=cpu")
 
 
 @pytest.fixture
@@ -102,7 +102,8 @@ def _overrides(root: Path, work: Path, epochs: int) -> list[str]:
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_path):
     work = Path(tiny_cfg["paths"]["runs"]).parent
-    args = _overrides(tiny_root, work, epochs=4)
+    # persistent DataLoader workers: their base seed must not come from (and shift) the global RNG
+    args = [*_overrides(tiny_root, work, epochs=4), "train.workers=2", "model.drop_rate=0.5"]
     straight = subprocess.run(_cli(args, "paths.runs=" + str(work / "straight"), "--fold", "0"), cwd=ROOT, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -126,9 +127,21 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_pa
 
 
 def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
+    """Ranks see disjoint samples, draw different dropout seeds, report the same (reduced) loss and end with
+    identical weights, also when the first epoch freezes the backbone; the CLI run writes rank 0's files."""
     work = Path(tiny_cfg["paths"]["runs"]).parent
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*_overrides(tiny_root, work, epochs=2), "model.freeze_backbone_epochs=1", "model.drop_rate=0.5"]
+    probe = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "ddp_probe.py"), *args],
+                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    ranks = json.loads(next(line for line in probe.stdout.splitlines() if line.startswith("PROBE "))[6:])
+    assert [r["backend"] for r in ranks] == ["gloo", "gloo"]
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"]), "ranks trained on the same samples"
+    assert ranks[0]["draw"] != ranks[1]["draw"], "ranks drew the same dropout/augmentation seeds"
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9), "ranks ended with different weights"
+    assert ranks[0]["losses"] == ranks[1]["losses"], "the logged loss is not reduced over ranks"
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), "--config", "configs/sample.yaml",
                            *_overrides(tiny_root, work, epochs=1), f"paths.runs={work / 'ddp'}", "--fold", "1"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
