@@ -115,13 +115,16 @@ def run_info(ref: RunRef) -> dict:
 
 @contextlib.contextmanager
 def run_lock(ref: RunRef) -> Iterator[None]:
-    """Hold the run's lock while training it; a second process stops with one line naming the holder."""
+    """Hold the run's lock while training it; a second process stops with one line naming the holder.
+
+    A POSIX record lock (lockf) belongs to this process alone: DataLoader workers forked meanwhile do not hold it,
+    so a `kill -9` of the trainer frees the run at once, even while its workers are still winding down."""
     ref.dir.mkdir(parents=True, exist_ok=True)
     path = ref.dir / ".lock"
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             raise MaskcompError(f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it") from None
@@ -134,7 +137,7 @@ def run_lock(ref: RunRef) -> Iterator[None]:
         finally:
             fh.seek(0)
             fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 def read_oof(ref: RunRef, tta: bool = True) -> pd.DataFrame:

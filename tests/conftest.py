@@ -16,9 +16,11 @@ SAMPLE_EVAL_PERSONS = 8
 
 
 def config_for(data_root: Path, work: Path, *overrides: str, config: str = "configs/sample.yaml") -> dict:
-    """A config whose outputs all live under `work`."""
+    """A config whose outputs all live under `work`, pinned to the CPU (the suite is about the CPU path, and must
+    behave the same on a machine with a GPU); `overrides` come last and may say otherwise."""
     outs = [f"paths.{name}={work / name}" for name in ("crops", "runs", "reports", "submissions", "cache")]
-    return load_config(config, [f"paths.data_root={data_root}", f"paths.folds={work / 'folds.csv'}", *outs, *overrides])
+    return load_config(config, [f"paths.data_root={data_root}", f"paths.folds={work / 'folds.csv'}", *outs,
+                                "train.device=cpu", "crop.device=cpu", *overrides])
 
 
 def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:

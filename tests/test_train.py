@@ -138,7 +138,9 @@ def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
     assert probe.returncode == 0, probe.stderr[-3000:]
     ranks = json.loads(next(line for line in probe.stdout.splitlines() if line.startswith("PROBE "))[6:])
     assert [r["backend"] for r in ranks] == ["gloo", "gloo"]
-    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"]), "ranks trained on the same samples"
+    seen0, seen1 = ranks[0]["seen"], ranks[1]["seen"]
+    padding = len(seen0) + len(seen1) - len(set(seen0) | set(seen1))
+    assert len(seen0) == len(seen1) and padding <= 1, "ranks trained on the same samples (beyond the sampler's padding)"
     assert ranks[0]["draw"] != ranks[1]["draw"], "ranks drew the same dropout/augmentation seeds"
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9), "ranks ended with different weights"
     assert ranks[0]["losses"] == ranks[1]["losses"], "the logged loss is not reduced over ranks"

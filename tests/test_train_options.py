@@ -6,6 +6,7 @@ import torch
 from maskcomp.crop import crop_faces
 from maskcomp.data import load_train
 from maskcomp.folds import make_folds
+from maskcomp.device import Placement
 from maskcomp.runs import open_run
 from maskcomp.trainer import FoldTrainer, run_manifest, train
 
@@ -21,7 +22,7 @@ def _cfg(tiny_root, tmp_path, *overrides):
 
 
 def _trainer(cfg) -> FoldTrainer:
-    return FoldTrainer(cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)))
+    return FoldTrainer(cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)), Placement(torch.device("cpu")))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

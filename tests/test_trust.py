@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +187,27 @@ def test_second_training_of_the_same_run_stops_naming_the_holder(tiny):
     from maskcomp.trainer import run_manifest
 
     ref = open_run(cfg, run_manifest(cfg))
-    with run_lock(ref):
-        with pytest.raises(MaskcompError, match=rf"already being trained by pid {os.getpid()} on .*; wait for it"):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ref.dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(MaskcompError, match=rf"already being trained by pid {holder.pid} on .*; wait for it"):
             train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
     assert not list(ref.dir.glob("fold*/best.pt"))
+    train(cfg)  # the holder is gone: its lock went with it
+    assert len(list(ref.dir.glob("fold*/best.pt"))) == 2
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from maskcomp.runs import RunRef, run_lock
+with run_lock(RunRef("sample", Path(sys.argv[1]).name, Path(sys.argv[1]))):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
 
 
 def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
