@@ -23,7 +23,7 @@ from maskcomp.folds import make_folds
 from maskcomp.inference import infer
 from maskcomp.manifest import DigestCache
 from maskcomp.paths import Paths
-from maskcomp.runs import read_oof, read_test_probs, resolve_run, run_lock
+from maskcomp.runs import read_oof, read_test_probs, resolve_run
 from maskcomp.sample import make_sample
 from maskcomp.trainer import train
 
