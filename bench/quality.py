@@ -88,7 +88,7 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
         extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
     else:
         run = infer(cfg)
-        oof, _, _, _ = load_experiment(cfg, cfg["experiment"])
+        oof = load_experiment(cfg, cfg["experiment"]).oof
         sub_path = ensemble(cfg)
         side = json.loads(sub_path.with_suffix(".json").read_text())
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})

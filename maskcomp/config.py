@@ -77,10 +77,11 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
 CHOICES: dict[str, tuple] = {
     "data.image_check": ("header", "decode", "none"), "crop.mode": ("mtcnn", "center", "none"),
     "folds.oversample.strategy": ("none", "repeat", "sampler"),
-    "folds.oversample.head": ("label", "mask", "gender", "age"), "model.head": ("single", "multi"),
+    "folds.oversample.head": ("label", "mask", "gender", "age"), "model.head": ("single", "multi", "ordinal"),
     "loss.class_weights": ("none", "balanced"), "train.amp": ("bf16", "fp16", "none"),
     "infer.tta_reduce": ("mean_probs", "mean_logits"), "ensemble.weights": ("equal", "fit"),
     "ensemble.bias_mode": ("class", "head"), "ensemble.tune_biases": (True, False, "auto"),
+    "infer.person_grouping": ("auto", "on", "off"), "ensemble.tune_age_cuts": (True, False, "auto"),
 }
 ANY_OF = {"model.pretrained": (bool, str)}
 # Numeric ranges [low, high] (None: open); for a list the range applies to each element.
@@ -97,7 +98,7 @@ RANGES: dict[str, tuple] = {
     "train.weight_decay": (0.0, None), "train.warmup_epochs": (0, None), "train.grad_clip": (0.0, None),
     "train.ema_decay": (0.0, 0.99999), "train.patience": (1, None), "train.workers": (0, None), "train.threads": (0, 1024),
     "train.age_old_threshold": (31, 100), "train.drop_age_bands": (0, 150), "train.folds": (0, None),
-    "infer.batch_size": (1, None), "ensemble.bias_rounds": (0, None),
+    "infer.batch_size": (1, None), "infer.group_min_similarity": (-1.0, 1.0), "ensemble.bias_rounds": (0, None),
 }
 # Lists of a fixed length.
 LENGTHS = {"train.img_size": 2, "crop.thresholds": 3, "crop.relaxed_thresholds": 3, "crop.center_box": 4}

@@ -115,7 +115,7 @@ class EpochSampler(Sampler):
 
 def targets_of(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"label": df["label"].to_numpy(), "mask": df["mask"].to_numpy(),
-            "gender": df["gender_label"].to_numpy(), "age": df["age_group"].to_numpy()}
+            "gender": df["gender_label"].to_numpy(), "age": df["age_group"].to_numpy(), "age_years": df["age"].to_numpy()}
 
 
 def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what: str) -> pd.DataFrame:

@@ -19,28 +19,42 @@ from scipy.optimize import minimize
 from . import labels
 from .config import Config
 from .errors import MaskcompError
-from .fileio import atomic_pair, json_default
+from .fileio import atomic_pair, json_default, write_csv
+from .grouping import apply_grouping, compose, nested_grouping, thumbnails
 from .inference import require_current_predictions
 from .metrics import macro_f1, scores
 from .paths import Paths
-from .runs import RunRef, git_commit, read_oof, read_test_probs, resolve_run
+from .runs import RunRef, git_commit, read_oof, read_test_probs, read_test_table, resolve_run
 
 log = logging.getLogger(__name__)
 
 BIAS_GRID = np.round(np.arange(-3.0, 3.01, 0.1), 2)
 
 
-def load_experiment(cfg: Config, spec: str) -> tuple[pd.DataFrame, np.ndarray, list[str], RunRef]:
-    """OOF table (TTA re-scored) of all folds, fold-averaged test probabilities, the eval ImageIDs and the run.
+@dataclass
+class Experiment:
+    """One experiment's run as the ensemble sees it: TTA OOF of all folds, fold-averaged eval predictions."""
 
-    `spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
+    oof: pd.DataFrame
+    test_probs: np.ndarray
+    test_ord: np.ndarray | None     # fold-averaged P(age >= k) of an ordinal age head, else None
+    ids: list[str]
+    ref: RunRef
+
+    @property
+    def oof_ord(self) -> np.ndarray | None:
+        return self.oof[labels.AGE_ORD_COLUMNS].to_numpy() if self.test_ord is not None else None
+
+
+def load_experiment(cfg: Config, spec: str) -> Experiment:
+    """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
     ref = resolve_run(Paths.from_config(cfg), spec, cfg["run"] if spec == cfg["experiment"] else "latest")
     require_current_predictions(cfg, ref)
     folds = ref.trained_folds()
     if not folds:
         raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
-    tests, ids = [], None
+    tests, ords, ids = [], [], None
     for fold in folds:
         if not (ref.fold_dir(fold) / "oof_tta.csv").exists():
             raise MaskcompError(f"{ref.fold_dir(fold) / 'oof_tta.csv'}: missing; run `make infer` for experiment '{ref.experiment}'")
@@ -49,7 +63,43 @@ def load_experiment(cfg: Config, spec: str) -> tuple[pd.DataFrame, np.ndarray, l
             raise MaskcompError(f"{ref.fold_dir(fold) / 'test_ids.csv'}: eval images differ between folds; run `make infer` again")
         ids = fold_ids
         tests.append(probs)
-    return read_oof(ref, tta=True), np.mean(tests, axis=0), ids, ref
+        table = read_test_table(ref, fold)
+        if set(labels.AGE_ORD_COLUMNS) <= set(table.columns):
+            ords.append(table[labels.AGE_ORD_COLUMNS].to_numpy())
+    oof = read_oof(ref, tta=True)
+    ordinal = len(ords) == len(folds) and set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)
+    return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref)
+
+
+def with_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, young: int, old: int) -> np.ndarray:
+    """18-class probabilities whose age groups are cut at `young` and `old` years (mask and gender unchanged)."""
+    heads = labels.head_probs_from_18(probs)
+    heads["age"] = labels.age_groups_from_ordinal(p_at_least, young, old)
+    return compose(heads)
+
+
+AGE_CUT_CANDIDATES = ([k for k in labels.AGE_CUTS if k <= 35], [k for k in labels.AGE_CUTS if k >= 50])
+
+
+def best_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """The cut points (young, old) from AGE_CUTS whose age groups give the highest macro F1 (ties: 30/60 first)."""
+    pairs = [(labels.YOUNG_THRESHOLD, labels.OLD_THRESHOLD)] + [(a, b) for a in AGE_CUT_CANDIDATES[0] for b in AGE_CUT_CANDIDATES[1]]
+    scores = [macro_f1(y, with_age_cuts(probs, p_at_least, a, b).argmax(1)) for a, b in pairs]
+    return pairs[int(np.argmax(scores))]
+
+
+def nested_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
+    """Cut points chosen on k-1 folds and applied to the held-out one: the honest gain over 30/60, the pooled
+    held-out probabilities, and the cut points chosen on all folds (for the eval set)."""
+    pooled, per_fold = probs.copy(), []
+    for f in np.unique(folds):
+        held = folds == f
+        young, old = best_age_cuts(probs[~held], p_at_least[~held], y[~held])
+        pooled[held] = with_age_cuts(probs[held], p_at_least[held], young, old)
+        per_fold.append({"fold": int(f), "cuts": [young, old], "macro_f1_before": macro_f1(y[held], probs[held].argmax(1)),
+                         "macro_f1_after": macro_f1(y[held], pooled[held].argmax(1))})
+    gain = float(np.mean([r["macro_f1_after"] - r["macro_f1_before"] for r in per_fold]))
+    return {"cuts": list(best_age_cuts(probs, p_at_least, y)), "gain": gain, "per_fold": per_fold, "pooled": pooled}
 
 
 def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -174,14 +224,57 @@ def decide(logp_oof: np.ndarray, y: np.ndarray, folds: np.ndarray, ec: dict) -> 
     return Decision(biases, nested, before, macro_f1(y, (logp_oof + biases).argmax(1)), cv_f1)
 
 
-def _load_all(cfg: Config, experiments: list[str]) -> list[tuple]:
+def _load_all(cfg: Config, experiments: list[str]) -> list[Experiment]:
     loaded = [load_experiment(cfg, e) for e in experiments]
-    base_oof, _, base_ids, _ = loaded[0]
-    for exp, (oof, _, ids, _) in zip(experiments[1:], loaded[1:]):
-        if oof["image_path"].tolist() != base_oof["image_path"].tolist() or ids != base_ids:
+    base = loaded[0]
+    for exp, other in zip(experiments[1:], loaded[1:]):
+        if other.oof["image_path"].tolist() != base.oof["image_path"].tolist() or other.ids != base.ids:
             raise MaskcompError(f"experiment '{exp}' covers other OOF or eval images than '{experiments[0]}'; "
                                 "ensemble only runs trained on the same folds and data")
     return loaded
+
+
+def tune_age_cuts(ec: dict, loaded: list[Experiment], weights: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                  oof_blend: np.ndarray, test_blend: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """With ordinal age heads in every experiment: the age groups' cut points tuned for macro F1 (ensemble.tune_age_cuts;
+    auto applies them only when the nested gain is positive). The OOF blend returned is the held-out one."""
+    if ec["tune_age_cuts"] is False or any(e.test_ord is None for e in loaded):
+        return oof_blend, test_blend, None
+    oof_ord = np.tensordot(weights, np.stack([e.oof_ord for e in loaded]), 1)
+    test_ord = np.tensordot(weights, np.stack([e.test_ord for e in loaded]), 1)
+    nested = nested_age_cuts(oof_blend, oof_ord, y, folds)
+    summary = {k: v for k, v in nested.items() if k != "pooled"}
+    if ec["tune_age_cuts"] == "auto" and nested["gain"] <= 0:
+        log.info("age cut points stay at 30/60: tuned on k-1 folds they change held-out macro F1 by %+.4f", nested["gain"])
+        return oof_blend, test_blend, {**summary, "applied": False}
+    young, old = nested["cuts"]
+    log.info("age groups cut at %d/%d (nested gain %+.4f)", young, old, nested["gain"])
+    return nested["pooled"], with_age_cuts(test_blend, test_ord, young, old), {**summary, "applied": True}
+
+
+def person_grouping(cfg: Config, oof: pd.DataFrame, eval_ids: list[str], oof_blend: np.ndarray, test_blend: np.ndarray,
+                    out: Path) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Group images into persons on both sides (infer.person_grouping); returns the blends to decide on (the OOF
+    one pooled with weights fitted on the other folds) and what the grouping did, for the sidecar."""
+    mode, min_sim = cfg["infer"]["person_grouping"], cfg["infer"]["group_min_similarity"]
+    if mode == "off":
+        return oof_blend, test_blend, None
+    y, folds = oof["label"].to_numpy(), oof["fold"].to_numpy()
+    result = nested_grouping(oof_blend, folds, thumbnails(oof["image_path"].tolist()), oof["person_id"].to_numpy(), y, min_sim)
+    summary = {"mode": mode, "nested_gain": result.gain, "per_fold": result.per_fold, "min_similarity": min_sim,
+               "view_weights": {h: w.round(3).tolist() for h, w in result.weights.items()}, "applied": False}
+    if mode == "auto" and result.gain <= 0:
+        log.info("person grouping not applied: on held-out folds it changes macro F1 by %+.4f", result.gain)
+        return oof_blend, test_blend, summary
+    eval_paths = [str(Paths.from_config(cfg).eval_images / i) for i in eval_ids]
+    test_blend, groups = apply_grouping(test_blend, thumbnails(eval_paths), result.weights, min_sim)
+    table = pd.DataFrame({"ImageID": eval_ids, "group": [eval_ids[g] for g in groups.group],
+                          "confidence": groups.confidence.round(4), "grouped": groups.grouped})
+    groups_csv = write_csv(table, out.with_name(out.stem + ".groups.csv"))
+    log.info("person grouping applied (nested gain %+.4f): %d of %d eval images in groups; groups in %s",
+             result.gain, int(groups.grouped.sum()), len(eval_ids), groups_csv)
+    return result.oof_probs, test_blend, {**summary, "applied": True, "groups_csv": str(groups_csv),
+                                          "eval_grouped_share": float(groups.grouped.mean())}
 
 
 def ensemble(cfg: Config) -> Path:
@@ -189,22 +282,26 @@ def ensemble(cfg: Config) -> Path:
     ec = cfg["ensemble"]
     experiments = ec["experiments"] or [cfg["experiment"]]
     loaded = _load_all(cfg, experiments)
-    base_oof, _, base_ids, _ = loaded[0]
+    base_oof, base_ids = loaded[0].oof, loaded[0].ids
     y, folds = base_oof["label"].to_numpy(), base_oof["fold"].to_numpy()
-    oof_probs = [oof[labels.PROB_COLUMNS].to_numpy() for oof, _, _, _ in loaded]
+    oof_probs = [e.oof[labels.PROB_COLUMNS].to_numpy() for e in loaded]
     weights = fit_weights(oof_probs, y) if ec["weights"] == "fit" else np.full(len(loaded), 1 / len(loaded))
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
-    test_blend = np.tensordot(weights, np.stack([t for _, t, _, _ in loaded]), 1)
+    test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
+    oof_blend, test_blend, age_cuts = tune_age_cuts(ec, loaded, weights, y, folds, oof_blend, test_blend)
+    out = paths.submissions / f"{ec['name'] or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
+    oof_blend, test_blend, grouping = person_grouping(cfg, base_oof, base_ids, oof_blend, test_blend, out)
     logp_oof, logp_test = np.log(np.clip(oof_blend, 1e-9, None)), np.log(np.clip(test_blend, 1e-9, None))
     decision = decide(logp_oof, y, folds, ec)
-    out = paths.submissions / f"{ec['name'] or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
     sub = submission_table(info, base_ids, (logp_test + decision.biases).argmax(1), str(out))
     sub_share = np.bincount(sub["ans"], minlength=18) / len(sub)
-    runs = [ref for _, _, _, ref in loaded]
+    runs = [e.ref for e in loaded]
     sidecar = {"summary": {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
                            "runs": [r.label for r in runs], "folds": {r.label: r.trained_folds() for r in runs},
-                           "cv_macro_f1": decision.cv_f1, "eval_rows": len(sub)},
+                           "cv_macro_f1": decision.cv_f1, "eval_rows": len(sub),
+                           "person_grouping_applied": grouping["applied"] if grouping else False},
+               "person_grouping": grouping, "age_cuts": age_cuts,
                "experiments": experiments, "weights": weights.tolist(), "biases": decision.biases.round(3).tolist(),
                "bias_mode": ec["bias_mode"], "tta": cfg["infer"]["tta"],
                "oof_before_decision": decision.before, "oof_macro_f1_after_decision": decision.after_f1,

@@ -80,7 +80,7 @@ def purity_completeness(groups: np.ndarray, persons: np.ndarray) -> dict:
     person's largest group (1.0 and 1.0: every person recovered exactly)."""
     table = pd.crosstab(groups, persons)
     n = len(groups)
-    return {"purity": float(table.max(1).sum() / n), "completeness": float(table.max(0).sum() / n),
+    return {"purity": float(table.max(axis=1).sum() / n), "completeness": float(table.max(axis=0).sum() / n),
             "grouped_share": float((pd.Series(groups).map(pd.Series(groups).value_counts()) > 1).mean())}
 
 

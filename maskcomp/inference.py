@@ -56,7 +56,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
     if reduce not in ("mean_probs", "mean_logits"):
         raise MaskcompError(f"infer.tta_reduce '{reduce}' is unknown; use mean_probs or mean_logits")
     model.eval()
-    all18, all_heads = [], {h: [] for h in labels.HEADS}
+    all18, all_heads = [], {h: [] for h in (*labels.HEADS, "age_ord")}
     for images, _, _ in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         views = []
@@ -70,11 +70,13 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
         else:
             p18 = torch.stack([probs18(v) for v in views]).mean(0)
             heads = {h: torch.stack([v[h].softmax(1) for v in views]).mean(0) for h in labels.HEADS if h in views[0]}
+        if "age_ord" in views[0]:
+            heads["age_ord"] = torch.stack([v["age_ord"].sigmoid() for v in views]).mean(0)
         all18.append(p18.cpu())
         for h in heads:
             all_heads[h].append(heads[h].cpu())
     probs = torch.cat(all18).numpy()
-    head_probs = ({h: torch.cat(v).numpy() for h, v in all_heads.items()} if all(all_heads.values())
+    head_probs = ({h: torch.cat(v).numpy() for h, v in all_heads.items() if v} if all(all_heads[h] for h in labels.HEADS)
                   else labels.head_probs_from_18(probs))
     return probs, head_probs
 
@@ -160,14 +162,19 @@ def require_current_predictions(cfg: Config, run: RunRef) -> None:
                                 f"({changed}); run `make infer`")
 
 
-def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
-    table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].copy()
-    table.insert(2, "fold", fold)
-    table["pred"] = probs.argmax(1)
-    table[labels.PROB_COLUMNS] = probs
+def probability_table(probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
+    """pred, p0..p17 and each head's probabilities (mask_p*, gender_p*, age_p*, age_ord_p* for P(age >= k))."""
+    table = pd.DataFrame(probs, columns=labels.PROB_COLUMNS)
+    table.insert(0, "pred", probs.argmax(1))
     for h, p in head_probs.items():
         table[[f"{h}_p{i}" for i in range(p.shape[1])]] = p
     return table
+
+
+def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
+    table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].reset_index(drop=True)
+    table.insert(2, "fold", fold)
+    return pd.concat([table, probability_table(probs, head_probs)], axis=1)
 
 
 def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
@@ -199,10 +206,12 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
         loader = functools.partial(DataLoader, batch_size=rcfg["infer"]["batch_size"], num_workers=rcfg["train"]["workers"])
         val_probs, val_heads = predict(model, loader(val_set), device, amp, tta, reduce)
         write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
-        test_probs, _ = predict(model, loader(eval_set), device, amp, tta, reduce)
+        test_probs, test_heads = predict(model, loader(eval_set), device, amp, tta, reduce)
         with atomic_path(out / "test_probs.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, test_probs.astype(np.float32))
+        write_csv(pd.concat([side.evals[["ImageID"]].reset_index(drop=True), probability_table(test_probs, test_heads)], axis=1),
+                  out / "test_probs.csv")
         write_csv(side.evals[["ImageID"]], out / "test_ids.csv")
         write_manifest(out / PREDICTIONS_MANIFEST, manifest)
         log.info("fold %d: wrote test_probs.npy (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)

@@ -59,6 +59,12 @@ class Criterion:
     def __call__(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         total = 0.0
         for head in self.heads:
+            if head == "age_ord":  # one binary question per cut point: is the person at least k years old?
+                cuts = torch.tensor(labels.AGE_CUTS, device=outputs[head].device)
+                at_least = (targets["age_years"][:, None] >= cuts).float()
+                value = F.binary_cross_entropy_with_logits(outputs[head].float(), at_least)
+                total = total + self.cfg["head_weights"].get("age", 1.0) * value
+                continue
             logits, target = outputs[head], targets[head]
             weight = self.class_weights.get(head)
             weight = weight.to(logits.device) if weight is not None else None
@@ -75,7 +81,3 @@ class Criterion:
                 head_loss = head_loss + term["weight"] * value
             total = total + self.cfg["head_weights"].get(head, 1.0) * head_loss
         return total
-
-
-def head_sizes(head_kind: str) -> dict[str, int]:
-    return {"label": labels.NUM_CLASSES} if head_kind == "single" else dict(labels.HEADS)

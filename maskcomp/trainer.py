@@ -29,14 +29,14 @@ from .dataset import CropDataset, EpochSampler, build_cache, existing_crops_only
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv, write_json, write_text
 from .folds import load_folds, split_fold
-from .losses import Criterion, balanced_class_weights, head_sizes
+from .losses import Criterion, balanced_class_weights
 from .metrics import scores
 from .crop import require_current_crops, train_crops_digest
 from .device import Placement, autocast, configure_cuda, configure_threads, resolve_amp, start_distributed
 from .folds import require_current_folds
 from .inference import oof_table, predict
 from .manifest import Manifest, config_keys, digest_cache
-from .models import create_model, normalisation
+from .models import create_model, head_sizes, normalisation
 from .paths import Paths
 from .progress import progress
 from .runs import RunRef, open_run, run_lock
@@ -132,7 +132,8 @@ class FoldTrainer:
         self.heads = head_sizes(cfg["model"]["head"])
         class_weights = None
         if cfg["loss"]["class_weights"] == "balanced":
-            class_weights = {h: balanced_class_weights(targets_of(self.train_df)[h], n) for h, n in self.heads.items()}
+            targets = targets_of(self.train_df)
+            class_weights = {h: balanced_class_weights(targets[h], n) for h, n in self.heads.items() if h in targets}
         self.criterion = Criterion(cfg["loss"], self.heads, class_weights)
         self.mixup = self._mixup()
         # the decay warms up (1 - (1 + step)^-0.75, capped at ema_decay) so that short runs do not average in the

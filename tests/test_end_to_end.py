@@ -33,8 +33,10 @@ def pipeline(tmp_path_factory):
     planted = np.random.default_rng(5).choice(len(persons), PLANTED_GENDER_FLIPS, replace=False)
     persons.loc[planted, "gender"] = persons.loc[planted, "gender"].map({"male": "female", "female": "male"})
     persons.to_csv(root / "train" / "train.csv", index=False)
+    # grouping off here: with 12 eval persons a pooled decision moves the eval score by whole persons, and this
+    # test is about the pipeline learning; test_person_grouping_in_the_ensemble covers grouping
     cfg = config_for(root, work, "crop.mode=center", "train.img_size=[80, 60]", "train.epochs=6", "train.workers=0",
-                     "train.batch_size=24", "folds.k=3")
+                     "train.batch_size=24", "folds.k=3", "infer.person_grouping=off")
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)
@@ -95,3 +97,21 @@ def test_analysis_of_missing_run_lists_it(pipeline, tmp_path):
     cfg, _, _, _ = pipeline
     with pytest.raises(MaskcompError, match="no trained run of experiment 'nothing'"):
         analyze({**cfg, "experiment": "nothing"})
+
+
+def test_person_grouping_in_the_ensemble(pipeline):
+    cfg, root, _, _ = pipeline
+    auto = ensemble({**cfg, "infer": {**cfg["infer"], "person_grouping": "auto"}, "ensemble": {**cfg["ensemble"], "name": "auto"}})
+    side = json.loads(auto.with_suffix(".json").read_text())["person_grouping"]
+    assert side["mode"] == "auto" and len(side["per_fold"]) == 3
+    assert all(f["purity"] > 0.95 and f["completeness"] > 0.9 for f in side["per_fold"]), side["per_fold"]
+    assert side["applied"] == (side["nested_gain"] > 0)
+    forced = {**cfg, "infer": {**cfg["infer"], "person_grouping": "on"}, "ensemble": {**cfg["ensemble"], "name": "grouped"}}
+    out = ensemble(forced)
+    groups = pd.read_csv(out.with_name("grouped.groups.csv"), dtype={"ImageID": str, "group": str})
+    assert groups["ImageID"].tolist() == pd.read_csv(out, dtype=str)["ImageID"].tolist()
+    answers = pd.read_csv(root / "eval_answers.csv", dtype=str).set_index("ImageID")
+    persons = answers.loc[groups["ImageID"], "person_id"].to_numpy()
+    # every group holds one person's images only
+    assert (pd.Series(persons).groupby(groups["group"].to_numpy()).nunique() == 1).all()
+    assert groups["grouped"].mean() > 0.8
