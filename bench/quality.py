@@ -33,21 +33,30 @@ from maskcomp.ensemble import ensemble, load_experiment
 from maskcomp.runs import read_oof, read_test_probs
 from maskcomp.fileio import write_json, write_text
 from maskcomp.folds import make_folds
+from maskcomp.grouping import purity_completeness
 from maskcomp.inference import infer
 from maskcomp.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
 from maskcomp.paths import Paths
 from maskcomp.trainer import train
 
-RECIPES = ("baseline", "ours")
-WORK_PATHS = ("crops", "runs", "reports", "submissions", "cache")
+# each recipe's config files, layered on configs/quality.yaml in this order
+RECIPES = {"baseline": ["quality_baseline"], "ours": ["quality_ours"], "ours_ordinal": ["quality_ours", "quality_ours_ordinal"]}
+WORK_PATHS = ("runs", "reports", "submissions")
+# crops and decoded crop arrays are keyed by content and settings, so the recipes share them (MTCNN runs once)
+SHARED_PATHS = ("crops", "cache")
+
+
+def recipe_files(recipe: str) -> list[str]:
+    return ["configs/quality.yaml", *(f"configs/{name}.yaml" for name in RECIPES[recipe])]
 
 
 def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Config:
-    files = [ROOT / "configs" / "quality.yaml", ROOT / "configs" / f"quality_{recipe}.yaml"]
+    files = [ROOT / f for f in recipe_files(recipe)]
     if gpu:
         files.append(ROOT / "configs" / "quality_gpu.yaml")
     return load_config(files, [f"paths.data_root={data}", f"paths.folds={work / 'folds.csv'}",
-                               *[f"paths.{name}={work / name}" for name in WORK_PATHS], *overrides])
+                               *[f"paths.{name}={work / name}" for name in WORK_PATHS],
+                               *[f"paths.{name}={work.parent / name}" for name in SHARED_PATHS], *overrides])
 
 
 def eval_scores(pred: np.ndarray, ids: list[str], answers: pd.Series) -> dict:
@@ -94,11 +103,12 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
         sub = pd.read_csv(sub_path, dtype={"ImageID": str})
         pred, ids = sub["ans"].to_numpy(), sub["ImageID"].tolist()
         cv = side["cv_macro_f1"]
-        extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with biases tuned on the other folds when they are "
-                                     "applied (nested); eval is the fold ensemble", "biases_applied": side["biases_applied"],
-                 "nested_bias_gain": side["nested_bias_gain"]["gain"],
+        extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
+                                     "each fitted on the other folds where applied (nested); eval is the fold ensemble",
+                 "biases_applied": side["biases_applied"], "nested_bias_gain": side["nested_bias_gain"]["gain"],
                  "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
-                 "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"]}
+                 "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
+                 **grouping_scores(side, sub_path, answer_table), **age_cut_scores(side)}
     # each fold model alone on eval: what the OOF estimate measures, so the fold ensemble's gain shows beside it
     fold_models = []
     for f in run.trained_folds():
@@ -106,7 +116,7 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
             probs, fold_ids = read_test_probs(run, f)
             fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), probs.argmax(1)))
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
-    return {"recipe": recipe, "config_files": ["configs/quality.yaml", f"configs/quality_{recipe}.yaml"],
+    return {"recipe": recipe, "config_files": recipe_files(recipe),
             "cv_macro_f1": cv, **eval_scores(pred, ids, answers),
             **uncertainty(answers.loc[ids].to_numpy(), pred, answer_table.loc[ids, "person_id"].to_numpy(), oof),
             "eval_macro_f1_fold_models": fold_models, "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
@@ -116,18 +126,48 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
             "folds": k, "train_images": int((readable["split"] == "train").sum()), **extra}
 
 
+def grouping_scores(side: dict, sub_path: Path, answer_table: pd.DataFrame) -> dict:
+    """Person grouping as the sidecar reports it on OOF, and its purity/completeness on eval against the answers."""
+    grouping = side.get("person_grouping")
+    if not grouping:
+        return {}
+    folds = grouping["per_fold"]
+    out = {"grouping_applied": grouping["applied"], "grouping_nested_gain": grouping["nested_gain"],
+           "grouping_oof_purity": float(np.mean([f["purity"] for f in folds])),
+           "grouping_oof_completeness": float(np.mean([f["completeness"] for f in folds]))}
+    groups_csv = sub_path.with_name(sub_path.stem + ".groups.csv")
+    if groups_csv.exists():
+        groups = pd.read_csv(groups_csv, dtype={"ImageID": str, "group": str})
+        found = purity_completeness(groups["group"].to_numpy(), answer_table.loc[groups["ImageID"], "person_id"].to_numpy())
+        out.update(grouping_eval_purity=found["purity"], grouping_eval_completeness=found["completeness"])
+    return out
+
+
+def age_cut_scores(side: dict) -> dict:
+    cuts = side.get("age_cuts")
+    if not cuts:
+        return {}
+    return {"age_cuts_applied": cuts["applied"], "age_cuts_nested_gain": cuts["gain"], "age_cuts": cuts["cuts"]}
+
+
 def markdown(results: dict, meta: dict) -> str:
     rows = [("CV (OOF) macro F1", "cv_macro_f1"), ("eval macro F1", "eval_macro_f1"),
             ("eval macro F1, 90 % person-bootstrap interval", "eval_macro_f1_90ci"),
             ("eval - CV, 90 % person-bootstrap interval", "eval_minus_cv_90ci"),
             ("eval macro F1, single fold models (mean)", "eval_macro_f1_fold_models_mean"), ("eval F1 mask", "eval_f1_mask"),
-            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"), ("crop detection rate", "crop_detection_rate"),
+            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"),
+            ("person grouping: nested gain on OOF", "grouping_nested_gain"), ("person grouping applied", "grouping_applied"),
+            ("grouping purity / completeness, OOF", "grouping_oof_purity", "grouping_oof_completeness"),
+            ("grouping purity / completeness, eval", "grouping_eval_purity", "grouping_eval_completeness"),
+            ("age cut points (nested gain, applied)", "age_cuts", "age_cuts_nested_gain", "age_cuts_applied"),
+            ("biases: nested gain", "nested_bias_gain"), ("crop detection rate", "crop_detection_rate"),
             ("wall time (s)", "wall_s"), ("peak RSS (MB)", "peak_rss_mb")]
     names = list(results)
     out = [f"# Quality benchmark {meta['date']}", "", f"Data: {meta['data']} ({meta['device']}). "
            f"Shared: {meta['shared']}.", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for title, key in rows:
-        out.append(f"| {title} | " + " | ".join(_cell(results[n].get(key)) for n in names) + " |")
+    for title, *keys in rows:
+        cells = [" / ".join(_cell(results[n].get(k)) for k in keys) for n in names]
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
     out += ["", "Per-class eval F1 (class = mask*6 + gender*3 + age):", "",
             "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c in range(labels.NUM_CLASSES):
@@ -136,6 +176,10 @@ def markdown(results: dict, meta: dict) -> str:
 
 
 def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list) and all(isinstance(x, int) for x in v):
+        return "/".join(map(str, v))
     if isinstance(v, list):
         return " to ".join(_cell(x) for x in v)
     return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.0f}" if isinstance(v, float) else str(v))
@@ -155,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and markdown go (default bench/results)")
     parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary directory, removed)")
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--merge", type=Path, help="an earlier results JSON whose other recipes join this report")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for both recipes")
     parser.add_argument("--child", choices=RECIPES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -166,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-quality: skipped, no benchmark data at {args.data} (needs train/, eval/ and eval_answers.csv)")
         return 0
     work_root = args.work or Path(tempfile.mkdtemp(prefix="maskcomp-quality-"))
-    results = {}
+    earlier = json.loads(args.merge.read_text()) if args.merge else {}
+    results = {name: r for name, r in earlier.items() if name in RECIPES and name not in args.recipes}
     try:
         for recipe in args.recipes:
             work = work_root / recipe

@@ -34,7 +34,11 @@ def test_recipes_share_backbone_resolution_epochs_and_folds(tmp_path):
         assert (base["crop"]["mode"], base["model"]["head"], base["infer"]["tta"]) == ("none", "single", ["identity"])
         assert base["folds"]["oversample"]["strategy"] == "none" and not base["ensemble"]["tune_biases"]
         assert ours["crop"]["mode"] == "mtcnn" and ours["ensemble"]["tune_biases"] and len(ours["infer"]["tta"]) > 1
-        assert base["paths"]["runs"] != ours["paths"]["runs"]
+        assert base["paths"]["runs"] != ours["paths"]["runs"] and base["paths"]["crops"] == ours["paths"]["crops"]
+        ordinal = cfgs["ours_ordinal"]
+        assert ordinal["model"]["head"] == "ordinal" and ordinal["ensemble"]["tune_age_cuts"] == "auto"
+        assert {k: v for k, v in ordinal.items() if k not in ("model", "experiment", "paths")} == \
+            {k: v for k, v in ours.items() if k not in ("model", "experiment", "paths")}
 
 
 def test_uncertainty_intervals_cover_the_score_and_a_zero_gap():
