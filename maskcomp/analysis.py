@@ -145,10 +145,43 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
             "<h2>Most confidently wrong</h2><img src='wrong_gallery.png'>",
             "<h2>Label-noise candidates</h2><p>In the label-fixes format: copy rows into a fixes file "
             "(data.label_fixes) after checking the images.</p>", candidates.to_html(index=False),
-            "</body></html>"]
+            *group_strips(cfg, experiment, out), "</body></html>"]
     index = write_text("\n".join(page), out / "index.html")
     log.info("wrote %s", index)
     return index
+
+
+STRIP_GROUPS = 3  # groups shown from each end of the confidence order
+
+
+def group_strips(cfg: Config, experiment: str, out: Path) -> list[str]:
+    """The eval person groups of this experiment's submission (if grouping was applied): the least and the most
+    confident groups, one strip of thumbnails each, captioned with each image's similarity to its group."""
+    paths = Paths.from_config(cfg)
+    groups_csv = paths.submissions / f"{experiment.replace('@', '-')}.groups.csv"
+    if not groups_csv.exists():
+        return []
+    groups = pd.read_csv(groups_csv, dtype={"ImageID": str, "group": str})
+    grouped = groups[groups["grouped"]]
+    if grouped.empty:
+        return []
+    order = grouped.groupby("group")["confidence"].min().sort_values()
+    chosen = list(dict.fromkeys([*order.index[:STRIP_GROUPS], *order.index[-STRIP_GROUPS:]]))
+    images, captions = [], []
+    for g in chosen:
+        members = grouped[grouped["group"] == g].head(len(labels.IMAGE_STEMS))
+        for image_id, conf in zip(members["ImageID"], members["confidence"]):
+            images.append(_thumb(str(paths.eval_images / image_id)))
+            captions.append(f"group {g[:8]}: sim {conf:.2f}")
+        images += [np.full((128, 96, 3), 255, np.uint8)] * (len(labels.IMAGE_STEMS) - len(members))
+        captions += [""] * (len(labels.IMAGE_STEMS) - len(members))
+    plots.image_grid(images, captions, "eval person groups: least (top) and most confident", out / "groups.png",
+                     cols=len(labels.IMAGE_STEMS))
+    share = groups["grouped"].mean()
+    return ["<h2>Person groups (eval)</h2>",
+            f"<p>{share:.0%} of the eval images were grouped into persons ({groups_csv.name}); each caption is the "
+            "image's thumbnail similarity to its group's unmasked photo (1.00: the anchor itself).</p>",
+            "<img src='groups.png'>"]
 
 
 def compare_experiments(cfg: Config, experiments: list[str]) -> Path:

@@ -256,7 +256,8 @@ def person_grouping(cfg: Config, oof: pd.DataFrame, eval_ids: list[str], oof_ble
                     out: Path) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """Group images into persons on both sides (infer.person_grouping); returns the blends to decide on (the OOF
     one pooled with weights fitted on the other folds) and what the grouping did, for the sidecar."""
-    mode, min_sim = cfg["infer"]["person_grouping"], cfg["infer"]["group_min_similarity"]
+    mode = {True: "on", False: "off"}.get(cfg["infer"]["person_grouping"], cfg["infer"]["person_grouping"])
+    min_sim = cfg["infer"]["group_min_similarity"]
     if mode == "off":
         return oof_blend, test_blend, None
     y, folds = oof["label"].to_numpy(), oof["fold"].to_numpy()

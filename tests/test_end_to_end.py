@@ -106,12 +106,15 @@ def test_person_grouping_in_the_ensemble(pipeline):
     assert side["mode"] == "auto" and len(side["per_fold"]) == 3
     assert all(f["purity"] > 0.95 and f["completeness"] > 0.9 for f in side["per_fold"]), side["per_fold"]
     assert side["applied"] == (side["nested_gain"] > 0)
-    forced = {**cfg, "infer": {**cfg["infer"], "person_grouping": "on"}, "ensemble": {**cfg["ensemble"], "name": "grouped"}}
+    # the last test of this module: it replaces the experiment's submission with a grouped one
+    forced = {**cfg, "infer": {**cfg["infer"], "person_grouping": True}}
     out = ensemble(forced)
-    groups = pd.read_csv(out.with_name("grouped.groups.csv"), dtype={"ImageID": str, "group": str})
+    groups = pd.read_csv(out.with_name("sample.groups.csv"), dtype={"ImageID": str, "group": str})
     assert groups["ImageID"].tolist() == pd.read_csv(out, dtype=str)["ImageID"].tolist()
     answers = pd.read_csv(root / "eval_answers.csv", dtype=str).set_index("ImageID")
     persons = answers.loc[groups["ImageID"], "person_id"].to_numpy()
     # every group holds one person's images only
     assert (pd.Series(persons).groupby(groups["group"].to_numpy()).nunique() == 1).all()
     assert groups["grouped"].mean() > 0.8
+    page = analyze(cfg)[0]
+    assert (page.parent / "groups.png").exists() and "Person groups (eval)" in page.read_text()
