@@ -310,7 +310,21 @@ def ensemble(cfg: Config) -> Path:
                "class_distribution": {"train_oof": (np.bincount(y, minlength=18) / len(y)).round(4).tolist(),
                                       "submission": sub_share.round(4).tolist()}}
     write_submission(sub, sidecar, out)
+    append_index(paths.submissions / "index.csv", out, sidecar)
+    never = [labels.class_name(c) for c in range(labels.NUM_CLASSES) if not sub_share[c] and (y == c).any()]
+    if never:
+        log.warning("the submission never predicts %d class(es) that the training data has: %s", len(never), ", ".join(never))
     gain = f"; nested gain {decision.nested['gain']:+.4f}" if decision.nested else ""
     print(f"OOF macro F1 {decision.before['f1']:.4f} -> {decision.after_f1:.4f} after the decision step{gain}")
-    log.info("wrote %s (%d rows) and %s", out, len(sub), out.with_suffix(".json"))
+    log.info("wrote %s (%d rows) and %s; listed in %s", out, len(sub), out.with_suffix(".json"), paths.submissions / "index.csv")
     return out
+
+
+def append_index(index: Path, submission: Path, sidecar: dict) -> None:
+    """One row per submission ever written: when, which file, runs, CV, and what the decision applied."""
+    summary = sidecar["summary"]
+    row = pd.DataFrame([{"written": summary["written"], "submission": submission.name, "runs": " ".join(summary["runs"]),
+                         "cv_macro_f1": round(summary["cv_macro_f1"], 4), "git_commit": summary["git_commit"],
+                         "biases_applied": sidecar["biases_applied"], "person_grouping": summary["person_grouping_applied"]}])
+    table = pd.concat([pd.read_csv(index, dtype=str), row.astype(str)], ignore_index=True) if index.exists() else row
+    write_csv(table, index)

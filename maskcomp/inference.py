@@ -24,6 +24,7 @@ from .device import amp_dtype_of, autocast, resolve_device
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv
 from .folds import load_folds
+from .metrics import macro_f1
 from .manifest import Manifest, config_keys, differences, digest_cache, digest_of, is_current, read_manifest, write_manifest
 from .models import create_model, normalisation, probs18
 from .paths import Paths
@@ -177,6 +178,21 @@ def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict)
     return pd.concat([table, probability_table(probs, head_probs)], axis=1)
 
 
+def report_tta(run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...]) -> None:
+    """Fold macro F1 of the validation images without TTA (training's best epoch) and with it; warn when TTA hurts."""
+    plain_path = run.fold_dir(fold) / "oof.csv"
+    if not plain_path.exists():
+        return
+    plain = pd.read_csv(plain_path).set_index("image_path").loc[val["image_path"]]
+    y = val["label"].to_numpy()
+    without, with_tta = macro_f1(y, plain[labels.PROB_COLUMNS].to_numpy().argmax(1)), macro_f1(y, tta_probs.argmax(1))
+    line = f"fold {fold}: OOF macro F1 {without:.4f} without TTA, {with_tta:.4f} with {'+'.join(tta)} ({with_tta - without:+.4f})"
+    if with_tta < without:
+        log.warning("%s: this TTA lowers the score; consider infer.tta=[identity]", line)
+    else:
+        log.info(line)
+
+
 def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run."""
     paths = Paths.from_config(cfg)
@@ -206,6 +222,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
         loader = functools.partial(DataLoader, batch_size=rcfg["infer"]["batch_size"], num_workers=rcfg["train"]["workers"])
         val_probs, val_heads = predict(model, loader(val_set), device, amp, tta, reduce)
         write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
+        report_tta(run, fold, val, val_probs, tta)
         test_probs, test_heads = predict(model, loader(eval_set), device, amp, tta, reduce)
         with atomic_path(out / "test_probs.npy") as tmp:
             with open(tmp, "wb") as fh:

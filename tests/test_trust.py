@@ -115,6 +115,8 @@ def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny,
     assert pd.read_csv(second_sub, dtype=str)["ImageID"].tolist() == info["ImageID"].tolist()
     assert second_sub.read_text() != first_csv
     assert json.loads(second_sub.with_suffix(".json").read_text())["summary"]["runs"] == [second_run.label]
+    index = pd.read_csv(second_sub.parent / "index.csv", dtype=str)
+    assert index["runs"].tolist() == [first_run.label, second_run.label] and (index["submission"] == second_sub.name).all()
 
 
 def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
@@ -151,7 +153,7 @@ def test_ensemble_refuses_predictions_older_than_the_model(tiny):
     assert ensemble(cfg).exists()
 
 
-def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny):
+def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny, caplog):
     _, cfg = tiny
     crop_faces(cfg)
     make_folds(cfg)
@@ -162,8 +164,10 @@ def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny):
     train(longer)
     assert latest(cfg).run_id != first.run_id
     assert all(p.read_bytes() == data for p, data in files.items())
-    infer({**cfg, "run": first.run_id})
+    with caplog.at_level("INFO", logger="maskcomp.inference"):
+        infer({**cfg, "run": first.run_id})
     assert (first.fold_dir(0) / "test_probs.npy").exists()
+    assert sum("without TTA" in r.getMessage() for r in caplog.records) == 2  # one line per fold
     assert not (latest(cfg).fold_dir(0) / "test_probs.npy").exists()
 
 
