@@ -81,7 +81,8 @@ CHOICES: dict[str, tuple] = {
     "loss.class_weights": ("none", "balanced"), "train.amp": ("bf16", "fp16", "none"),
     "infer.tta_reduce": ("mean_probs", "mean_logits"), "ensemble.weights": ("equal", "fit"),
     "ensemble.bias_mode": ("class", "head"), "ensemble.tune_biases": (True, False, "auto"),
-    "infer.person_grouping": ("auto", True, False),  # YAML reads on/off as true/false "ensemble.tune_age_cuts": (True, False, "auto"),
+    "infer.person_grouping": ("auto", True, False),  # YAML reads on/off as true/false
+    "ensemble.tune_age_cuts": (True, False, "auto"),
 }
 ANY_OF = {"model.pretrained": (bool, str)}
 # Numeric ranges [low, high] (None: open); for a list the range applies to each element.

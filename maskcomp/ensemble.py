@@ -240,6 +240,9 @@ def tune_age_cuts(ec: dict, loaded: list[Experiment], weights: np.ndarray, y: np
     auto applies them only when the nested gain is positive). The OOF blend returned is the held-out one."""
     if ec["tune_age_cuts"] is False or any(e.test_ord is None for e in loaded):
         return oof_blend, test_blend, None
+    if len(np.unique(folds)) < 2:
+        log.info("age cut points stay at 30/60: tuning them needs OOF of 2 or more folds")
+        return oof_blend, test_blend, None
     oof_ord = np.tensordot(weights, np.stack([e.oof_ord for e in loaded]), 1)
     test_ord = np.tensordot(weights, np.stack([e.test_ord for e in loaded]), 1)
     nested = nested_age_cuts(oof_blend, oof_ord, y, folds)
@@ -258,9 +261,11 @@ def person_grouping(cfg: Config, oof: pd.DataFrame, eval_ids: list[str], oof_ble
     one pooled with weights fitted on the other folds) and what the grouping did, for the sidecar."""
     mode = {True: "on", False: "off"}.get(cfg["infer"]["person_grouping"], cfg["infer"]["person_grouping"])
     min_sim = cfg["infer"]["group_min_similarity"]
-    if mode == "off":
-        return oof_blend, test_blend, None
     y, folds = oof["label"].to_numpy(), oof["fold"].to_numpy()
+    if mode == "off" or len(np.unique(folds)) < 2:
+        if mode != "off":
+            log.info("person grouping skipped: measuring it needs OOF of 2 or more folds")
+        return oof_blend, test_blend, None
     result = nested_grouping(oof_blend, folds, thumbnails(oof["image_path"].tolist()), oof["person_id"].to_numpy(), y, min_sim)
     summary = {"mode": mode, "nested_gain": result.gain, "per_fold": result.per_fold, "min_similarity": min_sim,
                "view_weights": {h: w.round(3).tolist() for h, w in result.weights.items()}, "applied": False}
