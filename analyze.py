@@ -1,5 +1,5 @@
 """Fold-level analysis pages from run files: python analyze.py --config ... [ensemble.experiments=[a,b]]"""
-from maskcomp.analysis import analyze
+from maskcomp.analysis import analyze, closing_summary
 from maskcomp.cli import parse_stage_args, stage_parser
 from maskcomp.errors import cli
 
@@ -7,7 +7,7 @@ from maskcomp.errors import cli
 @cli
 def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    analyze(cfg)
+    print(closing_summary(cfg, analyze(cfg)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
 from pathlib import Path
 
@@ -226,3 +227,29 @@ def analyze(cfg: Config) -> list[Path]:
     if len(experiments) > 1:
         pages.append(compare_experiments(cfg, experiments))
     return pages
+
+
+WEAKEST = 3
+
+
+def closing_summary(cfg: Config, pages: list[Path]) -> str:
+    """What `make all` produced, in a few lines: submission, CV (nested), eval score when answers exist, the report
+    pages and the weakest classes of the OOF predictions."""
+    paths = Paths.from_config(cfg)
+    name = cfg["ensemble"]["name"] or "+".join(e.replace("@", "-") for e in (cfg["ensemble"]["experiments"] or [cfg["experiment"]]))
+    submission = paths.submissions / f"{name}.csv"
+    lines = ["", "== summary"]
+    if submission.exists():
+        side = json.loads(submission.with_suffix(".json").read_text())
+        lines.append(f"submission: {submission} (CV macro F1, nested: {side['cv_macro_f1']:.4f})")
+        if paths.eval_answers.exists():
+            sub = pd.read_csv(submission, dtype={"ImageID": str})
+            truth = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+            lines.append(f"eval macro F1 against {paths.eval_answers.name}: {macro_f1(truth.loc[sub['ImageID']].to_numpy(), sub['ans'].to_numpy()):.4f}")
+    else:
+        lines.append(f"submission: none yet at {submission} (run `make ensemble`)")
+    lines += [f"report: {page}" for page in pages]
+    per_class = pd.read_csv(pages[0].parent / "per_class.csv").sort_values("f1")
+    weak = per_class[per_class["support"] > 0].head(WEAKEST)
+    lines.append("weakest classes (OOF F1): " + ", ".join(f"{r.name} {r.f1:.2f}" for r in weak.itertuples()))
+    return "\n".join(lines)

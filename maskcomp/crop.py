@@ -48,6 +48,7 @@ DETECTOR_KEYS = ("detect_scale", "min_face_size", "thresholds", "relaxed_thresho
 CROP_KEYS = ("mode", "margin", "aspect", "center_box")
 SOURCES = ("mtcnn", "mtcnn_relaxed", "person", "median", "center", "none")
 DIGEST_CHARS = 16
+LOW_DETECTION_RATE = 0.5   # below this share of detected faces in a split, the crop stage warns
 
 
 def _hash(obj: dict) -> str:
@@ -403,9 +404,14 @@ def write_crop_report(cfg: Config, records: pd.DataFrame, seconds: float) -> Pat
     for name, subset in (("random_crops", recs), ("fallback_crops", recs[~recs["detected"]])):
         pick = subset.iloc[rng.permutation(len(subset))[:24]]
         images = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in pick["crop_path"]]
-        plots.image_grid(images, [f"{s} {sc:.2f}" for s, sc in zip(pick["source"], pick["score"])], name.replace("_", " "),
+        captions = [f"{src}" + (f" p={sc:.2f}" if sc == sc else "") for src, sc in zip(pick["source"], pick["score"])]
+        plots.image_grid(images, captions, name.replace("_", " "),
                          out / f"{name}.png")
-    log.info("crop report in %s (detection rate %s)", out, {k: round(v["all"], 3) for k, v in rates.items()})
+    log.info("crop report in %s; faces detected: %s", out, ", ".join(f"{k} {v['all']:.1%}" for k, v in rates.items()))
+    fallbacks = int((~recs["detected"]).sum())
+    if cfg["crop"]["mode"] == "mtcnn" and any(v["all"] < LOW_DETECTION_RATE for v in rates.values()):
+        log.warning("%d of %d crops come from fallback boxes (detection below %.0f%% in some split); look at %s before "
+                    "training", fallbacks, len(recs), 100 * LOW_DETECTION_RATE, out / "fallback_crops.png")
     return out
 
 

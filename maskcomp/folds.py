@@ -74,6 +74,7 @@ def make_folds(cfg: Config) -> pd.DataFrame:
     persons["fold"] = assign_folds(persons, k, cfg["folds"]["seed"])
     table = pd.crosstab(persons["fold"], persons["gender"] + "/" + persons["age_group"].map(dict(enumerate(labels.AGE_NAMES))),
                         normalize="index").round(3)
+    table.columns.name = None  # crosstab names the column axis col_0, which would head the printed table
     table["persons"] = persons.groupby("fold").size()
     out = paths.folds
     if out.exists() and pd.read_csv(out, dtype={"person_id": str}).equals(persons):

@@ -281,7 +281,7 @@ class FoldTrainer:
                         writer.add_scalar(key, value, epoch + 1)
                 print(f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}: loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
                       f"f1 {val['f1']:.4f} (mask {val['f1_mask']:.3f} gender {val['f1_gender']:.3f} age {val['f1_age']:.3f}) "
-                      f"acc {val['acc']:.4f} {images_per_s:.0f} img/s{' *' if improved else ''}", flush=True)
+                      f"acc {val['acc']:.4f} {images_per_s:.0f} img/s{' (best so far: saved best.pt)' if improved else ''}", flush=True)
             if self.world > 1:  # rank 0 decides early stopping; collectives need tensors on this process's device
                 flags = torch.tensor([bad_epochs], dtype=torch.int64, device=self.device)
                 dist.broadcast(flags, 0)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from maskcomp.analysis import analyze
+from maskcomp.analysis import analyze, closing_summary
 from maskcomp.config import load_config
 from maskcomp.crop import crop_faces
 from maskcomp.ensemble import ensemble
@@ -70,6 +70,10 @@ def test_analysis_report_from_run_files(pipeline):
     candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
     assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
     assert "OOF macro F1" in index.read_text()
+    summary = closing_summary(cfg, [index]).splitlines()
+    assert summary[2].startswith(f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0.")
+    assert summary[3].startswith("eval macro F1 against eval_answers.csv: ") and summary[4] == f"report: {index}"
+    assert summary[5].startswith("weakest classes (OOF F1): ") and summary[5].count("/") == 2 * 3
 
 
 def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
