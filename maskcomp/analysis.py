@@ -72,6 +72,44 @@ def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
     return out.sort_values("score", ascending=False).head(top).reset_index(drop=True)
 
 
+LEVERS = {
+    "age": "oversample >=60 (folds.oversample.targets={2: 0.15}), train.age_old_threshold=58 with "
+           "train.drop_age_bands, a soft-F1 loss term (loss.terms), model.head=ordinal, infer.person_grouping",
+    "gender": "data.known_label_fixes=true and the label-noise candidates below, infer.person_grouping",
+    "mask": "the crop report (reports/crop/: fallback crops), swap_incorrect_normal label fixes, augment settings",
+}
+HEADLINE_CLASSES = 3
+
+
+def head_at_fault(y: np.ndarray, pred: np.ndarray, cls: int) -> str:
+    """The head whose error most often turns images of class `cls` into another class."""
+    wrong = (y == cls) & (pred != cls)
+    if not wrong.any():
+        return "none"
+    true_h, pred_h = labels.head_labels(y[wrong]), labels.head_labels(pred[wrong])
+    return max(labels.HEADS, key=lambda h: int((true_h[h] != pred_h[h]).sum()))
+
+
+def headline(y: np.ndarray, pred: np.ndarray, per_class: pd.DataFrame) -> list[str]:
+    """Where the macro F1 is lost: the weakest and never-predicted classes, the head responsible for each, its share
+    of the macro F1 loss, and the config levers for that head."""
+    present = per_class[per_class["support"] > 0]
+    loss = 1 - present["f1"]
+    weakest = present.assign(share=loss / max(loss.sum(), 1e-9)).sort_values("f1").head(HEADLINE_CLASSES)
+    never = [labels.class_name(c) for c in present["class"] if not (pred == c).any()]
+    rows, heads = [], []
+    for r in weakest.itertuples():
+        head = head_at_fault(y, pred, r._1)
+        heads.append(head)
+        rows.append(f"<li><b>{html.escape(r.name)}</b> (class {r._1}): F1 {r.f1:.2f}, {r.share:.0%} of the macro F1 lost; "
+                    f"mostly the <b>{head}</b> head is wrong</li>")
+    levers = [f"<li>{head}: {html.escape(LEVERS[head])}</li>" for head in dict.fromkeys(heads) if head in LEVERS]
+    return ["<div class='headline'><h2>Where the score is lost</h2>",
+            f"<p>OOF macro F1 is {1 - loss.mean():.4f}: every class weighs 1/{len(present)}.</p><ul>", *rows, "</ul>",
+            f"<p>Never predicted: {html.escape(', '.join(never)) if never else 'none'}.</p>",
+            "<p>Levers to try:</p><ul>", *levers, "</ul></div>"]
+
+
 def analyze_experiment(cfg: Config, experiment: str) -> Path:
     paths = Paths.from_config(cfg)
     out = paths.reports / "analysis" / experiment.replace("@", "-")
@@ -136,6 +174,7 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title></head><body>",
             f"<h1>Analysis: {html.escape(experiment)}</h1>",
             f"<p>Run {html.escape(run.label)} ({html.escape(str(run.dir))})</p>",
+            *headline(y, pred, per_class),
             f"<p>OOF macro F1 (all {len(oof)} images): <b>{overall['f1']:.4f}</b>; accuracy {overall['acc']:.4f}; "
             f"ECE {ece:.4f}</p>",
             "<h2>Folds</h2>", folds.to_html(index=False), summary.to_html(),

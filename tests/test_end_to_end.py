@@ -1,5 +1,6 @@
 """The whole pipeline on generated data: it must learn (macro F1 well above chance against hidden answers),
 and the analysis must point at label errors planted in train.csv."""
+import html
 import json
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_analysis_report_from_run_files(pipeline):
     candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
     assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
     assert "OOF macro F1" in index.read_text()
+    weakest = per_class[per_class["support"] > 0].sort_values("f1").iloc[0]
+    page = index.read_text()
+    assert "Where the score is lost" in page and f"<b>{html.escape(weakest['name'])}</b> (class {weakest['class']})" in page
     summary = closing_summary(cfg, [index]).splitlines()
     assert summary[2].startswith(f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0.")
     assert summary[3].startswith("eval macro F1 against eval_answers.csv: ") and summary[4] == f"report: {index}"
