@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,8 @@ from .metrics import macro_f1
 from .manifest import Manifest, config_keys, differences, digest_cache, digest_of, is_current, read_manifest, write_manifest
 from .models import create_model, normalisation, probs18
 from .paths import Paths
-from .runs import RunRef, resolve_run
+from .progress import progress
+from .runs import RunRef, read_oof, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +181,23 @@ def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict)
     return pd.concat([table, probability_table(probs, head_probs)], axis=1)
 
 
+def write_test_predictions(out: Path, ids: pd.DataFrame, probs: np.ndarray, heads: dict) -> None:
+    with atomic_path(out / "test_probs.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, probs.astype(np.float32))
+    write_csv(pd.concat([ids, probability_table(probs, heads)], axis=1), out / "test_probs.csv")
+    write_csv(ids, out / "test_ids.csv")
+
+
+def write_run_oof(run: RunRef, data_root: Path) -> None:
+    """One OOF file for the whole training set (`<run>/oof.csv`, TTA re-scored where present), with image paths
+    relative to the data root, as Kaggle notebooks share them."""
+    oof = read_oof(run, tta=True)
+    oof["image_path"] = [os.path.relpath(p, data_root) for p in oof["image_path"]]
+    write_csv(oof, run.dir / "oof.csv")
+    log.info("all folds' OOF predictions in %s", run.dir / "oof.csv")
+
+
 def report_tta(run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...]) -> None:
     """Fold macro F1 of the validation images without TTA (training's best epoch) and with it; warn when TTA hurts."""
     plain_path = run.fold_dir(fold) / "oof.csv"
@@ -208,7 +228,8 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     mean, std = normalisation(rcfg["model"]["backbone"])
     transform = eval_transform(side.size, mean, std)
     eval_set = CropDataset(side.cache.array, side.cache.rows(side.evals["image_path"]), {}, transform)
-    for fold in folds or run.trained_folds():
+    todo = folds or run.trained_folds()
+    for i, fold in enumerate(todo):
         out = run.fold_dir(fold)
         manifest = prediction_manifest(side, run, fold)
         if is_current(out / PREDICTIONS_MANIFEST, manifest):
@@ -220,16 +241,13 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
         model = load_fold_model(run, fold, device)
         amp = amp_dtype_of(rcfg["train"]["amp"])
         loader = functools.partial(DataLoader, batch_size=rcfg["infer"]["batch_size"], num_workers=rcfg["train"]["workers"])
-        val_probs, val_heads = predict(model, loader(val_set), device, amp, tta, reduce)
+        step = f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(tta)}"
+        val_probs, val_heads = predict(model, progress(loader(val_set), f"{step}: validation"), device, amp, tta, reduce)
         write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
         report_tta(run, fold, val, val_probs, tta)
-        test_probs, test_heads = predict(model, loader(eval_set), device, amp, tta, reduce)
-        with atomic_path(out / "test_probs.npy") as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, test_probs.astype(np.float32))
-        write_csv(pd.concat([side.evals[["ImageID"]].reset_index(drop=True), probability_table(test_probs, test_heads)], axis=1),
-                  out / "test_probs.csv")
-        write_csv(side.evals[["ImageID"]], out / "test_ids.csv")
+        test_probs, test_heads = predict(model, progress(loader(eval_set), f"{step}: eval"), device, amp, tta, reduce)
+        write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), test_probs, test_heads)
         write_manifest(out / PREDICTIONS_MANIFEST, manifest)
-        log.info("fold %d: wrote test_probs.npy (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)
+        log.info("fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)
+    write_run_oof(run, Paths.from_config(rcfg).data_root)
     return run

@@ -68,6 +68,8 @@ def test_analysis_report_from_run_files(pipeline):
     per_class = pd.read_csv(out / "per_class.csv")
     oof_rows = sum(len(pd.read_csv(p)) for p in fold_dir(cfg, 0).parent.glob("fold*/oof_tta.csv"))
     assert per_class["support"].sum() == oof_rows == 70 * 7
+    whole = pd.read_csv(fold_dir(cfg, 0).parent / "oof.csv")
+    assert len(whole) == oof_rows and whole["image_path"].str.startswith("train/images/").all()
     candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
     assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
     assert "OOF macro F1" in index.read_text()
