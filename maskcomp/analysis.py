@@ -15,7 +15,7 @@ from .config import Config
 from .fileio import write_csv, write_text
 from .metrics import confusion, f1_per_class, macro_f1, scores
 from .paths import Paths
-from .runs import RunRef, read_metrics, read_oof, resolve_run
+from .runs import RunRef, read_metrics, read_oof, resolve_run, run_info
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
     return out.sort_values("score", ascending=False).head(top).reset_index(drop=True)
 
 
+STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:24px auto;"
+         "padding:0 16px;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:8px 0}"
+         "th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f5f7}"
+         "tr:nth-child(even) td{background:#fafbfc}img{max-width:100%;margin:6px 0}h2{margin-top:32px;"
+         "border-bottom:2px solid #e4e7eb;padding-bottom:4px}.meta{color:#555;font-size:13px}"
+         ".headline{background:#fff7e6;border-left:4px solid #f0a020;padding:8px 16px;margin:16px 0}")
 LEVERS = {
     "age": "oversample >=60 (folds.oversample.targets={2: 0.15}), train.age_old_threshold=58 with "
            "train.drop_age_bands, a soft-F1 loss term (loss.terms), model.head=ordinal, infer.person_grouping",
@@ -171,20 +177,24 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     candidates = label_noise_candidates(oof)
     write_csv(candidates[["person_id", "fix", "value", "note"]], out / "label_fix_candidates.csv")
 
-    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title></head><body>",
+    info = run_info(run)
+    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title><style>{STYLE}</style></head><body>",
             f"<h1>Analysis: {html.escape(experiment)}</h1>",
-            f"<p>Run {html.escape(run.label)} ({html.escape(str(run.dir))})</p>",
+            f"<p class='meta'>Run <b>{html.escape(run.label)}</b> created {html.escape(str(info.get('created', '?')))}, "
+            f"code {html.escape(str(info.get('git_commit') or 'unknown'))}; files in {html.escape(str(run.dir))} "
+            f"(<a href='{html.escape(run.dir.as_uri())}/config.yaml'>config</a>, "
+            f"<a href='{html.escape(run.dir.as_uri())}/oof.csv'>OOF</a>)</p>",
             *headline(y, pred, per_class),
             f"<p>OOF macro F1 (all {len(oof)} images): <b>{overall['f1']:.4f}</b>; accuracy {overall['acc']:.4f}; "
             f"ECE {ece:.4f}</p>",
-            "<h2>Folds</h2>", folds.to_html(index=False), summary.to_html(),
-            "<h2>Per class</h2>", per_class.to_html(index=False),
+            "<h2>Folds</h2>", folds.to_html(index=False, border=0), summary.to_html(border=0),
+            "<h2>Per class</h2>", per_class.to_html(index=False, border=0),
             *[f"<img src='{n}.png'>" for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")],
             "<h2>Training curves</h2><img src='curves.png'>",
             "<h2>Calibration</h2><img src='reliability.png'>",
             "<h2>Most confidently wrong</h2><img src='wrong_gallery.png'>",
             "<h2>Label-noise candidates</h2><p>In the label-fixes format: copy rows into a fixes file "
-            "(data.label_fixes) after checking the images.</p>", candidates.to_html(index=False),
+            "(data.label_fixes) after checking the images.</p>", candidates.to_html(index=False, border=0),
             *group_strips(cfg, experiment, out), "</body></html>"]
     index = write_text("\n".join(page), out / "index.html")
     log.info("wrote %s", index)
@@ -238,8 +248,8 @@ def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
     table = pd.DataFrame(table)
     corr = pd.DataFrame(errors).corr().round(3)
     write_csv(table, out / "experiments.csv")
-    page = ["<html><body><h1>Experiments side by side</h1>", table.to_html(index=False),
-            "<h2>Correlation of errors (lower: better ensemble partners)</h2>", corr.to_html(), "</body></html>"]
+    page = ["<html><body><h1>Experiments side by side</h1>", table.to_html(index=False, border=0),
+            "<h2>Correlation of errors (lower: better ensemble partners)</h2>", corr.to_html(border=0), "</body></html>"]
     return write_text("\n".join(page), out / "index.html")
 
 
