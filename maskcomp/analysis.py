@@ -140,22 +140,25 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     per_class["precision"] = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(18), where=cm.sum(0) > 0).round(4)
     per_class["recall"] = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(18), where=cm.sum(1) > 0).round(4)
     write_csv(per_class, out / "per_class.csv")
-    plots.confusion(cm, [str(c) for c in range(18)], "OOF confusion (18 classes)", out / "confusion_18.png")
+    plots.confusion(cm, [labels.short_name(c) for c in range(18)], "OOF confusion (18 classes)", out / "confusion_18.png")
     true_h, pred_h = labels.head_labels(y), labels.head_labels(pred)
     names = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
     for head, n in labels.HEADS.items():
         plots.confusion(confusion(true_h[head], pred_h[head], n), names[head], f"OOF confusion: {head}", out / f"confusion_{head}.png")
 
     fig, axes = plots.plt.subplots(1, 3, figsize=(14, 3.5))
-    for fold, m in metrics.items():
-        axes[0].plot(m["epoch"], m["train_loss"], label=f"fold {fold} train")
-        axes[0].plot(m["epoch"], m["val_loss"], "--", label=f"fold {fold} val")
-        axes[1].plot(m["epoch"], m["f1"], label=f"fold {fold}")
-        axes[2].plot(m["epoch"], m["lr"], label=f"fold {fold}")
-    for ax, title in zip(axes, ("loss", "val macro F1", "learning rate")):
+    for fold, m in metrics.items():  # one colour per fold in every panel
+        colour = f"C{fold % 10}"
+        axes[0].plot(m["epoch"], m["train_loss"], color=colour, label=f"fold {fold} train")
+        axes[0].plot(m["epoch"], m["val_loss"], "--", color=colour, label=f"fold {fold} validation")
+        axes[1].plot(m["epoch"], m["f1"], "o-", color=colour, label=f"fold {fold}")
+        axes[2].plot(m["epoch"], m["lr"], "o-", color=colour, label=f"fold {fold}")
+    for ax, title, ylabel in zip(axes, ("loss", "validation macro F1", "learning rate (end of epoch)"), ("loss", "macro F1", "lr")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=6)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     plots.save(fig, out / "curves.png")
 
     conf = probs.max(1)
@@ -163,7 +166,9 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     fig, ax = plots.plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "k--")
     ax.plot(bins["conf"], bins["acc"], "o-")
-    ax.set_title(f"reliability (ECE {ece:.3f})")
+    for x, acc, n in zip(bins["conf"], bins["acc"], bins["n"]):
+        ax.annotate(str(int(n)), (x, acc), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_title(f"reliability (ECE {ece:.3f}; numbers: images per bin)", fontsize=10)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     plots.save(fig, out / "reliability.png")
@@ -171,8 +176,9 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     wrong = oof.assign(conf=conf, pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
     crops = _crop_paths(cfg)
     images = [_thumb(crops.get(p, p)) for p in wrong["image_path"]]
-    plots.image_grid(images, [f"true {t} pred {p} ({c:.2f})" for t, p, c in zip(wrong["label"], wrong["pred"], wrong["conf"])],
-                     "most confidently wrong", out / "wrong_gallery.png")
+    captions = [f"true {labels.short_name(t)}\npred {labels.short_name(p)} (p={c:.2f})\n{pid} {Path(path).stem}"
+                for t, p, c, pid, path in zip(wrong["label"], wrong["pred"], wrong["conf"], wrong["person_id"], wrong["image_path"])]
+    plots.image_grid(images, captions, "most confidently wrong (W/I/N: mask worn, incorrect, not worn)", out / "wrong_gallery.png")
 
     candidates = label_noise_candidates(oof)
     write_csv(candidates[["person_id", "fix", "value", "note"]], out / "label_fix_candidates.csv")

@@ -61,6 +61,15 @@ def decode(label):
     return tuple(p.astype(np.int64) for p in parts)
 
 
+SHORT_MASK, SHORT_GENDER, SHORT_AGE = ("W", "I", "N"), ("M", "F"), ("<30", "30-59", "60+")
+
+
+def short_name(label: int) -> str:
+    """'2 W/M/60+': the class number with its mask (Wear, Incorrect, Not worn), gender and age group, for plot axes."""
+    mask, gender, age = decode(label)
+    return f"{label} {SHORT_MASK[mask]}/{SHORT_GENDER[gender]}/{SHORT_AGE[age]}"
+
+
 def class_name(label: int) -> str:
     mask, gender, age = decode(label)
     return f"{MASK_NAMES[mask]}/{GENDER_NAMES[gender]}/{AGE_NAMES[age]}"

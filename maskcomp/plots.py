@@ -31,30 +31,37 @@ def bar(values, names, title: str, path: Path, xlabel: str = "", rotate: bool = 
 
 
 def confusion(matrix: np.ndarray, names, title: str, path: Path) -> Path:
+    """Counts in each cell, colour by the share of the true class's row (rare classes stay visible), diagonal boxed."""
     n = len(names)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = max(4.5, 0.55 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    font = 9 if n > 6 else 11
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("true", fontsize=11)
     for i in range(n):
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:orange", linewidth=1.5))
         for j in range(n):
             if matrix[i, j]:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_title(title)
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=font - 1,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(f"{title}\n(colour: share of the true class's images)", fontsize=11)
     return save(fig, path)
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], title: str, path: Path, cols: int = 6) -> Path:
     """RGB uint8 images in a grid with a caption under each."""
     rows = max(1, (len(images) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.6 * rows), squeeze=False)
+    caption_lines = max((c.count("\n") + 1 for c in captions), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, (2.3 + 0.2 * caption_lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
         ax.imshow(img)
-        ax.set_title(cap, fontsize=7)
+        ax.set_title(cap, fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
     return save(fig, path)

@@ -48,3 +48,7 @@ def test_head_marginals_of_18_probs():
         assert np.allclose(heads[k].sum(1), 1)
     assert np.allclose(heads["mask"][:, 1], p[:, 6:12].sum(1))
     assert np.allclose(heads["gender"][:, 1], p[:, [3, 4, 5, 9, 10, 11, 15, 16, 17]].sum(1))
+
+
+def test_short_class_names_for_plot_axes():
+    assert [labels.short_name(c) for c in (0, 2, 9, 17)] == ["0 W/M/<30", "2 W/M/60+", "9 I/F/<30", "17 N/F/60+"]
