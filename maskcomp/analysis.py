@@ -15,7 +15,7 @@ from .config import Config
 from .fileio import write_csv, write_text
 from .metrics import confusion, f1_per_class, macro_f1, scores
 from .paths import Paths
-from .runs import RunRef, read_metrics, read_oof, resolve_run, run_info
+from .runs import RunRef, list_runs, read_metrics, read_oof, resolve_run, run_info
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,57 @@ def analyze(cfg: Config) -> list[Path]:
     pages = [analyze_experiment(cfg, e) for e in experiments]
     if len(experiments) > 1:
         pages.append(compare_experiments(cfg, experiments))
+    pages.append(runs_index(cfg))
     return pages
+
+
+def _submission_scores(paths: Paths) -> dict[str, list[dict]]:
+    """Each run's submissions: file, nested CV, and the eval score where eval answers exist."""
+    truth = (pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+             if paths.eval_answers.exists() else None)
+    by_run: dict[str, list[dict]] = {}
+    for sidecar in sorted(paths.submissions.glob("*.json")):
+        summary = json.loads(sidecar.read_text()).get("summary")
+        csv = sidecar.with_suffix(".csv")
+        if not summary or not csv.exists():
+            continue
+        row = {"submission": csv, "cv": summary["cv_macro_f1"], "eval": None}
+        if truth is not None:
+            sub = pd.read_csv(csv, dtype={"ImageID": str})
+            if set(sub["ImageID"]) <= set(truth.index):
+                row["eval"] = macro_f1(truth.loc[sub["ImageID"]].to_numpy(), sub["ans"].to_numpy())
+        for label in summary["runs"]:
+            by_run.setdefault(label, []).append(row)
+    return by_run
+
+
+def runs_index(cfg: Config) -> Path:
+    """reports/index.html: every run of every experiment with its OOF score, submissions (nested CV, eval score when
+    answers exist), date and links — the leaderboard of your own runs."""
+    paths = Paths.from_config(cfg)
+    subs = _submission_scores(paths)
+    rows = []
+    for ref in list_runs(paths):
+        if not ref.trained_folds():
+            continue
+        oof = read_oof(ref, tta=True)
+        page = paths.reports / "analysis" / ref.experiment / "index.html"
+        link = f"<a href='{page.as_uri()}'>analysis</a>" if page.exists() else ""
+        for sub in subs.get(ref.label) or [None]:
+            rows.append({"experiment": ref.experiment, "run": ref.run_id, "created": run_info(ref).get("created", ""),
+                         "folds": len(ref.trained_folds()),
+                         "OOF macro F1": round(macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)), 4),
+                         "submission": f"<a href='{sub['submission'].as_uri()}'>{sub['submission'].name}</a>" if sub else "",
+                         "CV (nested)": round(sub["cv"], 4) if sub else None,
+                         "eval macro F1": round(sub["eval"], 4) if sub and sub["eval"] is not None else None,
+                         "pages": link})
+    table = pd.DataFrame(rows).sort_values("created", ascending=False) if rows else pd.DataFrame()
+    body = table.to_html(index=False, border=0, escape=False, na_rep="") if rows else "<p>No trained run yet.</p>"
+    page = [f"<html><head><meta charset='utf-8'><title>maskcomp runs</title><style>{STYLE}</style></head><body>",
+            "<h1>Your runs</h1><p class='meta'>Every trained run under " + html.escape(str(paths.runs)) +
+            ", newest first; OOF macro F1 is the folds' TTA OOF argmax, CV (nested) the submission's honest estimate.</p>",
+            body, "</body></html>"]
+    return write_text("\n".join(page), paths.reports / "index.html")
 
 
 WEAKEST = 3

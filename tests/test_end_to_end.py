@@ -80,6 +80,9 @@ def test_analysis_report_from_run_files(pipeline):
     assert summary[2].startswith(f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0.")
     assert summary[3].startswith("eval macro F1 against eval_answers.csv: ") and summary[4] == f"report: {index}"
     assert summary[5].startswith("weakest classes (OOF F1): ") and summary[5].count("/") == 2 * 3
+    runs_page = (Paths.from_config(cfg).reports / "index.html").read_text()
+    run = fold_dir(cfg, 0).parent.name
+    assert f"<td>{run}</td>" in runs_page and "sample.csv</a>" in runs_page and "eval macro F1" in runs_page
 
 
 def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
