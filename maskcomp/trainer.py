@@ -332,4 +332,7 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> 
                 results.append(json.loads(done.read_text()))
                 continue
             results.append(FoldTrainer(cfg, fold, images, run, place, resume=resume).run())
+    if place.world > 1:  # every rank leaves together, and the process group is torn down before interpreter exit
+        dist.barrier()
+        dist.destroy_process_group()
     return results
