@@ -1,7 +1,7 @@
 """Atomic writes: every artifact appears whole or not at all, so an interrupted stage never leaves half a file.
 
 Temporary files are named `.<name>.<pid>.<random>.tmp<suffix>` beside their target; an exception or SIGTERM
-removes them, and the next write into the folder removes those a killed process (SIGKILL) left behind.
+removes them, and a process's first write into a folder removes those a killed process (SIGKILL) left behind.
 Finished files get the permissions of the process umask (0644 under umask 022), like any created file."""
 from __future__ import annotations
 
@@ -46,10 +46,15 @@ def remove_stale_temporaries(folder: Path) -> None:
                 entry.unlink()
 
 
+_SWEPT: set[Path] = set()  # folders this process has already swept: the crop stage writes thousands of files into one
+
+
 def temporary_beside(path: Path) -> Path:
     """A new empty file next to `path`, named so that remove_stale_temporaries recognises it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
+    if path.parent not in _SWEPT:
+        remove_stale_temporaries(path.parent)
+        _SWEPT.add(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix)
     os.close(fd)
     os.chmod(tmp, file_mode())
