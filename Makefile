@@ -16,7 +16,7 @@ RUN = $(PY) $(1) --config $(CONFIG) paths.data_root=$(DATA) $(ARGS)
 REQ_HASH := $(shell cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: all setup test sample eda crop folds train infer ensemble analyze bench bench-quality gpu-check clean
+.PHONY: all setup test sample eda crop folds train infer ensemble analyze relabel bench bench-noise bench-quality gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -70,6 +70,10 @@ ensemble: setup
 
 analyze: setup
 	$(call RUN,analyze.py)
+
+# confident label fixes of the trained run (runs/<exp>/<run>/label_fixes_auto.csv); train.csv is never changed
+relabel: setup
+	$(call RUN,relabel.py)
 
 bench: setup
 	$(PY) bench/run.py $(ARGS)

@@ -4,18 +4,21 @@ from __future__ import annotations
 import html
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from . import labels, plots
+from . import htmlpage, labels, noise, plots
 from .config import Config
-from .fileio import write_csv, write_text
+from .noise import NoiseSettings
+from .fileio import write_csv
+from .manifest import read_manifest
 from .metrics import confusion, f1_per_class, macro_f1, scores
 from .paths import Paths
-from .runs import RunRef, list_runs, read_metrics, read_oof, resolve_run, run_info
+from .runs import RunRef, list_runs, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 
 log = logging.getLogger(__name__)
 
@@ -36,48 +39,6 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return ece, table
 
 
-def label_noise_candidates(oof: pd.DataFrame, top: int = 50) -> pd.DataFrame:
-    """Rows in the label-fixes format (person_id, fix, value, note), most suspicious first.
-
-    Image level: cleanlab's find_label_issues on the OOF probabilities, pooled per person for gender
-    and age (a person's 7 images share them). Pair level: a person whose incorrect_mask image looks
-    'not worn' and whose normal image looks 'incorrect' is a swap candidate."""
-    from cleanlab.filter import find_label_issues
-
-    y = oof["label"].to_numpy()
-    probs = oof[labels.PROB_COLUMNS].to_numpy()
-    issues = find_label_issues(y, probs, filter_by="prune_by_noise_rate") if len(np.unique(y)) > 1 else np.zeros(len(y), bool)
-    rows = []
-    gender_p = oof[[f"gender_p{i}" for i in range(2)]].to_numpy()
-    age_p = oof[[f"age_p{i}" for i in range(3)]].to_numpy()
-    frame = oof.assign(issue=issues, p_other_gender=1 - gender_p[np.arange(len(y)), oof["gender_label"]],
-                       p_true_age=age_p[np.arange(len(y)), oof["age_group"]], age_pred=age_p.argmax(1))
-    for pid, g in frame.groupby("person_id"):
-        flagged = int(g["issue"].sum())
-        if g["p_other_gender"].mean() > 0.5:
-            value = labels.GENDER_NAMES[1 - int(g["gender_label"].iloc[0])]
-            rows.append({"person_id": pid, "fix": "gender", "value": value, "score": g["p_other_gender"].mean(),
-                         "note": f"mean p(other gender) {g['p_other_gender'].mean():.2f}; cleanlab flagged {flagged}/7 images"})
-        if g["p_true_age"].mean() < 0.3:
-            grp = int(np.bincount(g["age_pred"], minlength=3).argmax())
-            rows.append({"person_id": pid, "fix": "age", "value": "", "score": 1 - g["p_true_age"].mean(),
-                         "note": f"age {g['age'].iloc[0]} looks {labels.AGE_NAMES[grp]} (mean p(true age group) {g['p_true_age'].mean():.2f}); set the true age"})
-        inc, nor = g[g["mask"] == 1], g[g["mask"] == 2]
-        if len(inc) and len(nor):
-            p_swap = float(inc[["mask_p2"]].to_numpy().mean() * nor[["mask_p1"]].to_numpy().mean())
-            if p_swap > 0.25:
-                rows.append({"person_id": pid, "fix": "swap_incorrect_normal", "value": "", "score": p_swap,
-                             "note": f"incorrect_mask looks not-worn and normal looks incorrect (p {p_swap:.2f})"})
-    out = pd.DataFrame(rows, columns=["person_id", "fix", "value", "score", "note"])
-    return out.sort_values("score", ascending=False).head(top).reset_index(drop=True)
-
-
-STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:24px auto;"
-         "padding:0 16px;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:8px 0}"
-         "th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f5f7}"
-         "tr:nth-child(even) td{background:#fafbfc}img{max-width:100%;margin:6px 0}h2{margin-top:32px;"
-         "border-bottom:2px solid #e4e7eb;padding-bottom:4px}.meta{color:#555;font-size:13px}"
-         ".headline{background:#fff7e6;border-left:4px solid #f0a020;padding:8px 16px;margin:16px 0}")
 LEVERS = {
     "age": "oversample >=60 (folds.oversample.targets={2: 0.15}), train.age_old_threshold=58 with "
            "train.drop_age_bands, a soft-F1 loss term (loss.terms), model.head=ordinal, infer.person_grouping",
@@ -116,101 +77,153 @@ def headline(y: np.ndarray, pred: np.ndarray, per_class: pd.DataFrame) -> list[s
             "<p>Levers to try:</p><ul>", *levers, "</ul></div>"]
 
 
-def analyze_experiment(cfg: Config, experiment: str) -> Path:
-    paths = Paths.from_config(cfg)
-    out = paths.reports / "analysis" / experiment.replace("@", "-")
-    oof, metrics, run = read_runs(cfg, experiment)
-    y = oof["label"].to_numpy()
-    probs = oof[labels.PROB_COLUMNS].to_numpy()
-    pred = probs.argmax(1)
+@dataclass
+class Analysis:
+    """What the page shows, computed from run files alone (rendering is apart)."""
+    experiment: str
+    run: RunRef
+    oof: pd.DataFrame
+    metrics: dict[int, pd.DataFrame]
+    folds: pd.DataFrame
+    overall: dict
+    per_class: pd.DataFrame
+    ece: float
+    reliability: pd.DataFrame
+    candidates: pd.DataFrame
 
-    fold_rows = []
+    @property
+    def y(self) -> np.ndarray:
+        return self.oof["label"].to_numpy()
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.oof[labels.PROB_COLUMNS].to_numpy()
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def fold_table(oof: pd.DataFrame, metrics: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    rows = []
     for fold, grp in oof.groupby("fold"):
         s = scores(grp["label"].to_numpy(), grp[labels.PROB_COLUMNS].to_numpy())
         m = metrics[fold]
-        fold_rows.append({"fold": fold, **{k: round(v, 4) for k, v in s.items()}, "best_epoch": int(m.loc[m["f1"].idxmax(), "epoch"])})
-    folds = pd.DataFrame(fold_rows)
-    summary = folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4)
-    overall = scores(y, probs)
+        rows.append({"fold": fold, **{k: round(v, 4) for k, v in s.items()}, "best_epoch": int(m.loc[m["f1"].idxmax(), "epoch"])})
+    return pd.DataFrame(rows)
 
-    per_class = pd.DataFrame({"class": range(18), "name": [labels.class_name(c) for c in range(18)],
-                              "support": np.bincount(y, minlength=18),
-                              "f1": f1_per_class(y, pred, 18).round(4)})
-    cm = confusion(y, pred, 18)
-    per_class["precision"] = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(18), where=cm.sum(0) > 0).round(4)
-    per_class["recall"] = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(18), where=cm.sum(1) > 0).round(4)
-    write_csv(per_class, out / "per_class.csv")
-    plots.confusion(cm, [labels.short_name(c) for c in range(18)], "OOF confusion (18 classes)", out / "confusion_18.png")
+
+def per_class_table(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    cm = confusion(y, pred, labels.NUM_CLASSES)
+    out = pd.DataFrame({"class": range(labels.NUM_CLASSES), "name": [labels.class_name(c) for c in range(labels.NUM_CLASSES)],
+                        "support": np.bincount(y, minlength=labels.NUM_CLASSES), "f1": f1_per_class(y, pred, labels.NUM_CLASSES).round(4)})
+    out["precision"] = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(len(cm)), where=cm.sum(0) > 0).round(4)
+    out["recall"] = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(len(cm)), where=cm.sum(1) > 0).round(4)
+    return out
+
+
+def compute(cfg: Config, experiment: str) -> Analysis:
+    oof, metrics, run = read_runs(cfg, experiment)
+    y, probs = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy()
+    pred = probs.argmax(1)
+    ece, reliability = expected_calibration_error(probs.max(1), pred == y)
+    return Analysis(experiment, run, oof, metrics, fold_table(oof, metrics), scores(y, probs), per_class_table(y, pred),
+                    ece, reliability, noise.candidates(oof, NoiseSettings.from_config(cfg)))
+
+
+def write_plots(a: Analysis, cfg: Config, out: Path) -> None:
+    y, pred = a.y, a.pred
+    plots.confusion(confusion(y, pred, 18), [labels.short_name(c) for c in range(18)], "OOF confusion (18 classes)", out / "confusion_18.png")
     true_h, pred_h = labels.head_labels(y), labels.head_labels(pred)
     names = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
     for head, n in labels.HEADS.items():
         plots.confusion(confusion(true_h[head], pred_h[head], n), names[head], f"OOF confusion: {head}", out / f"confusion_{head}.png")
-
-    fig, axes = plots.plt.subplots(1, 3, figsize=(14, 3.5))
-    for fold, m in metrics.items():  # one colour per fold in every panel
-        colour = f"C{fold % 10}"
-        axes[0].plot(m["epoch"], m["train_loss"], color=colour, label=f"fold {fold} train")
-        axes[0].plot(m["epoch"], m["val_loss"], "--", color=colour, label=f"fold {fold} validation")
-        axes[1].plot(m["epoch"], m["f1"], "o-", color=colour, label=f"fold {fold}")
-        axes[2].plot(m["epoch"], m["lr"], "o-", color=colour, label=f"fold {fold}")
-    for ax, title, ylabel in zip(axes, ("loss", "validation macro F1", "learning rate (end of epoch)"), ("loss", "macro F1", "lr")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    plots.save(fig, out / "curves.png")
-
-    conf = probs.max(1)
-    ece, bins = expected_calibration_error(conf, pred == y)
-    fig, ax = plots.plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "k--")
-    ax.plot(bins["conf"], bins["acc"], "o-")
-    for x, acc, n in zip(bins["conf"], bins["acc"], bins["n"]):
-        ax.annotate(str(int(n)), (x, acc), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    ax.set_title(f"reliability (ECE {ece:.3f}; numbers: images per bin)", fontsize=10)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    plots.save(fig, out / "reliability.png")
-
-    wrong = oof.assign(conf=conf, pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
+    plots.curves(a.metrics, read_learning_rates(a.run), out / "curves.png")
+    plots.reliability(a.reliability, a.ece, out / "reliability.png")
     crops = _crop_paths(cfg)
+    wrong = a.oof.assign(conf=a.probs.max(1), pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
     images = [_thumb(crops.get(p, p)) for p in wrong["image_path"]]
     captions = [f"true {labels.short_name(t)}\npred {labels.short_name(p)} (p={c:.2f})\n{pid} {Path(path).stem}"
                 for t, p, c, pid, path in zip(wrong["label"], wrong["pred"], wrong["conf"], wrong["person_id"], wrong["image_path"])]
     plots.image_grid(images, captions, "most confidently wrong (W/I/N: mask worn, incorrect, not worn)", out / "wrong_gallery.png")
+    candidate_strips(a, crops, out / "label_noise.png")
 
-    candidates = label_noise_candidates(oof)
-    write_csv(candidates[["person_id", "fix", "value", "note"]], out / "label_fix_candidates.csv")
 
-    info = run_info(run)
-    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(experiment)}</title><style>{STYLE}</style></head><body>",
-            f"<h1>Analysis: {html.escape(experiment)}</h1>",
-            f"<p class='meta'>Run <b>{html.escape(run.label)}</b> created {html.escape(str(info.get('created', '?')))}, "
-            f"code {html.escape(str(info.get('git_commit') or 'unknown'))}; files in {html.escape(str(run.dir))} "
-            f"(<a href='{html.escape(run.dir.as_uri())}/config.yaml'>config</a>, "
-            f"<a href='{html.escape(run.dir.as_uri())}/oof.csv'>OOF</a>)</p>",
-            *headline(y, pred, per_class),
-            f"<p>OOF macro F1 (all {len(oof)} images): <b>{overall['f1']:.4f}</b>; accuracy {overall['acc']:.4f}; "
-            f"ECE {ece:.4f}</p>",
-            "<h2>Folds</h2>", folds.to_html(index=False, border=0), summary.to_html(border=0),
-            "<h2>Per class</h2>", per_class.to_html(index=False, border=0),
-            *[f"<img src='{n}.png'>" for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")],
-            "<h2>Training curves</h2><img src='curves.png'>",
-            "<h2>Calibration</h2><img src='reliability.png'>",
-            "<h2>Most confidently wrong</h2><img src='wrong_gallery.png'>",
-            "<h2>Label-noise candidates</h2><p>In the label-fixes format: copy rows into a fixes file "
-            "(data.label_fixes) after checking the images.</p>", candidates.to_html(index=False, border=0),
-            *group_strips(cfg, experiment, out), "</body></html>"]
-    index = write_text("\n".join(page), out / "index.html")
+CANDIDATE_STRIPS = 8  # persons shown as thumbnails, from the top of the candidate list
+
+
+def candidate_strips(a: Analysis, crops: dict[str, str], path: Path) -> None:
+    """Each top candidate's 7 images in a row; the first caption says the fix, its confidence and whether it is automatic."""
+    images, captions = [], []
+    for r in a.candidates.head(CANDIDATE_STRIPS).itertuples():
+        rows = a.oof[a.oof["person_id"] == r.person_id]
+        rows = rows.assign(order=[labels.IMAGE_STEMS.index(Path(p).stem) for p in rows["image_path"]]).sort_values("order")
+        head = (f"{r.person_id} {r.fix}\n{r.current} -> {r.suggested}\nconf {r.confidence:.2f}"
+                + (", automatic" if r.auto else ", systematic" if r.systematic else ", review"))
+        for i, p in enumerate(rows["image_path"]):
+            images.append(_thumb(crops.get(p, p)))
+            captions.append(head if i == 0 else Path(p).stem)
+    if images:
+        plots.image_grid(images, captions, "label-noise candidates, most likely first (one person per row)", path,
+                         cols=len(labels.IMAGE_STEMS))
+
+
+def analyze_experiment(cfg: Config, experiment: str) -> Path:
+    out = Paths.from_config(cfg).reports / "analysis" / experiment.replace("@", "-")
+    a = compute(cfg, experiment)
+    write_csv(a.per_class, out / "per_class.csv")
+    write_csv(a.candidates, out / "label_fix_candidates.csv")
+    write_plots(a, cfg, out)
+    index = render_page(a, cfg, out)
     log.info("wrote %s", index)
     return index
+
+
+def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
+    paths = Paths.from_config(cfg)
+    info = run_info(a.run)
+    summary = a.folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4).reset_index(names="")
+    links = [htmlpage.link(a.run.dir / "config.yaml", out, "config"), htmlpage.link(a.run.dir / "oof.csv", out, "OOF"),
+             htmlpage.link(out / "per_class.csv", out, "per-class CSV"), htmlpage.link(out / "label_fix_candidates.csv", out, "candidates CSV")]
+    links += [htmlpage.link(p, out, name) for name, p in (("EDA", paths.reports / "eda" / "index.html"),
+                                                          ("crop report", paths.reports / "crop" / "index.html"),
+                                                          ("all runs", paths.reports / "index.html")) if p.exists() or name == "all runs"]
+    manifest = read_manifest(a.run.dir)
+    data = ", ".join(f"{k} {v[:12]}" for k, v in (manifest or {}).get("inputs", {}).items() if k != "folds_csv")
+    meta = [f"Run <b>{html.escape(a.run.label)}</b> created {html.escape(str(info.get('created', '?')))}, code "
+            f"{html.escape(str(info.get('git_commit') or 'unknown'))}; data digests: {html.escape(data or 'unknown')} "
+            f"({htmlpage.link(a.run.dir / 'manifest.json', out, 'manifest')})", "Files: " + " · ".join(links)]
+    lead = [*headline(a.y, a.pred, a.per_class),
+            f"<p>OOF macro F1 (all {len(a.oof)} images): <b>{a.overall['f1']:.4f}</b>; accuracy {a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>"]
+    sections = [htmlpage.Section("Folds", [htmlpage.table(a.folds), htmlpage.table(summary)]),
+                htmlpage.Section("Per class", [htmlpage.table(a.per_class)] + [htmlpage.image(f"{n}.png", n) for n in
+                                 ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")]),
+                htmlpage.Section("Training curves", [htmlpage.image("curves.png", "loss, F1 and learning rate per fold")]),
+                htmlpage.Section("Calibration", [htmlpage.image("reliability.png", "reliability diagram")]),
+                htmlpage.Section("Most confidently wrong", [htmlpage.image("wrong_gallery.png", "most confidently wrong images")]),
+                noise_section(a, cfg, out), *group_strips(cfg, a.experiment, out)]
+    return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
+
+
+def noise_section(a: Analysis, cfg: Config, out: Path) -> htmlpage.Section:
+    settings = NoiseSettings.from_config(cfg)
+    found = a.candidates
+    body = [f"<p>{len(found)} suspects: {int(found['auto'].sum())} confident enough to apply automatically "
+            f"(estimated precision >= {settings.auto_min_confidence}; <code>make relabel</code> writes them as a label-fixes "
+            f"file), {int((~found['auto'] & ~found['systematic']).sum())} to review, {int(found['systematic'].sum())} "
+            "systematic (a class the model rarely gets right: its failure, not label noise; listed last). Confidence is "
+            "the estimated share of real errors among persons at least this suspicious.</p>"]
+    if (out / "label_noise.png").exists() and len(found):
+        body.append(htmlpage.image("label_noise.png", "top label-noise candidates"))
+    shown = found.head(settings.top)
+    body.append(htmlpage.table(shown) if len(shown) else "<p>No candidate.</p>")
+    return htmlpage.Section("Label-noise candidates", body)
 
 
 STRIP_GROUPS = 3  # groups shown from each end of the confidence order
 
 
-def group_strips(cfg: Config, experiment: str, out: Path) -> list[str]:
+def group_strips(cfg: Config, experiment: str, out: Path) -> list[htmlpage.Section]:
     """The eval person groups of this experiment's submission (if grouping was applied): the least and the most
     confident groups, one strip of thumbnails each, captioned with each image's similarity to its group."""
     paths = Paths.from_config(cfg)
@@ -234,10 +247,10 @@ def group_strips(cfg: Config, experiment: str, out: Path) -> list[str]:
     plots.image_grid(images, captions, "eval person groups: least (top) and most confident", out / "groups.png",
                      cols=len(labels.IMAGE_STEMS))
     share = groups["grouped"].mean()
-    return ["<h2>Person groups (eval)</h2>",
-            f"<p>{share:.0%} of the eval images were grouped into persons ({groups_csv.name}); each caption is the "
-            "image's thumbnail similarity to its group's unmasked photo (1.00: the anchor itself).</p>",
-            "<img src='groups.png'>"]
+    return [htmlpage.Section("Person groups (eval)", [
+        f"<p>{share:.0%} of the eval images were grouped into persons ({htmlpage.link(groups_csv, out, groups_csv.name)}); "
+        "each caption is the image's thumbnail similarity to its group's unmasked photo (1.00: the anchor itself).</p>",
+        htmlpage.image("groups.png", "eval person groups")])]
 
 
 def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
@@ -254,9 +267,9 @@ def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
     table = pd.DataFrame(table)
     corr = pd.DataFrame(errors).corr().round(3)
     write_csv(table, out / "experiments.csv")
-    page = ["<html><body><h1>Experiments side by side</h1>", table.to_html(index=False, border=0),
-            "<h2>Correlation of errors (lower: better ensemble partners)</h2>", corr.to_html(border=0), "</body></html>"]
-    return write_text("\n".join(page), out / "index.html")
+    sections = [htmlpage.Section("OOF macro F1 and per-class F1", [htmlpage.table(table)]),
+                htmlpage.Section("Correlation of errors (lower: better ensemble partners)", [corr.to_html(border=0)])]
+    return htmlpage.render("Experiments side by side", [", ".join(map(html.escape, experiments))], sections, out / "index.html")
 
 
 def _crop_paths(cfg: Config) -> dict[str, str]:
@@ -316,22 +329,22 @@ def runs_index(cfg: Config) -> Path:
             continue
         oof = read_oof(ref, tta=True)
         page = paths.reports / "analysis" / ref.experiment / "index.html"
-        link = f"<a href='{page.as_uri()}'>analysis</a>" if page.exists() else ""
+        link = htmlpage.link(page, paths.reports, "analysis") if page.exists() else ""
         for sub in subs.get(ref.label) or [None]:
             rows.append({"experiment": ref.experiment, "run": ref.run_id, "created": run_info(ref).get("created", ""),
                          "folds": len(ref.trained_folds()),
                          "OOF macro F1": round(macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)), 4),
-                         "submission": f"<a href='{sub['submission'].as_uri()}'>{sub['submission'].name}</a>" if sub else "",
+                         "submission": htmlpage.link(sub["submission"], paths.reports, sub["submission"].name) if sub else "",
                          "CV (nested)": round(sub["cv"], 4) if sub else None,
                          "eval macro F1": round(sub["eval"], 4) if sub and sub["eval"] is not None else None,
                          "pages": link})
     table = pd.DataFrame(rows).sort_values("created", ascending=False) if rows else pd.DataFrame()
-    body = table.to_html(index=False, border=0, escape=False, na_rep="") if rows else "<p>No trained run yet.</p>"
-    page = [f"<html><head><meta charset='utf-8'><title>maskcomp runs</title><style>{STYLE}</style></head><body>",
-            "<h1>Your runs</h1><p class='meta'>Every trained run under " + html.escape(str(paths.runs)) +
-            ", newest first; OOF macro F1 is the folds' TTA OOF argmax, CV (nested) the submission's honest estimate.</p>",
-            body, "</body></html>"]
-    return write_text("\n".join(page), paths.reports / "index.html")
+    body = htmlpage.table(table, escape=False) if rows else "<p>No trained run yet.</p>"
+    reports = [htmlpage.link(p, paths.reports, name) for name, p in (("EDA", paths.reports / "eda" / "index.html"),
+                                                                    ("crop report", paths.reports / "crop" / "index.html")) if p.exists()]
+    meta = [f"Every trained run under {html.escape(str(paths.runs))}, newest first; OOF macro F1 is the folds' TTA OOF "
+            "argmax, CV (nested) the submission's honest estimate.", "Reports: " + (" · ".join(reports) or "none yet")]
+    return htmlpage.render("Your runs", meta, [htmlpage.Section("Runs", [body])], paths.reports / "index.html")
 
 
 WEAKEST = 3

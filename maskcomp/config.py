@@ -100,7 +100,11 @@ RANGES: dict[str, tuple] = {
     "train.ema_decay": (0.0, 0.99999), "train.patience": (1, None), "train.workers": (0, None), "train.threads": (0, 1024),
     "train.age_old_threshold": (31, 100), "train.drop_age_bands": (0, 150), "train.folds": (0, None),
     "infer.batch_size": (1, None), "infer.group_min_similarity": (-1.0, 1.0), "ensemble.bias_rounds": (0, None),
+    "relabel.prior": (1e-4, 0.5), "relabel.auto_min_confidence": (0.0, 1.0), "relabel.systematic_rate": (0.0, 1.0),
+    "relabel.top": (1, None),
 }
+# Lists whose every element must be one of a few words.
+LIST_CHOICES = {"relabel.auto_kinds": ("gender", "age", "swap_incorrect_normal")}
 # Lists of a fixed length.
 LENGTHS = {"train.img_size": 2, "crop.thresholds": 3, "crop.relaxed_thresholds": 3, "crop.center_box": 4}
 
@@ -126,6 +130,9 @@ def _problem(key: str, value: Any, default: Any) -> str | None:
     if key in CHOICES:
         ok = any(value is c if isinstance(c, bool) else value == c for c in CHOICES[key])
         return None if ok else "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
+    if key in LIST_CHOICES:
+        ok = isinstance(value, list) and all(v in LIST_CHOICES[key] for v in value)
+        return None if ok else "a list of " + ", ".join(LIST_CHOICES[key])
     kinds = ANY_OF.get(key)
     if kinds is not None:
         return None if isinstance(value, kinds) else " or ".join(_type_name(k()) for k in kinds)

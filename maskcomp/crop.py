@@ -19,6 +19,7 @@ median detected box of the training images (`median`); the configured centre box
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import labels, plots
+from . import htmlpage, labels, plots
 from .config import Config
 from .data import load_eval, load_train
 from .device import resolve_device
@@ -407,7 +408,17 @@ def write_crop_report(cfg: Config, records: pd.DataFrame, seconds: float) -> Pat
         captions = [f"{src}" + (f" p={sc:.2f}" if sc == sc else "") for src, sc in zip(pick["source"], pick["score"])]
         plots.image_grid(images, captions, name.replace("_", " "),
                          out / f"{name}.png")
-    log.info("crop report in %s; faces detected: %s", out, ", ".join(f"{k} {v['all']:.1%}" for k, v in rates.items()))
+    table = pd.DataFrame([{"split": split, **{k: round(r[k], 3) if k in r else None for k in ("all",) + labels.MASK_NAMES}}
+                          for split, r in rates.items()])
+    sections = [htmlpage.Section("Detection rate", ["<p>Share of images where MTCNN found the face (columns: all images, "
+                                                    "then by mask status; eval by status only when eval answers exist).</p>",
+                                                    htmlpage.table(table), "<p>Sources: " + html.escape(lines[-1].removeprefix("Sources: ")) + "</p>"]),
+                htmlpage.Section("Random crops", [htmlpage.image("random_crops.png", "random crops")]),
+                htmlpage.Section("Fallback crops", ["<p>Images without a detected face, cropped with the fallback box.</p>",
+                                                    htmlpage.image("fallback_crops.png", "fallback crops")])]
+    htmlpage.render("Crop report", [f"mode {summary['mode']}; {summary['images']} images; {summary['unreadable']} unreadable; "
+                                    f"{seconds:.1f} s"], sections, out / "index.html")
+    log.info("crop report in %s; faces detected: %s", out / "index.html", ", ".join(f"{k} {v['all']:.1%}" for k, v in rates.items()))
     fallbacks = int((~recs["detected"]).sum())
     if cfg["crop"]["mode"] == "mtcnn" and any(v["all"] < LOW_DETECTION_RATE for v in rates.values()):
         log.warning("%d of %d crops come from fallback boxes (detection below %.0f%% in some split); look at %s before "

@@ -19,14 +19,52 @@ def save(fig: "plt.Figure", path: Path) -> Path:
     return path
 
 
-def bar(values, names, title: str, path: Path, xlabel: str = "", rotate: bool = False) -> Path:
+def bar(values, names, title: str, path: Path, xlabel: str, ylabel: str) -> Path:
+    """Bars with their values on top; names longer than a few characters are written vertically."""
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5))
     ax.bar(range(len(values)), values, color="tab:blue")
-    ax.set_xticks(range(len(values)), names, rotation=90 if rotate else 0)
+    ax.set_xticks(range(len(values)), names, rotation=90 if max(len(str(n)) for n in names) > 6 and len(names) > 4 else 0)
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:g}", ha="center", va="bottom", fontsize=7)
+        ax.text(i, v, f"{v:g}", ha="center", va="bottom", fontsize=8)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return save(fig, path)
+
+
+def curves(metrics: dict, learning_rates: dict, path: Path) -> Path:
+    """Loss, validation macro F1 and learning rate per fold, one colour per fold in every panel; the learning rate
+    per step where it was logged (warm-up visible), else per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for fold, m in metrics.items():
+        colour = f"C{fold % 10}"
+        axes[0].plot(m["epoch"], m["train_loss"], color=colour, label=f"fold {fold} train")
+        axes[0].plot(m["epoch"], m["val_loss"], "--", color=colour, label=f"fold {fold} validation")
+        axes[1].plot(m["epoch"], m["f1"], "o-", color=colour, label=f"fold {fold}")
+        lr = learning_rates.get(fold)
+        if lr is not None:
+            axes[2].plot(lr["epoch"], lr["lr"], color=colour, label=f"fold {fold}")
+        else:
+            axes[2].plot(m["epoch"], m["lr"], "o-", color=colour, label=f"fold {fold}")
+    for ax, title, ylabel in zip(axes, ("loss", "validation macro F1", "learning rate per step"), ("loss", "macro F1", "lr")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    return save(fig, path)
+
+
+def reliability(bins, ece: float, path: Path) -> Path:
+    """Accuracy against confidence per bin (columns conf, acc, n), each point labelled with its image count."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--")
+    ax.plot(bins["conf"], bins["acc"], "o-")
+    for x, acc, n in zip(bins["conf"], bins["acc"], bins["n"]):
+        ax.annotate(str(int(n)), (x, acc), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_title(f"reliability (ECE {ece:.3f}; numbers: images per bin)", fontsize=10)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
     return save(fig, path)
 
 

@@ -158,6 +158,11 @@ def read_oof(ref: RunRef, tta: bool = True) -> pd.DataFrame:
     return oof
 
 
+def read_learning_rates(ref: RunRef) -> dict[int, pd.DataFrame]:
+    """Each fold's learning rate per step (epoch as a fraction, lr); folds trained before it was logged are absent."""
+    return {f: pd.read_csv(ref.fold_dir(f) / "lr.csv") for f in ref.trained_folds() if (ref.fold_dir(f) / "lr.csv").exists()}
+
+
 def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
     out = {}
     for fold in ref.trained_folds():

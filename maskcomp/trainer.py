@@ -207,12 +207,14 @@ class FoldTrainer:
         mix_gen = self._seed_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count, start, steps = 0, time.perf_counter(), len(self.train_loader)
+        self.lr_log = [row for row in self.lr_log if row["epoch"] < epoch]
         bar = progress(self.train_loader, f"fold {self.fold} epoch {epoch + 1}/{self.cfg['train']['epochs']}", self.rank)
         for step, (images, targets, _) in enumerate(bar):
             if aug["half_cutmix"]:  # on the CPU batch, before the transfer: no GPU synchronisation
                 images = half_cutmix(images, targets["label"], targets["age"], aug["half_cutmix"], aug["half_cutmix_rare_only"], mix_gen)
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+            self.lr_log.append({"epoch": epoch + step / steps, "lr": self.optimizer.param_groups[0]["lr"]})
             total += self._step(images, targets, epoch * steps + step) * len(images)
             count += len(images)
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
@@ -242,6 +244,8 @@ class FoldTrainer:
         tc = self.cfg["train"]
         start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
         last = self.dir / "last.pt"
+        lr_csv = self.dir / "lr.csv"  # the learning rate of every step, so warm-up and decay show in the curves
+        self.lr_log = pd.read_csv(lr_csv).to_dict("records") if self.resume and lr_csv.exists() else []
         if self.resume and last.exists():
             state = torch.load(last, map_location=self.device, weights_only=False)
             self.model.load_state_dict(state["model"])
@@ -275,6 +279,7 @@ class FoldTrainer:
                 else:
                     bad_epochs += 1
                 write_csv(pd.DataFrame(history), self.dir / "metrics.csv")
+                write_csv(pd.DataFrame(self.lr_log), lr_csv)
                 save_checkpoint(self._state(epoch, best_f1, best_epoch, bad_epochs, history), last)
                 if writer is not None:
                     for key, value in row.items():

@@ -15,7 +15,9 @@ from maskcomp.crop import crop_faces
 from maskcomp.ensemble import ensemble
 from maskcomp.errors import MaskcompError
 from maskcomp.folds import make_folds
+from maskcomp.data import load_train, read_label_fixes
 from maskcomp.inference import infer
+from maskcomp.noise import CANDIDATE_COLUMNS, relabel
 from maskcomp.paths import Paths
 from maskcomp.sample import make_sample
 from maskcomp.trainer import train
@@ -71,7 +73,7 @@ def test_analysis_report_from_run_files(pipeline):
     whole = pd.read_csv(fold_dir(cfg, 0).parent / "oof.csv")
     assert len(whole) == oof_rows and whole["image_path"].str.startswith("train/images/").all()
     candidates = pd.read_csv(out / "label_fix_candidates.csv", keep_default_na=False)
-    assert list(candidates.columns) == ["person_id", "fix", "value", "note"]
+    assert list(candidates.columns) == CANDIDATE_COLUMNS
     assert "OOF macro F1" in index.read_text()
     weakest = per_class[per_class["support"] > 0].sort_values("f1").iloc[0]
     page = index.read_text()
@@ -93,6 +95,23 @@ def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
     top = candidates[candidates["fix"] == "gender"]["person_id"].head(2 * PLANTED_GENDER_FLIPS).tolist()
     found = planted & set(top)
     assert len(found) >= PLANTED_GENDER_FLIPS - 1, f"planted {sorted(planted)}, top gender candidates {top}"
+
+
+def test_relabel_writes_fixes_that_the_loader_applies(pipeline):
+    """The loop's mechanics (which candidates are right is tested on planted OOF tables in test_noise.py): the
+    automatic fixes file is in the label-fixes format and load_train applies exactly those fixes."""
+    cfg, _, _, _ = pipeline
+    # 5 flips among 70 persons (the prior says so), and the sample's small model is never 80 % sure: a lower bar
+    cfg = {**cfg, "relabel": {**cfg["relabel"], "prior": PLANTED_GENDER_FLIPS / 70, "auto_min_confidence": 0.5}}
+    result = relabel(cfg)
+    fixes = read_label_fixes(result.fixes)
+    candidates = pd.read_csv(result.candidates, dtype={"person_id": str}, keep_default_na=False)
+    assert len(fixes) == result.automatic == candidates["auto"].sum() > 0
+    assert set(fixes["fix"]) <= {"gender", "swap_incorrect_normal"}
+    images = load_train({**cfg, "data": {**cfg["data"], "label_fixes": [str(result.fixes)]}})
+    before = load_train(cfg).drop_duplicates("person_id").set_index("person_id")["gender"]
+    after = images.drop_duplicates("person_id").set_index("person_id")["gender"]
+    assert set(after.index[after != before]) == set(fixes.loc[fixes["fix"] == "gender", "person_id"])
 
 
 def test_missing_checkpoint_is_one_line(pipeline):

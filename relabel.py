@@ -1,0 +1,20 @@
+"""Label-noise fixes from a trained run: python relabel.py --config ... [run=<id>]
+
+Writes runs/<exp>/<run>/label_fix_candidates.csv (every suspect, most likely first) and label_fixes_auto.csv (the
+confident ones in the label-fixes format). Train again with data.label_fixes=[that file] to apply them."""
+from maskcomp.cli import parse_stage_args, stage_parser
+from maskcomp.errors import cli
+from maskcomp.noise import relabel
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    result = relabel(cfg)
+    print(f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
+          f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}\n"
+          f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not changed)")
+
+
+if __name__ == "__main__":
+    main()
