@@ -85,5 +85,9 @@ gpu-check: setup
 bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)
 
+# planted label errors in a linked copy of the shared data: detection per kind, then noisy / auto-fixed / oracle runs
+bench-noise: setup
+	$(PY) bench/noise.py $(ARGS)
+
 clean:
 	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* folds/applied_fixes.csv folds/*.manifest.json runs reports cache submissions/*.csv submissions/*.json

@@ -94,11 +94,11 @@ def run_eda(cfg: Config) -> Path:
     classes = pd.DataFrame({"class": range(labels.NUM_CLASSES), "name": [labels.class_name(c) for c in range(labels.NUM_CLASSES)],
                             "images": class_counts, "share": (class_counts / len(df)).round(3)})
     lines = ["# EDA summary", "", *[f"- {f}" for f in facts], "", "| class | name | images | share |", "|---|---|---|---|",
-             *[f"| {r.__getattribute__('class')} | {r.name} | {r.images} | {r.share:.3f} |" for r in classes.itertuples()], "",
+             *[f"| {c} | {name} | {n} | {share:.3f} |" for c, name, n, share in classes.itertuples(index=False)], "",
              *[f"## {title}\n\n![{title}]({name}.png)\n" for name, title in PLOTS]]
     summary = write_text("\n".join(lines) + "\n", out / "summary.md")
     sections = [htmlpage.Section("Facts", ["<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>",
-                                           htmlpage.table(classes), htmlpage.table(gender_age.reset_index())]),
+                                           htmlpage.table(classes), htmlpage.table(gender_age.rename_axis(columns=None).reset_index())]),
                 *[htmlpage.Section(title, [htmlpage.image(f"{name}.png", title)]) for name, title in PLOTS]]
     index = htmlpage.render("EDA: training data", [f"Data: {html.escape(str(paths.data_root))}"], sections, out / "index.html")
     log.info("wrote EDA plots, %s and %s", summary, index)

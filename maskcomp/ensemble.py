@@ -283,52 +283,90 @@ def person_grouping(cfg: Config, oof: pd.DataFrame, eval_ids: list[str], oof_ble
                                           "eval_grouped_share": float(groups.grouped.mean())}
 
 
-def ensemble(cfg: Config) -> Path:
-    paths = Paths.from_config(cfg)
+@dataclass
+class Blend:
+    """The experiments' probabilities combined, on OOF and eval, with what was applied on the way."""
+    oof: np.ndarray
+    test: np.ndarray
+    weights: np.ndarray
+    age_cuts: dict | None
+    grouping: dict | None
+
+
+def blend(cfg: Config, loaded: list[Experiment], out: Path) -> Blend:
+    """Weighted mean of the experiments (ensemble.weights), then the age cut points and person grouping steps."""
     ec = cfg["ensemble"]
-    experiments = ec["experiments"] or [cfg["experiment"]]
-    loaded = _load_all(cfg, experiments)
-    base_oof, base_ids = loaded[0].oof, loaded[0].ids
-    y, folds = base_oof["label"].to_numpy(), base_oof["fold"].to_numpy()
+    y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
     oof_probs = [e.oof[labels.PROB_COLUMNS].to_numpy() for e in loaded]
     weights = fit_weights(oof_probs, y) if ec["weights"] == "fit" else np.full(len(loaded), 1 / len(loaded))
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
     oof_blend, test_blend, age_cuts = tune_age_cuts(ec, loaded, weights, y, folds, oof_blend, test_blend)
-    out = paths.submissions / f"{ec['name'] or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
-    oof_blend, test_blend, grouping = person_grouping(cfg, base_oof, base_ids, oof_blend, test_blend, out)
-    logp_oof, logp_test = np.log(np.clip(oof_blend, 1e-9, None)), np.log(np.clip(test_blend, 1e-9, None))
-    decision = decide(logp_oof, y, folds, ec)
-    info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
-    sub = submission_table(info, base_ids, (logp_test + decision.biases).argmax(1), str(out))
-    sub_share = np.bincount(sub["ans"], minlength=18) / len(sub)
+    oof_blend, test_blend, grouping = person_grouping(cfg, loaded[0].oof, loaded[0].ids, oof_blend, test_blend, out)
+    return Blend(oof_blend, test_blend, weights, age_cuts, grouping)
+
+
+def sidecar_of(cfg: Config, loaded: list[Experiment], mix: Blend, decision: Decision, sub: pd.DataFrame, y: np.ndarray) -> dict:
+    """The submission's JSON: a summary first (when, code, runs, folds, CV), then every decision's details."""
     runs = [e.ref for e in loaded]
-    sidecar = {"summary": {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
-                           "runs": [r.label for r in runs], "folds": {r.label: r.trained_folds() for r in runs},
-                           "cv_macro_f1": decision.cv_f1, "eval_rows": len(sub),
-                           "person_grouping_applied": grouping["applied"] if grouping else False},
-               "person_grouping": grouping, "age_cuts": age_cuts,
-               "experiments": experiments, "weights": weights.tolist(), "biases": decision.biases.round(3).tolist(),
-               "bias_mode": ec["bias_mode"], "tta": cfg["infer"]["tta"],
-               "oof_before_decision": decision.before, "oof_macro_f1_after_decision": decision.after_f1,
-               "nested_bias_gain": decision.nested, "biases_applied": bool(decision.biases.any()), "cv_macro_f1": decision.cv_f1,
-               "class_distribution": {"train_oof": (np.bincount(y, minlength=18) / len(y)).round(4).tolist(),
-                                      "submission": sub_share.round(4).tolist()}}
-    write_submission(sub, sidecar, out)
-    append_index(paths.submissions / "index.csv", out, sidecar)
-    never = [labels.class_name(c) for c in range(labels.NUM_CLASSES) if not sub_share[c] and (y == c).any()]
-    if never:
-        log.warning("the submission never predicts %d class(es) that the training data has: %s", len(never), ", ".join(never))
+    ec = cfg["ensemble"]
+    return {"summary": {"written": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git_commit(),
+                        "runs": [r.label for r in runs], "folds": {r.label: r.trained_folds() for r in runs},
+                        "cv_macro_f1": decision.cv_f1, "eval_rows": len(sub),
+                        "person_grouping_applied": mix.grouping["applied"] if mix.grouping else False},
+            "person_grouping": mix.grouping, "age_cuts": mix.age_cuts,
+            "experiments": ec["experiments"] or [cfg["experiment"]], "weights": mix.weights.tolist(),
+            "weights_note": WEIGHTS_NOTE if ec["weights"] == "fit" else "equal weights",
+            "biases": decision.biases.round(3).tolist(), "bias_mode": ec["bias_mode"], "tta": cfg["infer"]["tta"],
+            "oof_before_decision": decision.before, "oof_macro_f1_after_decision": decision.after_f1,
+            "nested_bias_gain": decision.nested, "biases_applied": bool(decision.biases.any()), "cv_macro_f1": decision.cv_f1,
+            "class_distribution": {"train_oof": (np.bincount(y, minlength=18) / len(y)).round(4).tolist(),
+                                   "submission": (np.bincount(sub["ans"], minlength=18) / len(sub)).round(4).tolist()}}
+
+
+# ensemble.weights=fit chooses the weights on all OOF rows, and the CV is then measured on those same rows
+WEIGHTS_NOTE = "weights fitted on all OOF rows (not nested): the CV estimate is optimistic by the weights' fit"
+
+
+def ensemble(cfg: Config) -> Path:
+    """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row; with
+    ensemble.stamped_copy also <name>_cv<CV>_<date>.csv, a file name a leaderboard upload can be told apart by."""
+    paths = Paths.from_config(cfg)
+    ec = cfg["ensemble"]
+    experiments = ec["experiments"] or [cfg["experiment"]]
+    loaded = _load_all(cfg, experiments)
+    y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
+    out = paths.submissions / f"{ec['name'] or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
+    mix = blend(cfg, loaded, out)
+    decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ec)
+    info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
+    sub = submission_table(info, loaded[0].ids, (np.log(np.clip(mix.test, 1e-9, None)) + decision.biases).argmax(1), str(out))
+    sidecar = sidecar_of(cfg, loaded, mix, decision, sub, y)
+    written = [out] + ([out.with_name(f"{out.stem}_cv{decision.cv_f1:.4f}_{time.strftime('%Y-%m-%d')}.csv")] if ec["stamped_copy"] else [])
+    for path in written:
+        write_submission(sub, sidecar, path)
+    append_index(paths.submissions / "index.csv", written, sidecar)
+    warn_never_predicted(sub, y)
     gain = f"; nested gain {decision.nested['gain']:+.4f}" if decision.nested else ""
     print(f"OOF macro F1 {decision.before['f1']:.4f} -> {decision.after_f1:.4f} after the decision step{gain}")
-    log.info("wrote %s (%d rows) and %s; listed in %s", out, len(sub), out.with_suffix(".json"), paths.submissions / "index.csv")
+    log.info("wrote %s (%d rows) and its .json sidecar; listed in %s", " and ".join(map(str, written)), len(sub),
+             paths.submissions / "index.csv")
     return out
 
 
-def append_index(index: Path, submission: Path, sidecar: dict) -> None:
-    """One row per submission ever written: when, which file, runs, CV, and what the decision applied."""
+def warn_never_predicted(sub: pd.DataFrame, y: np.ndarray) -> None:
+    share = np.bincount(sub["ans"], minlength=labels.NUM_CLASSES)
+    never = [labels.class_name(c) for c in range(labels.NUM_CLASSES) if not share[c] and (y == c).any()]
+    if never:
+        log.warning("the submission never predicts %d class(es) that the training data has: %s", len(never), ", ".join(never))
+
+
+def append_index(index: Path, written: list[Path], sidecar: dict) -> None:
+    """One row per submission ever written: when, which file (and its stamped copy), runs, CV, and what the
+    decision applied."""
     summary = sidecar["summary"]
-    row = pd.DataFrame([{"written": summary["written"], "submission": submission.name, "runs": " ".join(summary["runs"]),
+    row = pd.DataFrame([{"written": summary["written"], "submission": written[0].name,
+                         "copy": written[1].name if len(written) > 1 else "", "runs": " ".join(summary["runs"]),
                          "cv_macro_f1": round(summary["cv_macro_f1"], 4), "git_commit": summary["git_commit"],
                          "biases_applied": sidecar["biases_applied"], "person_grouping": summary["person_grouping_applied"]}])
     table = pd.concat([pd.read_csv(index, dtype=str), row.astype(str)], ignore_index=True) if index.exists() else row

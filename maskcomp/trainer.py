@@ -208,7 +208,8 @@ class FoldTrainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count, start, steps = 0, time.perf_counter(), len(self.train_loader)
         self.lr_log = [row for row in self.lr_log if row["epoch"] < epoch]
-        bar = progress(self.train_loader, f"fold {self.fold} epoch {epoch + 1}/{self.cfg['train']['epochs']}", self.rank)
+        bar = progress(self.train_loader, f"fold {self.fold} (of folds 0-{self.cfg['folds']['k'] - 1}) epoch "
+                                          f"{epoch + 1}/{self.cfg['train']['epochs']}", self.rank)
         for step, (images, targets, _) in enumerate(bar):
             if aug["half_cutmix"]:  # on the CPU batch, before the transfer: no GPU synchronisation
                 images = half_cutmix(images, targets["label"], targets["age"], aug["half_cutmix"], aug["half_cutmix_rare_only"], mix_gen)
@@ -218,7 +219,7 @@ class FoldTrainer:
             total += self._step(images, targets, epoch * steps + step) * len(images)
             count += len(images)
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
-                bar.set_postfix(loss=f"{total.item() / count:.4f}")
+                bar.set_postfix(loss=f"{total.item() / count:.4f}", refresh=False)  # redraws follow the bar's own interval
         sums = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(sums)

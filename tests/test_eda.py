@@ -8,10 +8,15 @@ PLOTS = ("class_counts", "mask", "gender", "age_group", "age_hist", "gender_age"
 
 def test_eda_writes_plots_and_summary(sample_root, tmp_path):
     cfg = config_for(sample_root, tmp_path)
-    summary = run_eda(cfg)
+    index = run_eda(cfg)
     out = Paths.from_config(cfg).reports / "eda"
+    assert index == out / "index.html"
     for name in PLOTS:
         png = out / f"{name}.png"
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    text = summary.read_text()
-    assert "persons: 40; train images: 280" in text and "| 17 |" in text
+    text = (out / "summary.md").read_text()
+    assert "persons: 40; train images: 280" in text and "| 17 | not_wear/female/>=60 |" in text
+    page = index.read_text()
+    assert "persons: 40; train images: 280" in page
+    for name in PLOTS:  # the page shows the plots, not their file names
+        assert f"<img src='{name}.png'" in page and f"![" in text

@@ -16,6 +16,7 @@ from maskcomp.ensemble import ensemble
 from maskcomp.errors import MaskcompError
 from maskcomp.folds import make_folds
 from maskcomp.data import load_train, read_label_fixes
+from maskcomp.eda import run_eda
 from maskcomp.inference import infer
 from maskcomp.noise import CANDIDATE_COLUMNS, relabel
 from maskcomp.paths import Paths
@@ -23,6 +24,7 @@ from maskcomp.sample import make_sample
 from maskcomp.trainer import train
 
 from conftest import config_for, fold_dir
+from pagecheck import broken_references, browser, images_broken_in_browser
 
 PLANTED_GENDER_FLIPS = 5
 
@@ -112,6 +114,51 @@ def test_relabel_writes_fixes_that_the_loader_applies(pipeline):
     before = load_train(cfg).drop_duplicates("person_id").set_index("person_id")["gender"]
     after = images.drop_duplicates("person_id").set_index("person_id")["gender"]
     assert set(after.index[after != before]) == set(fixes.loc[fixes["fix"] == "gender", "person_id"])
+
+
+def report_pages(cfg) -> list:
+    run_eda(cfg)
+    analyze(cfg)
+    return sorted(Paths.from_config(cfg).reports.rglob("index.html"))
+
+
+def test_report_pages_have_no_broken_links_or_images(pipeline):
+    cfg, _, _, _ = pipeline
+    pages = report_pages(cfg)
+    reports = Paths.from_config(cfg).reports
+    assert {str(p.relative_to(reports)) for p in pages} >= {"index.html", "eda/index.html", "crop/index.html", "analysis/sample/index.html"}
+    for page in pages:
+        assert broken_references(page) == [], page
+    analysis = (reports / "analysis" / "sample" / "index.html").read_text()
+    assert "<nav>Contents:" in analysis and "href='../../eda/index.html'" in analysis and "label_noise.png" in analysis
+
+
+def test_link_check_finds_a_missing_image_and_a_dead_anchor(tmp_path):
+    page = tmp_path / "index.html"
+    (tmp_path / "ok.png").write_bytes(b"\x89PNG")
+    page.write_text("<html><body><h2 id='a'>A</h2><a href='#a'>a</a><a href='#b'>b</a><img src='ok.png'><img src='gone.png'>"
+                    f"<a href='{(tmp_path / 'ok.png').as_uri()}'>abs</a></body></html>")
+    broken = broken_references(page)
+    assert len(broken) == 3 and "#b" in broken[0] and "gone.png" in broken[1] and "absolute" in broken[2]
+
+
+def test_report_pages_render_in_a_browser(pipeline):
+    exe = browser()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium) to render the report pages")
+    cfg, _, _, _ = pipeline
+    for page in report_pages(cfg):
+        assert images_broken_in_browser(page, exe) == [], page
+
+
+def test_browser_check_sees_an_image_that_does_not_decode(tmp_path):
+    exe = browser()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    page = tmp_path / "index.html"
+    page.write_text("<html><body><img src='bad.png'></body></html>")
+    assert images_broken_in_browser(page, exe) == ["bad.png"]
 
 
 def test_missing_checkpoint_is_one_line(pipeline):

@@ -117,6 +117,8 @@ def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny,
     assert json.loads(second_sub.with_suffix(".json").read_text())["summary"]["runs"] == [second_run.label]
     index = pd.read_csv(second_sub.parent / "index.csv", dtype=str)
     assert index["runs"].tolist() == [first_run.label, second_run.label] and (index["submission"] == second_sub.name).all()
+    stamped = second_sub.parent / index["copy"].iloc[-1]
+    assert stamped.name.startswith("sample_cv0.") and stamped.read_text() == second_sub.read_text()
 
 
 def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
