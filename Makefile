@@ -15,6 +15,9 @@ ARGS ?=
 RUN = $(PY) $(1) --config $(CONFIG) paths.data_root=$(DATA) $(ARGS)
 REQ_HASH := $(shell cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+# setuptools reports every editable install with a multi-line "Editable installation" notice that says nothing
+# about this project (its advice concerns folders shadowing the package, which the setup check below covers)
+EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
 .PHONY: all setup test sample eda crop folds train infer ensemble analyze relabel bench bench-noise bench-quality gpu-check clean
 
@@ -30,7 +33,7 @@ setup:
 else
 setup: $(STAMP)
 	@$(PY) -I -c "import maskcomp, pathlib, sys; sys.exit(pathlib.Path(maskcomp.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())" 2>/dev/null \
-	  || { echo "setup: maskcomp does not import from $(CURDIR); reinstalling it"; $(PY) -m pip install -q --no-deps -e .; }
+	  || { echo "setup: maskcomp does not import from $(CURDIR); reinstalling it"; $(EDITABLE_INSTALL); }
 endif
 
 $(STAMP):
@@ -38,7 +41,7 @@ $(STAMP):
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(EDITABLE_INSTALL)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

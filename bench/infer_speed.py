@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from common import peak_rss_mb
 
@@ -14,7 +13,7 @@ from maskcomp.augment import eval_transform
 from maskcomp.config import load_config
 from maskcomp.crop import crop_faces
 from maskcomp.data import load_eval
-from maskcomp.dataset import CropDataset, build_cache
+from maskcomp.dataset import LoaderSpec, build_cache, crop_loader
 from maskcomp.device import resolve_device
 from maskcomp.inference import predict
 from maskcomp.models import create_model, normalisation
@@ -36,11 +35,11 @@ def run(eval_persons: int = 60, repeats: int = 2) -> list[dict]:
         cache = build_cache(cfg, size)
         evals = load_eval(cfg)
         mean, std = normalisation(cfg["model"]["backbone"])
-        dataset = CropDataset(cache.array, cache.rows(evals["image_path"]), {}, eval_transform(size, mean, std))
         device = resolve_device(cfg["train"]["device"])
+        loader = crop_loader(cache, evals, eval_transform(size, mean, std), LoaderSpec(cfg["infer"]["batch_size"], cfg["train"]["workers"]),
+                             with_targets=False)
+        dataset = loader.dataset
         model = create_model({**cfg["model"], "pretrained": False}).to(device).to(memory_format=torch.channels_last)
-        loader = DataLoader(dataset, batch_size=cfg["infer"]["batch_size"], num_workers=cfg["train"]["workers"],
-                            persistent_workers=cfg["train"]["workers"] > 0)
         predict(model, loader, device)  # warm-up: workers start, allocator settles
         rows = []
         for tta in TTA_SETS:

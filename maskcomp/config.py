@@ -82,7 +82,7 @@ CHOICES: dict[str, tuple] = {
     "infer.tta_reduce": ("mean_probs", "mean_logits"), "ensemble.weights": ("equal", "fit"),
     "ensemble.bias_mode": ("class", "head"), "ensemble.tune_biases": (True, False, "auto"),
     "infer.person_grouping": ("auto", True, False),  # YAML reads on/off as true/false
-    "ensemble.tune_age_cuts": (True, False, "auto"),
+    "ensemble.tune_age_cuts": (True, False, "auto"), "train.scheduler": ("cosine", "tanh", "poly"),
 }
 ANY_OF = {"model.pretrained": (bool, str)}
 # Numeric ranges [low, high] (None: open); for a list the range applies to each element.
@@ -95,7 +95,7 @@ RANGES: dict[str, tuple] = {
     "loss.focal_gamma": (0.0, None), "augment.hflip": (0.0, 1.0), "augment.color_jitter": (0.0, 1.0),
     "augment.shift_scale_rotate": (0.0, 1.0), "augment.coarse_dropout": (0.0, 1.0), "augment.mixup_alpha": (0.0, None),
     "augment.cutmix_alpha": (0.0, None), "augment.mix_prob": (0.0, 1.0), "augment.half_cutmix": (0.0, 1.0),
-    "train.img_size": (32, 4096), "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (1e-8, 10.0),
+    "train.img_size": (32, 4096), "train.epochs": (1, None), "train.batch_size": (1, None), "train.val_batch_size": (1, None), "train.lr": (1e-8, 10.0),
     "train.weight_decay": (0.0, None), "train.warmup_epochs": (0, None), "train.grad_clip": (0.0, None),
     "train.ema_decay": (0.0, 0.99999), "train.patience": (1, None), "train.workers": (0, None), "train.threads": (0, 1024),
     "train.age_old_threshold": (31, 100), "train.drop_age_bands": (0, 150), "train.folds": (0, None),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .config import Config
@@ -128,3 +129,25 @@ def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what
     return df[keep].reset_index(drop=True)
 
 
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How a loader batches and feeds: batch size, worker processes, pinned memory, and the seed of the workers'
+    base seed (None: drawn from the global RNG, as a plain DataLoader does)."""
+    batch_size: int
+    workers: int
+    pin_memory: bool = False
+    seed: int | None = None
+    drop_last: bool = False
+
+
+def crop_loader(cache: CropCache, df: pd.DataFrame, transform, spec: LoaderSpec, sampler: Sampler | None = None,
+                with_targets: bool = True) -> DataLoader:
+    """The one way a loader over cached crops is built (training, validation, inference, benchmarks): rows of `df`
+    in order (or in the sampler's order), with their targets unless `with_targets` is false (eval images)."""
+    dataset = CropDataset(cache.array, cache.rows(df["image_path"]), targets_of(df) if with_targets else {}, transform)
+    generator = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
+    return DataLoader(dataset, batch_size=spec.batch_size, sampler=sampler, shuffle=False, drop_last=spec.drop_last,
+                      num_workers=spec.workers, pin_memory=spec.pin_memory, persistent_workers=spec.workers > 0,
+                      generator=generator)

@@ -4,7 +4,6 @@ infer.json in the fold directory is the predictions' manifest: the checkpoint's 
 eval crops and ids, the TTA; predictions are remade whenever any of them changes."""
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ from . import labels
 from .augment import eval_transform
 from .config import Config
 from .data import load_eval, load_train
-from .dataset import CropCache, CropDataset, build_cache, existing_crops_only, targets_of
+from .dataset import CropCache, LoaderSpec, build_cache, crop_loader, existing_crops_only
 from .device import amp_dtype_of, autocast, resolve_device
 from .errors import MaskcompError
 from .fileio import atomic_path, write_csv
@@ -85,11 +84,21 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
     return probs, head_probs
 
 
-def load_fold_model(run: RunRef, fold: int, device: torch.device) -> torch.nn.Module:
+# what shapes a model's input: predicting with other values than its checkpoint's silently mis-preprocesses it
+INPUT_KEYS = (("model", "backbone"), ("train", "img_size"), ("crop", "mode"), ("crop", "margin"), ("crop", "aspect"))
+
+
+def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Config | None = None) -> torch.nn.Module:
+    """The fold's best model, built from the config saved in its checkpoint; with `expected` (the config the
+    predictions will be preprocessed with), every input-shaping key must agree with the checkpoint's."""
     path = run.fold_dir(fold) / "best.pt"
     if not path.exists():
         raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
     state = torch.load(path, map_location=device, weights_only=False)
+    for section, key in INPUT_KEYS if expected is not None else ():
+        if state["config"][section][key] != expected[section][key]:
+            raise MaskcompError(f"{path}: trained with {section}.{key}={state['config'][section][key]!r}, but {run.dir / 'config.yaml'} "
+                                f"says {expected[section][key]!r}; restore that file or train the run again")
     model = create_model({**state["config"]["model"], "pretrained": False})
     model.load_state_dict(state["model"])
     return model.to(device).to(memory_format=torch.channels_last).eval()
@@ -227,7 +236,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     fold_of = load_folds(rcfg, images)
     mean, std = normalisation(rcfg["model"]["backbone"])
     transform = eval_transform(side.size, mean, std)
-    eval_set = CropDataset(side.cache.array, side.cache.rows(side.evals["image_path"]), {}, transform)
+    spec = LoaderSpec(rcfg["infer"]["batch_size"], rcfg["train"]["workers"], pin_memory=device.type == "cuda")
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold_dir(fold)
@@ -237,15 +246,15 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
             continue
         (out / PREDICTIONS_MANIFEST).unlink(missing_ok=True)
         val = existing_crops_only(images[fold_of == fold].reset_index(drop=True), side.cache, rcfg["data"]["skip_bad"], "validation")
-        val_set = CropDataset(side.cache.array, side.cache.rows(val["image_path"]), targets_of(val), transform)
-        model = load_fold_model(run, fold, device)
+        model = load_fold_model(run, fold, device, rcfg)
         amp = amp_dtype_of(rcfg["train"]["amp"])
-        loader = functools.partial(DataLoader, batch_size=rcfg["infer"]["batch_size"], num_workers=rcfg["train"]["workers"])
         step = f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(tta)}"
-        val_probs, val_heads = predict(model, progress(loader(val_set), f"{step}: validation"), device, amp, tta, reduce)
+        val_loader = crop_loader(side.cache, val, transform, spec)
+        val_probs, val_heads = predict(model, progress(val_loader, f"{step}: validation"), device, amp, tta, reduce)
         write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
         report_tta(run, fold, val, val_probs, tta)
-        test_probs, test_heads = predict(model, progress(loader(eval_set), f"{step}: eval"), device, amp, tta, reduce)
+        eval_loader = crop_loader(side.cache, side.evals, transform, spec, with_targets=False)
+        test_probs, test_heads = predict(model, progress(eval_loader, f"{step}: eval"), device, amp, tta, reduce)
         write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), test_probs, test_heads)
         write_manifest(out / PREDICTIONS_MANIFEST, manifest)
         log.info("fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)

@@ -1,6 +1,8 @@
 """Losses: weighted sums of cross-entropy (label smoothing), focal and soft macro-F1, per head."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,17 @@ import torch.nn.functional as F
 from . import labels
 from .errors import MaskcompError
 
-LOSS_NAMES = ("ce", "focal", "f1")
+# name -> fn(logits, target, class weight or None, label smoothing, loss config): a new loss is one function and
+# one @register line, and loss.terms can name it
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float, dict], torch.Tensor]
+LOSSES: dict[str, LossFn] = {}
+
+
+def register(name: str) -> Callable[[LossFn], LossFn]:
+    def add(fn: LossFn) -> LossFn:
+        LOSSES[name] = fn
+        return fn
+    return add
 
 
 def _soft_targets(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -39,6 +51,21 @@ def soft_f1_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) 
     return 1 - f1[present].mean()
 
 
+@register("ce")
+def _cross_entropy(logits, target, weight, smoothing, cfg) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+
+
+@register("focal")
+def _focal(logits, target, weight, smoothing, cfg) -> torch.Tensor:
+    return focal_loss(logits, target, cfg["focal_gamma"], weight, smoothing)
+
+
+@register("f1")
+def _soft_f1(logits, target, weight, smoothing, cfg) -> torch.Tensor:
+    return soft_f1_loss(logits, target)
+
+
 def balanced_class_weights(values: np.ndarray, num_classes: int) -> torch.Tensor:
     counts = np.bincount(values, minlength=num_classes).astype(np.float64)
     return torch.tensor(len(values) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
@@ -49,8 +76,8 @@ class Criterion:
 
     def __init__(self, loss_cfg: dict, heads: dict[str, int], class_weights: dict[str, torch.Tensor] | None = None):
         for term in loss_cfg["terms"]:
-            if term.get("name") not in LOSS_NAMES:
-                raise MaskcompError(f"loss.terms: unknown loss '{term.get('name')}'; use {', '.join(LOSS_NAMES)}")
+            if term.get("name") not in LOSSES:
+                raise MaskcompError(f"loss.terms: unknown loss '{term.get('name')}'; use {', '.join(LOSSES)}")
         if loss_cfg["class_weights"] not in ("none", "balanced"):
             raise MaskcompError(f"loss.class_weights '{loss_cfg['class_weights']}' is unknown; use none or balanced")
         self.cfg, self.heads = loss_cfg, heads
@@ -72,12 +99,6 @@ class Criterion:
             smoothing = 0.0 if target.is_floating_point() else self.cfg["label_smoothing"]
             head_loss = 0.0
             for term in self.cfg["terms"]:
-                if term["name"] == "ce":
-                    value = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
-                elif term["name"] == "focal":
-                    value = focal_loss(logits, target, self.cfg["focal_gamma"], weight, smoothing)
-                else:
-                    value = soft_f1_loss(logits, target)
-                head_loss = head_loss + term["weight"] * value
+                head_loss = head_loss + term["weight"] * LOSSES[term["name"]](logits, target, weight, smoothing, self.cfg)
             total = total + self.cfg["head_weights"].get(head, 1.0) * head_loss
         return total

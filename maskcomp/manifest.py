@@ -35,7 +35,7 @@ STAGE_KEYS = {
     "infer": ["infer.tta", "infer.tta_reduce"],
 }
 # keys that change how fast or where a stage runs, never what it writes
-EXCLUDED = {"train.folds", "train.workers", "train.threads", "train.tensorboard", "train.device", "train.compile",
+EXCLUDED = {"train.folds", "train.workers", "train.threads", "train.val_batch_size", "train.tensorboard", "train.device", "train.compile",
             "train.cudnn_benchmark", "data.image_check"}
 _READ_SIZE = 1 << 20
 

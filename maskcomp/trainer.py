@@ -9,7 +9,6 @@ import logging
 import platform
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,17 +16,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader
 
 from . import labels
 from .augment import eval_transform, half_cutmix, train_transform
-from .config import Config, dump_config
+from .config import Config
 from .data import load_train
-from .dataset import CropDataset, EpochSampler, build_cache, existing_crops_only, targets_of
+from .dataset import EpochSampler, LoaderSpec, build_cache, crop_loader, existing_crops_only, targets_of
 from .errors import MaskcompError
-from .fileio import atomic_path, write_csv, write_json, write_text
+from .fileio import write_csv, write_json
+from .loop import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fold_info
 from .folds import load_folds, split_fold
 from .losses import Criterion, balanced_class_weights
 from .metrics import scores
@@ -37,6 +35,7 @@ from .folds import require_current_folds
 from .inference import oof_table, predict
 from .manifest import Manifest, config_keys, digest_cache
 from .models import create_model, head_sizes, normalisation
+from .optim import create_optimizer, create_scheduler
 from .paths import Paths
 from .progress import progress
 from .runs import RunRef, open_run, run_lock
@@ -68,13 +67,10 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 class FoldTrainer:
-    """Everything one fold's run needs, built from the config; `run()` trains with resume and early stopping."""
+    """Everything one fold's run needs, built from the config (data -> model -> optimisation); `run()` is the
+    epoch loop: train an epoch (all ranks), then the main process validates and decides (one place), and the
+    early-stopping decision is shared with the other ranks."""
 
     def __init__(self, cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False):
         self.cfg, self.fold, self.resume, self.run_ref = cfg, fold, resume, run
@@ -91,12 +87,15 @@ class FoldTrainer:
         if tc["deterministic"] and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(self.seed)
+        self.stopper = EarlyStopping(tc["patience"])
+        self.checkpoints = Checkpointer(self.dir, run.run_id)
+        self.lr_log: list[dict] = []
         self._build_data(images)
         self._build_model()
         self._build_optimisation()
 
     def _build_data(self, images: pd.DataFrame) -> None:
-        """Train/validation splits of this fold over the crop cache, their datasets, sampler and loaders."""
+        """Train/validation splits of this fold over the crop cache, the epoch sampler and the two loaders."""
         cfg, tc, fold = self.cfg, self.cfg["train"], self.fold
         size = tuple(tc["img_size"])
         cache = build_cache(cfg, size) if self.rank == 0 else None
@@ -110,20 +109,15 @@ class FoldTrainer:
         self.train_df = existing_crops_only(train, cache, skip, "train split")
         self.val_df = existing_crops_only(val, cache, skip, "validation split")
         mean, std = normalisation(cfg["model"]["backbone"])
-        self.train_set = CropDataset(cache.array, cache.rows(self.train_df["image_path"]), targets_of(self.train_df),
-                                     train_transform(cfg["augment"], size, mean, std))
-        self.val_set = CropDataset(cache.array, cache.rows(self.val_df["image_path"]), targets_of(self.val_df),
-                                   eval_transform(size, mean, std))
-        self.sampler = EpochSampler(len(self.train_set), self.seed, weights, self.rank, self.world)
-        workers = tc["workers"]
-        loader_kw = dict(num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        self.sampler = EpochSampler(len(self.train_df), self.seed, weights, self.rank, self.world)
+        pin = self.device.type == "cuda"
         # each loader draws its workers' base seed from its own generator, never from the global RNG: a resumed run
         # (whose loader starts at a later epoch) then sees the same dropout masks as an uninterrupted one
-        self.train_loader = DataLoader(self.train_set, batch_size=tc["batch_size"], sampler=self.sampler,
-                                       drop_last=len(self.train_set) > tc["batch_size"],
-                                       generator=torch.Generator().manual_seed(self.seed), **loader_kw)
-        self.val_loader = DataLoader(self.val_set, batch_size=cfg["infer"]["batch_size"], shuffle=False,
-                                     generator=torch.Generator().manual_seed(self.seed + 1), **loader_kw)
+        self.train_loader = crop_loader(cache, self.train_df, train_transform(cfg["augment"], size, mean, std),
+                                        LoaderSpec(tc["batch_size"], tc["workers"], pin, self.seed,
+                                                   drop_last=len(self.train_df) > tc["batch_size"]), sampler=self.sampler)
+        self.val_loader = crop_loader(cache, self.val_df, eval_transform(size, mean, std),
+                                      LoaderSpec(tc["val_batch_size"], tc["workers"], pin, self.seed + 1))
 
     def _build_model(self) -> None:
         """Model, loss, Mixup, EMA, and the wrapped network (DDP, torch.compile) that the steps run."""
@@ -150,10 +144,8 @@ class FoldTrainer:
 
     def _build_optimisation(self) -> None:
         tc = self.cfg["train"]
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
-        steps = len(self.train_loader)
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(1, tc["epochs"] * steps), lr_min=tc["lr"] * 0.01,
-                                           warmup_t=tc["warmup_epochs"] * steps, warmup_lr_init=tc["lr"] * 0.01, t_in_epochs=False)
+        self.optimizer = create_optimizer(self.model, tc)
+        self.scheduler = create_scheduler(self.optimizer, tc, len(self.train_loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16)
 
     def _mixup(self) -> Mixup | None:
@@ -166,6 +158,11 @@ class FoldTrainer:
         return Mixup(mixup_alpha=aug["mixup_alpha"], cutmix_alpha=aug["cutmix_alpha"], prob=aug["mix_prob"],
                      label_smoothing=self.cfg["loss"]["label_smoothing"], num_classes=labels.NUM_CLASSES)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept as best.pt: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _seed_epoch(self, epoch: int) -> torch.Generator:
         """Seed dropout, timm Mixup and half-CutMix from (seed, epoch, rank) alone: a resumed run matches an
         uninterrupted one, and DDP ranks draw different masks (rank 0's seeds are the single-process ones)."""
@@ -175,8 +172,19 @@ class FoldTrainer:
         random.seed(seed)
         return torch.Generator().manual_seed(self.seed * 104729 + epoch + RANK_SEED_STRIDE * self.rank)
 
+    def _start_epoch(self, epoch: int) -> torch.Generator:
+        """The backbone's freeze policy, the sampler's epoch and the epoch's seeds; returns the mixing generator."""
+        self.model.train()
+        frozen = epoch < self.cfg["model"]["freeze_backbone_epochs"]
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.sampler.set_epoch(epoch)
+        self.lr_log = [row for row in self.lr_log if row["epoch"] < epoch]
+        return self._seed_epoch(epoch)
+
     def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
-        """One optimisation step on a batch already on the device; returns the loss (on the device, no sync)."""
+        """One optimisation step on a batch already on the device (timm Mixup, AMP, clipping, schedule, EMA);
+        returns the loss (on the device, no sync)."""
         tc = self.cfg["train"]
         if self.mixup is not None:
             images, targets["label"] = self.mixup(images, targets["label"])
@@ -199,15 +207,9 @@ class FoldTrainer:
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         """(mean training loss over all ranks, images/s over all ranks)."""
         aug = self.cfg["augment"]
-        self.model.train()
-        frozen = epoch < self.cfg["model"]["freeze_backbone_epochs"]
-        for p in self.model.backbone.parameters():
-            p.requires_grad_(not frozen)
-        self.sampler.set_epoch(epoch)
-        mix_gen = self._seed_epoch(epoch)
+        mix_gen = self._start_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count, start, steps = 0, time.perf_counter(), len(self.train_loader)
-        self.lr_log = [row for row in self.lr_log if row["epoch"] < epoch]
         bar = progress(self.train_loader, f"fold {self.fold} (of folds 0-{self.cfg['folds']['k'] - 1}) epoch "
                                           f"{epoch + 1}/{self.cfg['train']['epochs']}", self.rank)
         for step, (images, targets, _) in enumerate(bar):
@@ -226,95 +228,72 @@ class FoldTrainer:
         return float(sums[0] / sums[1].clamp_min(1)), float(sums[1]) / (time.perf_counter() - start)
 
     def _validate(self) -> tuple[dict, np.ndarray, dict]:
-        model = self.ema.module if self.ema is not None else self.model
-        probs, head_probs = predict(model, self.val_loader, self.device, self.amp_dtype)
+        probs, head_probs = predict(self.eval_model, self.val_loader, self.device, self.amp_dtype)
         y = self.val_df["label"].to_numpy()
         result = scores(y, probs)
         # torch.tensor copies: pandas hands out read-only arrays, which torch.as_tensor warns about
         result["val_loss"] = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-8)), torch.tensor(y)))
         return result, probs, head_probs
 
-    def _state(self, epoch: int, best_f1: float, best_epoch: int, bad_epochs: int, history: list) -> dict:
-        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-                "run_id": self.run_ref.run_id}
+    def _resumable(self) -> dict[str, object]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, "ema": self.ema}
+
+    def _resume(self) -> TrainState:
+        state = self.checkpoints.resume(self._resumable(), self.device) if self.resume else None
+        if state is None:
+            return TrainState()
+        lr_csv = self.dir / "lr.csv"
+        self.lr_log = pd.read_csv(lr_csv).to_dict("records") if lr_csv.exists() else []
+        log.info("fold %d: resuming after epoch %d from %s", self.fold, state.epochs_done, self.checkpoints.last)
+        return state
+
+    def _end_epoch(self, epoch: int, train_loss: float, images_per_s: float, state: TrainState, sinks: MetricSinks) -> None:
+        """The main process's decisions after an epoch: validate, keep the best model and its OOF, record, save."""
+        val, probs, head_probs = self._validate()
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": self.optimizer.param_groups[0]["lr"],
+               "images_per_s": images_per_s}
+        state.history.append(row)
+        improved = self.stopper.update(state, val["f1"], epoch + 1)
+        if improved:
+            self.checkpoints.save_best(self.eval_model, self.cfg, state)
+            write_csv(oof_table(self.val_df, self.fold, probs, head_probs), self.dir / "oof.csv")
+        sinks.epoch(row, state, self.lr_log, improved)
+        self.checkpoints.save_last(self._resumable(), state)
+
+    def _share_stop(self, state: TrainState) -> None:
+        """Rank 0 decides early stopping; collectives need tensors on this process's device."""
+        if self.world > 1:
+            flags = torch.tensor([state.bad_epochs], dtype=torch.int64, device=self.device)
+            dist.broadcast(flags, 0)
+            state.bad_epochs = int(flags.item())
 
     def run(self) -> dict:
         tc = self.cfg["train"]
-        start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
-        last = self.dir / "last.pt"
-        lr_csv = self.dir / "lr.csv"  # the learning rate of every step, so warm-up and decay show in the curves
-        self.lr_log = pd.read_csv(lr_csv).to_dict("records") if self.resume and lr_csv.exists() else []
-        if self.resume and last.exists():
-            state = torch.load(last, map_location=self.device, weights_only=False)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
-            start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
-            bad_epochs, history = state["bad_epochs"], state["history"]
-            log.info("fold %d: resuming after epoch %d from %s", self.fold, start_epoch, last)
+        state = self._resume()
+        sinks = MetricSinks(self.dir, self.fold, tc["epochs"], tc["tensorboard"]) if self.rank == 0 else None
         if self.rank == 0:
-            self._write_run_info()
-        writer = self._tensorboard()
-        for epoch in range(start_epoch, tc["epochs"]):
-            if bad_epochs >= tc["patience"]:
-                break
+            write_fold_info(self.dir, self.cfg, self._env())
+        while state.epochs_done < tc["epochs"] and not self.stopper.should_stop(state):
+            epoch = state.epochs_done
             train_loss, images_per_s = self._train_epoch(epoch)
+            state.epochs_done = epoch + 1
             if self.rank == 0:
-                val, probs, head_probs = self._validate()
-                row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": self.optimizer.param_groups[0]["lr"],
-                       "images_per_s": images_per_s}
-                history.append(row)
-                improved = val["f1"] > best_f1
-                if improved:
-                    best_f1, best_epoch, bad_epochs = val["f1"], epoch + 1, 0
-                    best_model = self.ema.module if self.ema is not None else self.model
-                    save_checkpoint({"model": best_model.state_dict(), "config": self.cfg, "epoch": epoch + 1, "f1": best_f1},
-                                    self.dir / "best.pt")
-                    write_csv(oof_table(self.val_df, self.fold, probs, head_probs), self.dir / "oof.csv")
-                else:
-                    bad_epochs += 1
-                write_csv(pd.DataFrame(history), self.dir / "metrics.csv")
-                write_csv(pd.DataFrame(self.lr_log), lr_csv)
-                save_checkpoint(self._state(epoch, best_f1, best_epoch, bad_epochs, history), last)
-                if writer is not None:
-                    for key, value in row.items():
-                        writer.add_scalar(key, value, epoch + 1)
-                print(f"fold {self.fold} epoch {epoch + 1}/{tc['epochs']}: loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
-                      f"f1 {val['f1']:.4f} (mask {val['f1_mask']:.3f} gender {val['f1_gender']:.3f} age {val['f1_age']:.3f}) "
-                      f"acc {val['acc']:.4f} {images_per_s:.0f} img/s{' (best so far: saved best.pt)' if improved else ''}", flush=True)
-            if self.world > 1:  # rank 0 decides early stopping; collectives need tensors on this process's device
-                flags = torch.tensor([bad_epochs], dtype=torch.int64, device=self.device)
-                dist.broadcast(flags, 0)
-                bad_epochs = int(flags.item())
-        summary = {"fold": self.fold, "best_f1": best_f1, "best_epoch": best_epoch, "epochs_run": len(history),
+                self._end_epoch(epoch, train_loss, images_per_s, state, sinks)
+            self._share_stop(state)
+        summary = {"fold": self.fold, "best_f1": state.best_f1, "best_epoch": state.best_epoch, "epochs_run": len(state.history),
                    "run_id": self.run_ref.run_id}
         if self.rank == 0:
             write_json(summary, self.dir / "done.json")
-            log.info("fold %d done: best macro F1 %.4f at epoch %d; outputs in %s", self.fold, best_f1, best_epoch, self.dir)
-        if writer is not None:
-            writer.close()
+            sinks.close()
+            log.info("fold %d done: best macro F1 %.4f at epoch %d; outputs in %s", self.fold, state.best_f1, state.best_epoch, self.dir)
         return summary
 
-    def _write_run_info(self) -> None:
-        write_text(dump_config(self.cfg), self.dir / "config.yaml")
-        write_json({"seed": self.seed, "fold": self.fold, "versions": library_versions(), "device": str(self.device),
-                    "amp": str(self.amp_dtype).removeprefix("torch.") if self.device.type == "cuda" else "fp32",
-                    "amp_note": self.amp_note, "cuda": self.cuda_settings, "torch_threads": torch.get_num_threads(),
-                    "world_size": self.world, "train_images": len(self.train_df), "val_images": len(self.val_df),
-                    "run_id": self.run_ref.run_id}, self.dir / "env.json")
-
-    def _tensorboard(self):
-        if not self.cfg["train"]["tensorboard"] or self.rank != 0:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(self.dir / "tb")
+    def _env(self) -> dict:
+        return {"seed": self.seed, "fold": self.fold, "versions": library_versions(), "device": str(self.device),
+                "amp": str(self.amp_dtype).removeprefix("torch.") if self.device.type == "cuda" else "fp32",
+                "amp_note": self.amp_note, "cuda": self.cuda_settings, "torch_threads": torch.get_num_threads(),
+                "world_size": self.world, "train_images": len(self.train_df), "val_images": len(self.val_df),
+                "run_id": self.run_ref.run_id}
 
 
 def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> list[dict]:
