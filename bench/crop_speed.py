@@ -16,7 +16,8 @@ import torch
 from common import SHARED_DATA, peak_rss_mb
 
 from maskcomp.config import load_config
-from maskcomp.crop import DecodeDataset, Item, make_detectors, run_detection
+from maskcomp.crop import Item
+from maskcomp.detect import DecodeDataset, make_detectors, run_detection
 from maskcomp.paths import Paths
 from maskcomp.sample import make_sample
 

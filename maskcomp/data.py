@@ -231,8 +231,20 @@ def read_persons(paths: Paths) -> pd.DataFrame:
     return df
 
 
-def load_train(cfg: Config, split_report: str = "train") -> pd.DataFrame:
-    """One row per training image with person, labels and the fixes applied.
+@dataclass(frozen=True)
+class TrainImages:
+    """The training images with their labels, and the label fixes that were applied to get them."""
+    images: pd.DataFrame
+    applied_fixes: pd.DataFrame
+
+
+def load_train(cfg: Config) -> pd.DataFrame:
+    """One row per training image with person and labels, label fixes applied (see read_train)."""
+    return read_train(cfg).images
+
+
+def read_train(cfg: Config) -> TrainImages:
+    """One row per training image with person, labels and the fixes applied, and the log of those fixes.
 
     Columns: image_path, person_id, id, gender, race, age, stem, mask, gender_label, age_group, label.
     """
@@ -257,15 +269,14 @@ def load_train(cfg: Config, split_report: str = "train") -> pd.DataFrame:
                 mask = 3 - mask
             rows.append({"image_path": str(image_path), "person_id": person.person_id, "id": person.id,
                          "gender": person.gender, "race": person.race, "age": person.age, "stem": stem, "mask": mask})
-    _write_skipped(problems, paths, split_report)
+    _write_skipped(problems, paths, "train")
     df = pd.DataFrame(rows)
     if df.empty:
         raise MaskcompError(f"{paths.train_csv}: no usable person; check the data root ({paths.data_root})")
     df["gender_label"] = df["gender"].map(labels.gender_code).astype(np.int64)
     df["age_group"] = labels.age_group(df["age"].to_numpy())
     df["label"] = labels.encode(df["mask"].to_numpy(), df["gender_label"].to_numpy(), df["age_group"].to_numpy())
-    df.attrs["applied_fixes"] = applied_fixes
-    return df
+    return TrainImages(df, pd.DataFrame(applied_fixes, columns=["person_id", "fix", "old", "new", "source"]))
 
 
 def load_eval(cfg: Config) -> pd.DataFrame:

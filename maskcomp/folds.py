@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from . import labels
 from .config import Config
-from .data import drop_age_bands, fix_files, load_train, training_labels
+from .data import drop_age_bands, fix_files, read_train, training_labels
 from .errors import MaskcompError
 from .fileio import write_csv
 from .manifest import Manifest, config_keys, digest_cache, digest_of, differences, is_current, write_manifest
@@ -65,7 +65,8 @@ def require_current_folds(cfg: Config) -> dict:
 def make_folds(cfg: Config) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
     paths = Paths.from_config(cfg)
-    images = load_train(cfg)
+    train = read_train(cfg)
+    images = train.images
     persons = images.drop_duplicates("person_id")[["person_id", "gender", "age", "gender_label", "age_group"]]
     persons = persons.sort_values("person_id").reset_index(drop=True)
     k = cfg["folds"]["k"]
@@ -85,7 +86,7 @@ def make_folds(cfg: Config) -> pd.DataFrame:
         log.info("wrote %s (%d persons, %d folds)", out, len(persons), k)
     write_manifest(manifest_file(cfg), folds_manifest(cfg))
     write_csv(table.reset_index(), out.with_name("fold_summary.csv"))
-    applied = pd.DataFrame(images.attrs.get("applied_fixes", []), columns=["person_id", "fix", "old", "new", "source"])
+    applied = train.applied_fixes
     write_csv(applied, out.with_name("applied_fixes.csv"))
     print("class shares per fold (persons):")
     print(table.to_string())

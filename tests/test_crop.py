@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 from skimage import data as skdata
 
-from maskcomp import crop
-from maskcomp.crop import Item, choose_box, crop_dir, crop_faces, expand_box, load_crops, run_detection
+from maskcomp import crop, detect
+from maskcomp.boxes import choose_box, expand_box, resolve_boxes
+from maskcomp.crop import Item, crop_dir, crop_faces, load_crops
+from maskcomp.detect import run_detection
 from maskcomp.paths import Paths
 
 from conftest import config_for
@@ -33,7 +35,7 @@ def test_faceless_image_takes_a_fallback(tmp_path):
     items = [Item("blank.png", "eval", str(path), "", "digest-blank")]
     dets = run_detection(items, CROP_CFG, tmp_path / "det.jsonl")
     assert dets["digest-blank"]["stage"] is None
-    recs = crop.write_crops(crop.resolve_boxes(items, dets, {"mode": "mtcnn"}),
+    recs = crop.write_crops(resolve_boxes(items, dets, {"mode": "mtcnn"}),
                             {"mode": "mtcnn", "margin": 0.2, "aspect": 0.75, "center_box": [0.1, 0.1, 0.9, 0.8]}, tmp_path / "c")
     assert recs.loc[0, "source"] == "center"
     assert cv2.imread(recs.loc[0, "crop_path"]).shape[:2] == (recs.loc[0, "y2"] - recs.loc[0, "y1"], recs.loc[0, "x2"] - recs.loc[0, "x1"])
@@ -57,7 +59,7 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
     n_images = 6 * 7 + 2 * 7
     assert len(records) == n_images
     saved = load_crops(cfg)
-    assert len(saved) == n_images and set(saved["source"]) <= set(crop.SOURCES)
+    assert len(saved) == n_images and set(saved["source"]) <= {"mtcnn", "mtcnn_relaxed", "person", "median", "center"}
     assert saved["source"].isin(["mtcnn", "mtcnn_relaxed"]).any() and (saved["source"] == "person").any()
     for col in ("split", "person_id", "source", "score", "x1", "y1", "x2", "y2", "crop_path"):
         assert col in saved
@@ -76,9 +78,9 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
     for p in gone:
         os.unlink(p)
     calls = []  # images through the strict detector (the relaxed retry of misses also goes through _detect_batch)
-    original = crop._detect_batch
+    original = detect._detect_batch
     relaxed = list(cfg["crop"]["relaxed_thresholds"])
-    monkeypatch.setattr(crop, "_detect_batch",
+    monkeypatch.setattr(detect, "_detect_batch",
                         lambda det, imgs: (list(det.thresholds) != relaxed and calls.append(len(imgs))) or original(det, imgs))
     again = crop_faces(cfg)
     assert sum(calls) == 5

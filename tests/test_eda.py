@@ -19,4 +19,4 @@ def test_eda_writes_plots_and_summary(sample_root, tmp_path):
     page = index.read_text()
     assert "persons: 40; train images: 280" in page
     for name in PLOTS:  # the page shows the plots, not their file names
-        assert f"<img src='{name}.png'" in page and f"![" in text
+        assert f"<img src='{name}.png'" in page and "![" in text

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcomp import crop, fileio, manifest
+from maskcomp import detect, fileio, manifest
 from maskcomp.config import load_config
 from maskcomp.crop import crop_faces, load_crops
 from maskcomp.ensemble import ensemble
@@ -225,8 +225,8 @@ def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
     victim, donor = images[0], images[1]
     victim.write_bytes(donor.read_bytes())
     calls = []
-    original = crop._detect_batch
-    monkeypatch.setattr(crop, "_detect_batch", lambda det, imgs: calls.append(len(imgs)) or original(det, imgs))
+    original = detect._detect_batch
+    monkeypatch.setattr(detect, "_detect_batch", lambda det, imgs: calls.append(len(imgs)) or original(det, imgs))
     crop_faces(cfg)
     again = load_crops(cfg)
     assert sum(calls) == 0, "the donor's content was detected before: its detection is reused"
