@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from maskcomp import labels
 from maskcomp.config import Config, load_config
 from maskcomp.crop import crop_faces
 from maskcomp.ensemble import ensemble, load_experiment
-from maskcomp.runs import read_oof, read_test_probs
+from maskcomp.runs import RunRef, read_oof, read_test_probs
 from maskcomp.fileio import write_json, write_text
 from maskcomp.folds import make_folds
 from maskcomp.grouping import purity_completeness
@@ -39,15 +40,23 @@ from maskcomp.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
 from maskcomp.paths import Paths
 from maskcomp.trainer import train
 
-# each recipe's config files, layered on configs/quality.yaml in this order
-RECIPES = {"baseline": ["quality_baseline"], "ours": ["quality_ours"], "ours_ordinal": ["quality_ours", "quality_ours_ordinal"]}
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe's config files (layered on configs/quality.yaml in this order) and how it makes its submission:
+    `first` (one fold model and argmax, as a first submission is made) or `pipeline` (infer, ensemble, decisions)."""
+    files: tuple[str, ...]
+    submission: str
+
+
+RECIPES = {"baseline": Recipe(("quality_baseline",), "first"), "ours": Recipe(("quality_ours",), "pipeline"),
+           "ours_ordinal": Recipe(("quality_ours", "quality_ours_ordinal"), "pipeline")}
 WORK_PATHS = ("runs", "reports", "submissions")
 # crops and decoded crop arrays are keyed by content and settings, so the recipes share them (MTCNN runs once)
 SHARED_PATHS = ("crops", "cache")
 
 
 def recipe_files(recipe: str) -> list[str]:
-    return ["configs/quality.yaml", *(f"configs/{name}.yaml" for name in RECIPES[recipe])]
+    return ["configs/quality.yaml", *(f"configs/{name}.yaml" for name in RECIPES[recipe].files)]
 
 
 def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Config:
@@ -77,6 +86,43 @@ def uncertainty(y_eval: np.ndarray, pred_eval: np.ndarray, eval_persons: np.ndar
             "eval_minus_cv_90ci": np.percentile(boot_eval - boot_cv, [5, 95]).tolist()}
 
 
+@dataclass
+class Submission:
+    """What a recipe submitted and how it estimated itself."""
+    pred: np.ndarray
+    ids: list[str]
+    cv: float
+    oof: pd.DataFrame
+    run: RunRef
+    extra: dict
+
+
+def first_submission(cfg: Config) -> Submission:
+    """One model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled."""
+    run = infer(cfg, folds=[0])
+    oof = read_oof(run, tta=False)
+    cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
+    probs, ids = read_test_probs(run, 0)
+    return Submission(probs.argmax(1), ids, cv, oof, run,
+                      {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"})
+
+
+def pipeline_submission(cfg: Config, answer_table: pd.DataFrame) -> Submission:
+    """The pipeline's own: every fold inferred with TTA, then the ensemble and its nested decision steps."""
+    run = infer(cfg)
+    oof = load_experiment(cfg, cfg["experiment"]).oof
+    sub_path = ensemble(cfg)
+    side = json.loads(sub_path.with_suffix(".json").read_text())
+    sub = pd.read_csv(sub_path, dtype={"ImageID": str})
+    extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
+                                 "each fitted on the other folds where applied (nested); eval is the fold ensemble",
+             "biases_applied": side["biases_applied"], "nested_bias_gain": side["nested_bias_gain"]["gain"],
+             "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
+             "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
+             **grouping_scores(side, sub_path, answer_table), **age_cut_scores(side)}
+    return Submission(sub["ans"].to_numpy(), sub["ImageID"].tolist(), side["cv_macro_f1"], oof, run, extra)
+
+
 def run_recipe(recipe: str, cfg: Config) -> dict:
     """All stages of one recipe; returns its CV and eval scores."""
     paths = Paths.from_config(cfg)
@@ -86,44 +132,22 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
     readable = records[~records["unreadable"]]
     make_folds(cfg)
     train(cfg)
-    k = cfg["folds"]["k"]
-    if recipe == "baseline":
-        # one model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled
-        run = infer(cfg, folds=[0])
-        oof = read_oof(run, tta=False)
-        cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
-        probs, ids = read_test_probs(run, 0)
-        pred = probs.argmax(1)
-        extra = {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"}
-    else:
-        run = infer(cfg)
-        oof = load_experiment(cfg, cfg["experiment"]).oof
-        sub_path = ensemble(cfg)
-        side = json.loads(sub_path.with_suffix(".json").read_text())
-        sub = pd.read_csv(sub_path, dtype={"ImageID": str})
-        pred, ids = sub["ans"].to_numpy(), sub["ImageID"].tolist()
-        cv = side["cv_macro_f1"]
-        extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
-                                     "each fitted on the other folds where applied (nested); eval is the fold ensemble",
-                 "biases_applied": side["biases_applied"], "nested_bias_gain": side["nested_bias_gain"]["gain"],
-                 "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
-                 "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
-                 **grouping_scores(side, sub_path, answer_table), **age_cut_scores(side)}
+    sub = first_submission(cfg) if RECIPES[recipe].submission == "first" else pipeline_submission(cfg, answer_table)
     # each fold model alone on eval: what the OOF estimate measures, so the fold ensemble's gain shows beside it
     fold_models = []
-    for f in run.trained_folds():
-        if (run.fold_dir(f) / "test_probs.npy").exists():
-            probs, fold_ids = read_test_probs(run, f)
+    for f in sub.run.trained_folds():
+        if (sub.run.fold_dir(f) / "test_probs.npy").exists():
+            probs, fold_ids = read_test_probs(sub.run, f)
             fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), probs.argmax(1)))
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
     return {"recipe": recipe, "config_files": recipe_files(recipe),
-            "cv_macro_f1": cv, **eval_scores(pred, ids, answers),
-            **uncertainty(answers.loc[ids].to_numpy(), pred, answer_table.loc[ids, "person_id"].to_numpy(), oof),
+            "cv_macro_f1": sub.cv, **eval_scores(sub.pred, sub.ids, answers),
+            **uncertainty(answers.loc[sub.ids].to_numpy(), sub.pred, answer_table.loc[sub.ids, "person_id"].to_numpy(), sub.oof),
             "eval_macro_f1_fold_models": fold_models, "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
             "crop_mode": cfg["crop"]["mode"], "crop_detection_rate": float(detected.mean()),
             "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),
             "backbone": cfg["model"]["backbone"], "img_size": cfg["train"]["img_size"], "epochs": cfg["train"]["epochs"],
-            "folds": k, "train_images": int((readable["split"] == "train").sum()), **extra}
+            "folds": cfg["folds"]["k"], "train_images": int((readable["split"] == "train").sum()), **sub.extra}
 
 
 def grouping_scores(side: dict, sub_path: Path, answer_table: pd.DataFrame) -> dict:

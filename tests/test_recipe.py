@@ -13,7 +13,7 @@ from maskcomp.data import load_train
 from maskcomp.errors import MaskcompError
 from maskcomp.losses import Criterion, soft_f1_loss
 from maskcomp.metrics import macro_f1
-from maskcomp.models import create_backbone, pypi_weights_file, remap_by_order
+from maskcomp.models import create_backbone, create_model, head_sizes, pypi_weights_file, remap_by_order
 
 from conftest import config_for
 
@@ -84,15 +84,41 @@ def test_recipe_configs_load(name):
     assert cfg["data"]["known_label_fixes"] and cfg["train"]["age_old_threshold"] == 58
 
 
-@pytest.mark.parametrize("backbone,params", [("efficientnet_lite0", 4_694_073), ("efficientnet_lite1", None), ("efficientnet_lite2", None)])
+@pytest.mark.parametrize("backbone,params", [("efficientnet_lite0", 4_694_073), ("efficientnet_lite1", 5_470_408),
+                                             ("efficientnet_lite2", 6_150_232)])
 def test_pypi_weights_map_every_tensor(backbone, params):
     import timm
     source = torch.load(pypi_weights_file(backbone), map_location="cpu", weights_only=True)
     target = timm.create_model(backbone, pretrained=False).state_dict()
     mapped = remap_by_order(source, target)
     assert len(mapped) == len(target) == len(source)
-    if params:
-        assert sum(t.numel() for t in source.values()) == params
+    assert sum(t.numel() for t in source.values()) == params
+
+
+def test_competition_recipe_builds_and_learns_on_a_tiny_batch():
+    """configs/competition.yaml as trained on a GPU: efficientnet_lite2 with the PyPI weights at 352x264, three
+    heads, focal + soft-F1; a few steps on one batch must lower its loss."""
+    cfg = load_config("configs/competition.yaml")
+    torch.manual_seed(0)
+    model = create_model(cfg["model"])
+    heads = head_sizes(cfg["model"]["head"])
+    assert cfg["model"]["backbone"] == "efficientnet_lite2" and cfg["train"]["img_size"] == [352, 264]
+    assert heads == {"mask": 3, "gender": 2, "age": 3}
+    x = torch.randn(2, 3, *cfg["train"]["img_size"])
+    targets = {"mask": torch.tensor([0, 2]), "gender": torch.tensor([1, 0]), "age": torch.tensor([2, 0]), "label": torch.tensor([5, 12])}
+    criterion = Criterion(cfg["loss"], heads)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    model.train()
+    for _ in range(4):
+        outputs = model(x)
+        assert {k: tuple(v.shape) for k, v in outputs.items()} == {"mask": (2, 3), "gender": (2, 2), "age": (2, 3)}
+        loss = criterion(outputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0], losses
 
 
 def _classify(model, img):

@@ -1,11 +1,13 @@
 """Optional training features: backbone freezing, EMA of weights, TensorBoard events, torch.compile."""
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from maskcomp.crop import crop_faces
 from maskcomp.data import load_train
-from maskcomp.folds import make_folds
+from maskcomp.folds import load_folds, make_folds
 from maskcomp.device import Placement
 from maskcomp.runs import open_run
 from maskcomp.trainer import FoldTrainer, run_manifest, train
@@ -69,15 +71,63 @@ def test_tensorboard_events_hold_the_epoch_scalars(tiny_root, tmp_path):
     assert [e.step for e in events.Scalars("f1")] == [1, 2]
 
 
+def _learns(trainer: FoldTrainer, epochs: int = 3) -> list[float]:
+    """Train `epochs` epochs; every parameter group moved and the loss went down."""
+    before = _snapshot(trainer.model)
+    losses = [trainer._train_epoch(e)[0] for e in range(epochs)]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0], losses
+    moved = _changed(before, trainer.model)
+    assert any(k.startswith("backbone.") for k in moved) and any(not k.startswith("backbone.") for k in moved)
+    return losses
+
+
 def test_compiled_model_trains_and_matches_eager(tiny_root, tmp_path):
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "train.compile=true", "model.backbone=test_efficientnet")
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3", "train.compile=true", "model.backbone=test_efficientnet", "train.lr=0.01")
     trainer = _trainer(cfg)
     assert isinstance(trainer.net, torch._dynamo.eval_frame.OptimizedModule)
-    loss, _ = trainer._train_epoch(0)
-    assert math.isfinite(loss) and loss > 0
+    _learns(trainer)
     trainer.model.eval()
     x = torch.randn(4, 3, 48, 36)
     with torch.no_grad():
         eager, compiled = trainer.model(x), trainer.net(x)
     for head in eager:
         assert torch.allclose(eager[head], compiled[head], atol=1e-4), head
+
+
+def test_mixup_inside_the_trainer_mixes_the_batches_it_trains_on(tiny_root, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3", "model.head=single", "augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0",
+               "augment.mix_prob=1.0", "train.lr=0.01")
+    trainer = _trainer(cfg)
+    assert trainer.mixup is not None
+    mixed = []
+    original = trainer.criterion
+    trainer.criterion = lambda outputs, targets: mixed.append(targets["label"].is_floating_point()) or original(outputs, targets)
+    _learns(trainer)
+    assert mixed and all(mixed), "the loss never saw Mixup's soft targets"
+
+
+def test_balanced_class_weights_reach_the_loss(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3", "loss.class_weights=balanced", "train.lr=0.01")
+    trainer = _trainer(cfg)
+    weights = trainer.criterion.class_weights
+    assert set(weights) == {"mask", "gender", "age"}
+    # 5 of a person's 7 images are worn masks: the worn class weighs least, the two others 5x as much
+    assert weights["mask"][0] < weights["mask"][1] == weights["mask"][2]
+    assert float(weights["mask"][1] / weights["mask"][0]) == pytest.approx(5.0)
+    _learns(trainer)
+
+
+def test_weighted_sampler_with_skip_bad_leaves_out_the_missing_crop(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "folds.oversample.strategy=sampler", "folds.oversample.head=mask",
+               "folds.oversample.targets={1: 0.5}", "data.skip_bad=true")
+    images = load_train(cfg)
+    gone = images.loc[load_folds(cfg, images) != 0, "image_path"].iloc[0]
+    trainer = FoldTrainer(cfg, 0, images.assign(image_path=images["image_path"].replace(gone, gone + ".missing")),
+                          open_run(cfg, run_manifest(cfg)), Placement(torch.device("cpu")))
+    assert trainer.sampler.weights is not None and len(trainer.sampler.weights) == len(trainer.train_df)
+    assert (gone + ".missing") not in set(trainer.train_df["image_path"])
+    incorrect = (trainer.train_df["mask"] == 1).to_numpy()
+    trainer.sampler.set_epoch(0)
+    drawn = [i for i, _ in trainer.sampler]
+    assert np.mean(incorrect[drawn]) > 2 * incorrect.mean(), "the sampler does not favour the oversampled class"
