@@ -54,6 +54,8 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     folds = ref.trained_folds()
     if not folds:
         raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
+    oof = read_oof(ref, tta=True)
+    ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
     for fold in folds:
         if not (ref.fold_dir(fold) / "oof_tta.csv").exists():
@@ -63,11 +65,8 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
             raise MaskcompError(f"{ref.fold_dir(fold) / 'test_ids.csv'}: eval images differ between folds; run `make infer` again")
         ids = fold_ids
         tests.append(probs)
-        table = read_test_table(ref, fold)
-        if set(labels.AGE_ORD_COLUMNS) <= set(table.columns):
-            ords.append(table[labels.AGE_ORD_COLUMNS].to_numpy())
-    oof = read_oof(ref, tta=True)
-    ordinal = len(ords) == len(folds) and set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)
+        if ordinal:
+            ords.append(read_test_table(ref, fold)[labels.AGE_ORD_COLUMNS].to_numpy())
     return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref)
 
 

@@ -27,12 +27,13 @@ AGE_CUTS = (25, 27, 28, 29, 30, 31, 32, 35, 45, 50, 55, 56, 57, 58, 59, 60, 61, 
 AGE_ORD_COLUMNS = [f"age_ord_p{i}" for i in range(len(AGE_CUTS))]
 
 
-def age_groups_from_ordinal(p_at_least: np.ndarray, young: int = YOUNG_THRESHOLD, old: int = OLD_THRESHOLD) -> np.ndarray:
-    """(N, 3) age-group probabilities from (N, len(AGE_CUTS)) P(age >= k), with the groups cut at `young` and `old`."""
+def age_groups_from_ordinal(p_at_least, young: int = YOUNG_THRESHOLD, old: int = OLD_THRESHOLD, stack=np.stack):
+    """(N, 3) age-group probabilities from (N, len(AGE_CUTS)) P(age >= k), with the groups cut at `young` and `old`.
+    Works on numpy arrays and, with stack=torch.stack, on torch tensors (the model's forward uses it too)."""
     p_young_or_more = p_at_least[:, AGE_CUTS.index(young)]
     p_old = p_at_least[:, AGE_CUTS.index(old)]
-    groups = np.stack([1 - p_young_or_more, np.clip(p_young_or_more - p_old, 0, None), p_old], 1)
-    return groups / np.clip(groups.sum(1, keepdims=True), 1e-9, None)
+    groups = stack([1 - p_young_or_more, (p_young_or_more - p_old).clip(0, None), p_old], 1)
+    return groups / groups.sum(1, keepdims=True).clip(1e-9, None)
 
 
 def gender_code(gender: str) -> int:

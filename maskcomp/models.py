@@ -50,11 +50,8 @@ def head_sizes(head_kind: str) -> dict[str, int]:
 
 
 def ordinal_age_log_probs(age_ord_logits: torch.Tensor) -> torch.Tensor:
-    p = age_ord_logits.float().sigmoid()
-    young_or_more = p[:, labels.AGE_CUTS.index(labels.YOUNG_THRESHOLD)]
-    old = p[:, labels.AGE_CUTS.index(labels.OLD_THRESHOLD)]
-    groups = torch.stack([1 - young_or_more, (young_or_more - old).clamp_min(0), old], 1)
-    return torch.log((groups / groups.sum(1, keepdim=True).clamp_min(1e-9)).clamp_min(1e-8))
+    groups = labels.age_groups_from_ordinal(age_ord_logits.float().sigmoid(), stack=torch.stack)
+    return torch.log(groups.clamp_min(1e-8))
 
 
 def probs18(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
