@@ -53,3 +53,32 @@ def test_uncertainty_intervals_cover_the_score_and_a_zero_gap():
     lo, hi = u["eval_minus_cv_90ci"]
     assert lo < 0 < hi
     assert _cell([0.41, 0.5]) == "0.4100 to 0.5000"
+
+
+def test_noise_benchmark_plants_what_it_reports(sample_root, tmp_path):
+    """bench/noise.py's planted copy: links to the original images, folder names that agree with train.csv, the
+    planted genders and ages read by the pipeline, incorrect_mask and normal traded for swapped persons."""
+    from noise import plant
+
+    from maskcomp.config import load_config
+    from maskcomp.data import load_train
+
+    planted = plant(sample_root, tmp_path / "noisy", seed=1, counts={"gender": 4, "swap_incorrect_normal": 3, "age": 3})
+    assert planted["kind"].value_counts().to_dict() == {"gender": 4, "swap_incorrect_normal": 3, "age": 3}
+    noisy = pd.read_csv(tmp_path / "noisy" / "train" / "train.csv", dtype=str).set_index("id")
+    clean = pd.read_csv(sample_root / "train" / "train.csv", dtype=str).set_index("id")
+    assert (noisy["path"] == noisy.index + "_" + noisy["gender"] + "_" + noisy["race"] + "_" + noisy["age"]).all()
+    for row in planted.itertuples():
+        if row.kind == "gender":
+            assert clean.at[row.person_id, "gender"] == row.old != noisy.at[row.person_id, "gender"] == row.new
+        elif row.kind == "age":
+            assert labels.age_group(int(row.new)) != labels.age_group(int(row.old)) and noisy.at[row.person_id, "age"] == row.new
+        else:
+            folder = tmp_path / "noisy" / "train" / "images" / noisy.at[row.person_id, "path"]
+            source = sample_root / "train" / "images" / clean.at[row.person_id, "path"]
+            assert next(folder.glob("incorrect_mask.*")).resolve().stem == "normal"
+            assert next(folder.glob("normal.*")).resolve().parent == source.resolve()
+    images = load_train(load_config(None, [f"paths.data_root={tmp_path / 'noisy'}"]))
+    flipped = planted.loc[planted["kind"] == "gender", "person_id"]
+    got = images.drop_duplicates("person_id").set_index("person_id").loc[flipped, "gender"]
+    assert (got == noisy.loc[flipped, "gender"]).all() and len(images) == len(clean) * 7
