@@ -149,23 +149,26 @@ def write_plots(a: Analysis, cfg: Config, out: Path) -> None:
     candidate_strips(a, crops, out / "label_noise.png")
 
 
-CANDIDATE_STRIPS = 8  # persons shown as thumbnails, from the top of the candidate list
+STRIPS_PER_KIND = 4  # persons shown as thumbnails per kind of fix, from the top of the candidate list
 
 
 def candidate_strips(a: Analysis, crops: dict[str, str], path: Path) -> None:
-    """Each top candidate's 7 images in a row; the first caption says the fix, its confidence and whether it is automatic."""
+    """The top candidates of each kind (systematic ones left out), each person's 7 images in a row; the first
+    caption says the fix, its confidence and whether it is automatic, the others name the image."""
+    found = a.candidates[~a.candidates["systematic"].astype(bool)]
+    shown = found.groupby("fix", sort=False).head(STRIPS_PER_KIND)
     images, captions = [], []
-    for r in a.candidates.head(CANDIDATE_STRIPS).itertuples():
+    for r in shown.itertuples():
         rows = a.oof[a.oof["person_id"] == r.person_id]
         rows = rows.assign(order=[labels.IMAGE_STEMS.index(Path(p).stem) for p in rows["image_path"]]).sort_values("order")
-        head = (f"{r.person_id} {r.fix}\n{r.current} -> {r.suggested}\nconf {r.confidence:.2f}"
-                + (", automatic" if r.auto else ", systematic" if r.systematic else ", review"))
+        head = (f"{r.person_id}: {r.fix}\n{r.current} -> {r.suggested}\nconf {r.confidence:.2f}, "
+                + ("automatic" if r.auto else "review"))
         for i, p in enumerate(rows["image_path"]):
             images.append(_thumb(crops.get(p, p)))
             captions.append(head if i == 0 else Path(p).stem)
     if images:
-        plots.image_grid(images, captions, "label-noise candidates, most likely first (one person per row)", path,
-                         cols=len(labels.IMAGE_STEMS))
+        plots.image_grid(images, captions, "label-noise candidates: the most likely of each kind (one person per row)",
+                         path, cols=len(labels.IMAGE_STEMS), fontsize=9)
 
 
 def analyze_experiment(cfg: Config, experiment: str) -> Path:

@@ -30,6 +30,9 @@ from .runs import read_oof, resolve_run
 CANDIDATE_COLUMNS = ["person_id", "fix", "value", "confidence", "auto", "systematic", "current", "suggested", "note"]
 FIX_FILE_COLUMNS = ["person_id", "fix", "value", "note"]
 EPS = 1e-6
+# an age label two groups off (<30 written for a person over 60, or the reverse) is a far rarer slip than one across a
+# single boundary: such directions get this share of the prior
+SKIP_GROUP_PRIOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,11 @@ class Direction:
     mine: pd.DataFrame
     reference: np.ndarray
     decision: float = 0.5
+    prior_factor: float = 1.0        # this direction's share of the kind's prior
 
     def candidates(self, settings: NoiseSettings) -> pd.DataFrame:
         scores = self.mine["score"].to_numpy()
-        confidence = estimated_precision(scores, self.reference, settings.prior)
+        confidence = estimated_precision(scores, self.reference, settings.prior * self.prior_factor)
         looks_other = scores > self.decision
         rate = float(looks_other.mean()) if len(scores) else 0.0
         out = self.mine.assign(fix=self.fix, confidence=confidence.round(3), systematic=rate >= settings.systematic_rate)
@@ -119,7 +123,8 @@ def age_directions(per: pd.DataFrame) -> list[Direction]:
                                  "suggested": f"{suggested} ({labels.AGE_NAMES[b]})", "value": "" if suggested is None else str(suggested),
                                  "note": [f"labelled {x}; its images look {labels.AGE_NAMES[b]} (mean p {s:.2f}); "
                                           f"suggested: the median age of persons labelled {labels.AGE_NAMES[b]}" for x, s in zip(mine["age"], score)]})
-            out.append(Direction("age", rows, theirs[f"age_p{b}"].to_numpy(), decision=0.0))
+            out.append(Direction("age", rows, theirs[f"age_p{b}"].to_numpy(), decision=0.0,
+                                 prior_factor=1.0 if abs(a - b) == 1 else SKIP_GROUP_PRIOR))
     return out
 
 

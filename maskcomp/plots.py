@@ -90,16 +90,16 @@ def confusion(matrix: np.ndarray, names, title: str, path: Path) -> Path:
     return save(fig, path)
 
 
-def image_grid(images: list[np.ndarray], captions: list[str], title: str, path: Path, cols: int = 6) -> Path:
-    """RGB uint8 images in a grid with a caption under each."""
+def image_grid(images: list[np.ndarray], captions: list[str], title: str, path: Path, cols: int = 6, fontsize: int = 8) -> Path:
+    """RGB uint8 images in a grid with a caption above each."""
     rows = max(1, (len(images) + cols - 1) // cols)
     caption_lines = max((c.count("\n") + 1 for c in captions), default=1)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, (2.3 + 0.2 * caption_lines) * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, (2.3 + 0.025 * fontsize * caption_lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
         ax.imshow(img)
-        ax.set_title(cap, fontsize=8)
+        ax.set_title(cap, fontsize=fontsize)
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
