@@ -123,6 +123,7 @@ def run_variant(name: str, data: Path, work_root: Path, overrides: list[str]) ->
     subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--child", "ours", "--data", str(data), "--work", str(work),
                     "--out", str(out), "--set", *overrides], check=True)
     result = {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1)}
+    write_json(result, out)
     print(f"{name}: eval macro F1 {result['eval_macro_f1']:.4f}, CV {result['cv_macro_f1']:.4f}, {result['wall_s']:.0f} s", flush=True)
     return result
 
@@ -157,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every variant")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: detection, loop and report again from the runs already in --work")
     args = parser.parse_args(argv)
+    if args.report_only and args.work is None:
+        parser.error("--report-only needs --work (the folder of an earlier run)")
     if not (args.data / "train" / "train.csv").exists() or not (args.data / "eval_answers.csv").exists():
         print(f"bench-noise: skipped, no benchmark data at {args.data}")
         return 0
@@ -182,12 +187,16 @@ def run_all(args: argparse.Namespace, work_root: Path) -> dict:
         planted = plant(args.data.resolve(), noisy_data, args.seed)
         write_csv(planted, work_root / "planted.csv")
     planted = pd.read_csv(work_root / "planted.csv", dtype=str, keep_default_na=False)
-    runs = {"noisy": run_variant("noisy", noisy_data, work_root, args.set)}
+    if args.report_only:
+        runs = {name: json.loads((work_root / name / "result.json").read_text()) for name in VARIANTS}
+    else:
+        runs = {"noisy": run_variant("noisy", noisy_data, work_root, args.set)}
     cfg = recipe_config("ours", noisy_data, work_root / "noisy", False, args.set)
     fixes = relabel(cfg)
     found = pd.read_csv(fixes.candidates, dtype={"person_id": str, "value": str}, keep_default_na=False)
-    runs["fixed"] = run_variant("fixed", noisy_data, work_root, [*args.set, f"data.label_fixes=[{fixes.fixes}]"])
-    runs["oracle"] = run_variant("oracle", args.data.resolve(), work_root, args.set)
+    if not args.report_only:
+        runs["fixed"] = run_variant("fixed", noisy_data, work_root, [*args.set, f"data.label_fixes=[{fixes.fixes}]"])
+        runs["oracle"] = run_variant("oracle", args.data.resolve(), work_root, args.set)
     return summarise(args, runs, detection(found, planted), fixes.automatic, paired_differences(args.data, work_root))
 
 
