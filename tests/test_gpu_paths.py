@@ -60,7 +60,6 @@ def test_gpu_check_without_cuda_says_so_and_exits_zero():
     assert proc.stdout.startswith("gpu-check: no CUDA device here, nothing to check")
 
 
-@pytest.mark.slow
 def test_gpu_check_steps_run_on_the_cpu():
     rows = run_check("cpu", ddp_processes=2)
     assert [r.status for r in rows] == ["ok"] * len(rows), table(rows)

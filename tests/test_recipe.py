@@ -117,7 +117,7 @@ def test_competition_recipe_builds_and_learns_on_a_tiny_batch():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0], losses
 
 

@@ -43,8 +43,8 @@ def test_run_writes_every_file(tiny_cfg):
     for col in ("train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc", "lr", "images_per_s"):
         assert metrics[col].notna().all(), col
     oof = pd.read_csv(run / "oof.csv")
-    assert np.allclose(oof[[f"p{i}" for i in range(18)]].sum(1), 1, atol=1e-4)
-    assert np.allclose(oof[["mask_p0", "mask_p1", "mask_p2"]].sum(1), 1, atol=1e-4)
+    assert np.allclose(oof[[f"p{i}" for i in range(18)]].sum(axis=1), 1, atol=1e-4)
+    assert np.allclose(oof[["mask_p0", "mask_p1", "mask_p2"]].sum(axis=1), 1, atol=1e-4)
     assert oof["fold"].eq(0).all() and result["best_f1"] == pytest.approx(metrics["f1"].max())
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 42 and "torch" in env["versions"]
