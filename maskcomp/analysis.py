@@ -188,7 +188,8 @@ def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
     summary = a.folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4).reset_index(names="")
     links = [htmlpage.link(a.run.dir / "config.yaml", out, "config"), htmlpage.link(a.run.dir / "oof.csv", out, "OOF"),
              htmlpage.link(out / "per_class.csv", out, "per-class CSV"), htmlpage.link(out / "label_fix_candidates.csv", out, "candidates CSV")]
-    links += [htmlpage.link(p, out, name) for name, p in (("EDA", paths.reports / "eda" / "index.html"),
+    submission = paths.submissions / f"{a.experiment.replace('@', '-')}.csv"
+    links += [htmlpage.link(p, out, name) for name, p in (("submission", submission), ("EDA", paths.reports / "eda" / "index.html"),
                                                           ("crop report", paths.reports / "crop" / "index.html"),
                                                           ("all runs", paths.reports / "index.html")) if p.exists() or name == "all runs"]
     manifest = read_manifest(a.run.dir)

@@ -137,6 +137,7 @@ def test_report_pages_have_no_broken_links_or_images(pipeline):
         assert broken_references(page) == [], page
     analysis = (reports / "analysis" / "sample" / "index.html").read_text()
     assert "<nav>Contents:" in analysis and "href='../../eda/index.html'" in analysis and "label_noise.png" in analysis
+    assert "href='../../../submissions/sample.csv'>submission</a>" in analysis
 
 
 def test_link_check_finds_a_missing_image_and_a_dead_anchor(tmp_path):
