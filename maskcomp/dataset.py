@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,29 +30,42 @@ log = logging.getLogger(__name__)
 
 
 class CropCache:
-    """Row lookup by original image path into a (N, H, W, 3) uint8 memmap of crops."""
+    """Row lookup into a (N, H, W, 3) uint8 memmap of crops. Rows are keyed by each image's place under the data
+    root (the crop records' `key`), not by its absolute path: a data folder moved or copied elsewhere, with the
+    same contents, keeps using the same rows (the crop manifest, which vouches for them, holds those keys too)."""
 
-    def __init__(self, array: np.ndarray, image_paths: list[str], manifest: dict):
-        self.array, self.manifest = array, manifest
-        self.row = {p: i for i, p in enumerate(image_paths)}
+    def __init__(self, array: np.ndarray, keys: list[str], data_root: Path, manifest: dict):
+        self.array, self.manifest, self.data_root = array, manifest, data_root
+        self.row_of_key = {k: i for i, k in enumerate(keys)}
+
+    def key(self, image_path: str) -> str:
+        path = Path(image_path)
+        return path.relative_to(self.data_root).as_posix() if path.is_relative_to(self.data_root) else image_path
+
+    def has(self, image_paths) -> np.ndarray:
+        return np.array([self.key(p) in self.row_of_key for p in image_paths], dtype=bool)
 
     def rows(self, image_paths) -> np.ndarray:
-        missing = [p for p in image_paths if p not in self.row]
+        keys = [self.key(p) for p in image_paths]
+        missing = [p for p, k in zip(image_paths, keys) if k not in self.row_of_key]
         if missing:
             raise MaskcompError(f"{missing[0]}: no face crop for this image ({len(missing)} missing); "
                                 "run `make crop` again, or set data.skip_bad=true if it is unreadable")
-        return np.array([self.row[p] for p in image_paths], dtype=np.int64)
+        return np.array([self.row_of_key[k] for k in keys], dtype=np.int64)
 
 
 def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
     """Open (building once if needed) the crop array for the current crop config at size (h, w)."""
     h, w = size
     manifest = require_current_crops(cfg)
-    folder = Paths.from_config(cfg).cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
+    paths = Paths.from_config(cfg)
+    folder = paths.cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
     array_path, index_path = folder / "images.npy", folder / "index.csv"
     crops = load_crops(cfg)
     if index_path.exists() and array_path.exists():
-        return CropCache(np.load(array_path, mmap_mode="r"), pd.read_csv(index_path)["image_path"].tolist(), manifest)
+        index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+        if "key" in index:  # an index of absolute paths (older layout) is rebuilt
+            return CropCache(np.load(array_path, mmap_mode="r"), index["key"].tolist(), paths.data_root, manifest)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(crops), h, w, 3))
@@ -63,9 +77,9 @@ def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
         array.flush()
         del array
         index_path.unlink(missing_ok=True)
-    write_csv(pd.DataFrame({"image_path": crops.index}), index_path)
+    write_csv(pd.DataFrame({"key": crops["key"]}), index_path)
     log.info("cached %d crops at %dx%d in %s", len(crops), h, w, array_path)
-    return CropCache(np.load(array_path, mmap_mode="r"), crops.index.tolist(), manifest)
+    return CropCache(np.load(array_path, mmap_mode="r"), crops["key"].tolist(), paths.data_root, manifest)
 
 
 class CropDataset(Dataset):
@@ -123,7 +137,7 @@ def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what
     """With skip_bad, rows without a crop are left out (and counted); otherwise CropCache.rows raises."""
     if not skip_bad:
         return df
-    keep = df["image_path"].isin(cache.row)
+    keep = pd.Series(cache.has(df["image_path"]), index=df.index)
     if (~keep).any():
         log.warning("%s: leaving out %d image(s) without a crop (data.skip_bad=true)", what, int((~keep).sum()))
     return df[keep].reset_index(drop=True)

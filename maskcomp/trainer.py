@@ -105,7 +105,7 @@ class FoldTrainer:
         train, val, weights = split_fold(cfg, images, fold)
         skip = cfg["data"]["skip_bad"]
         if weights is not None and skip:
-            weights = weights[train["image_path"].isin(cache.row).to_numpy()]
+            weights = weights[cache.has(train["image_path"])]
         self.train_df = existing_crops_only(train, cache, skip, "train split")
         self.val_df = existing_crops_only(val, cache, skip, "validation split")
         mean, std = normalisation(cfg["model"]["backbone"])

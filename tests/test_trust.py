@@ -17,6 +17,8 @@ import torch
 from maskcomp import detect, fileio, manifest
 from maskcomp.config import load_config
 from maskcomp.crop import crop_faces, load_crops
+from maskcomp.data import load_train
+from maskcomp.dataset import build_cache
 from maskcomp.ensemble import ensemble
 from maskcomp.errors import MaskcompError
 from maskcomp.folds import make_folds
@@ -214,6 +216,23 @@ with run_lock(RunRef("sample", Path(sys.argv[1]).name, Path(sys.argv[1]))):
     print("locked", flush=True)
     time.sleep(60)
 """
+
+
+def test_a_moved_data_folder_keeps_its_crops_and_cache(tiny, tmp_path):
+    """The same images under another data root (a copy, a moved folder): the crop manifest still holds (it keys
+    images by their place under the root), and the decoded crop cache must serve the new paths, not the old ones."""
+    root, cfg = tiny
+    crop_faces(cfg)
+    size = tuple(cfg["train"]["img_size"])
+    first = build_cache(cfg, size)
+    moved = copy_data(root, tmp_path / "moved")
+    cfg2 = {**cfg, "paths": {**cfg["paths"], "data_root": str(moved)}}
+    crop_faces(cfg2)
+    second = build_cache(cfg2, size)
+    old_paths, new_paths = load_train(cfg)["image_path"], load_train(cfg2)["image_path"]
+    assert new_paths.str.startswith(str(moved)).all()
+    assert np.array_equal(second.rows(new_paths), first.rows(old_paths))
+    assert second.has(new_paths).all()
 
 
 def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
