@@ -12,8 +12,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
     result = relabel(cfg)
     print(f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
-          f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}\n"
-          f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not changed)")
+          f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}")
+    if result.automatic:
+        print(f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not changed)")
+    else:
+        print("next: nothing is confident enough to apply on its own; review the candidates (the analysis page shows "
+              "their images) and list your fixes in a file for data.label_fixes")
 
 
 if __name__ == "__main__":
