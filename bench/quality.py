@@ -116,7 +116,7 @@ def pipeline_submission(cfg: Config, answer_table: pd.DataFrame) -> Submission:
     sub = pd.read_csv(sub_path, dtype={"ImageID": str})
     extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
                                  "each fitted on the other folds where applied (nested); eval is the fold ensemble",
-             "biases_applied": side["biases_applied"], "nested_bias_gain": side["nested_bias_gain"]["gain"],
+             "biases_applied": side["biases_applied"], "nested_bias_gain": (side["nested_bias_gain"] or {}).get("gain"),
              "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
              "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
              **grouping_scores(side, sub_path, answer_table), **age_cut_scores(side)}

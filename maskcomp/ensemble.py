@@ -212,7 +212,13 @@ def decide(logp_oof: np.ndarray, y: np.ndarray, folds: np.ndarray, ec: dict) -> 
     nested = None
     before = scores(y, np.exp(logp_oof))
     cv_f1 = before["f1"]
-    if ec["tune_biases"]:
+    if ec["tune_biases"] and len(np.unique(folds)) < 2:
+        # the nested check tunes on the other folds: with one fold there are none, and in-sample biases would be
+        # applied blind; `true` still applies them, and the CV stays the plain OOF score
+        log.info("biases %s: measuring them needs OOF of 2 or more folds", "applied unmeasured" if ec["tune_biases"] is True else "not applied")
+        if ec["tune_biases"] is True:
+            biases = tune_biases(logp_oof, y, ec["bias_rounds"], ec["bias_mode"])
+    elif ec["tune_biases"]:
         biases = tune_biases(logp_oof, y, ec["bias_rounds"], ec["bias_mode"])
         nested = nested_bias_gain(logp_oof, y, folds, ec["bias_rounds"], ec["bias_mode"])
         if ec["tune_biases"] == "auto" and nested["gain"] <= 0:

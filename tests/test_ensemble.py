@@ -163,3 +163,20 @@ def test_submission_validator_rejects_malformed(sub, pattern):
 
 def test_submission_validator_accepts_good_one():
     validate_submission(pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [0, 17, 5]}), _info(), "sub.csv")
+
+
+def test_one_fold_gets_no_unmeasured_biases():
+    """With OOF of a single fold there is nothing to tune on but the fold itself: `auto` applies no biases and
+    reports the plain OOF score (before, nested tuning on zero rows gave NaN warnings and a meaningless gain)."""
+    import warnings
+
+    from maskcomp.ensemble import decide
+
+    y, p, _ = _noisy_oof(5)
+    logp = np.log(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = decide(logp, y, np.zeros(len(y), int), {"tune_biases": "auto", "bias_rounds": 1, "bias_mode": "class"})
+        forced = decide(logp, y, np.zeros(len(y), int), {"tune_biases": True, "bias_rounds": 1, "bias_mode": "class"})
+    assert not auto.biases.any() and auto.nested is None and auto.cv_f1 == auto.before["f1"]
+    assert forced.biases.any() and forced.nested is None and forced.cv_f1 == forced.before["f1"] < forced.after_f1
