@@ -42,7 +42,16 @@ def image(name: str, alt: str) -> str:
 
 
 def table(df: pd.DataFrame, escape: bool = True) -> str:
-    return df.to_html(index=False, border=0, escape=escape, na_rep="")
+    """The frame as an HTML table; text columns are left-aligned (numbers stay right-aligned)."""
+    out = df.to_html(index=False, border=0, escape=escape, na_rep="")
+    text = {i for i, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    if not text:
+        return out
+
+    def mark(row: re.Match) -> str:
+        cells = row.group(0).split("<td>")
+        return cells[0] + "".join(("<td class='text'>" if i in text else "<td>") + c for i, c in enumerate(cells[1:]))
+    return re.sub(r"<tr>.*?</tr>", mark, out, flags=re.S)
 
 
 def render(title: str, meta: list[str], sections: list[Section], path: Path, lead: list[str] | None = None) -> Path:

@@ -94,7 +94,7 @@ def image_grid(images: list[np.ndarray], captions: list[str], title: str, path: 
     """RGB uint8 images in a grid with a caption above each."""
     rows = max(1, (len(images) + cols - 1) // cols)
     caption_lines = max((c.count("\n") + 1 for c in captions), default=1)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, (2.3 + 0.025 * fontsize * caption_lines) * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, (2.3 + 0.035 * fontsize * caption_lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
