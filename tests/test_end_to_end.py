@@ -92,7 +92,7 @@ def test_analysis_report_from_run_files(pipeline):
     assert summary[5].startswith("weakest classes (OOF F1): ") and summary[5].count("/") == 2 * 3
     runs_page = (Paths.from_config(cfg).reports / "index.html").read_text()
     run = fold_dir(cfg, 0).parent.name
-    assert f"<td>{run}</td>" in runs_page and "sample.csv</a>" in runs_page and "eval macro F1" in runs_page
+    assert f">{run}</td>" in runs_page and "sample.csv</a>" in runs_page and "eval macro F1" in runs_page
 
 
 def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
