@@ -53,7 +53,8 @@ def write_crop_report(cfg: Config, records: pd.DataFrame, seconds: float) -> Pat
              "|---|---|---|---|---|"]
     for split, r in rates.items():
         lines.append(f"| {split} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in ("all",) + labels.MASK_NAMES) + " |")
-    lines += ["", "Sources: " + ", ".join(f"{k}: {v}" for k, v in summary["sources"].items())]
+    sources = "Sources: " + ", ".join(f"{k}: {v}" for k, v in summary["sources"].items())
+    lines += ["", sources]
     write_text("\n".join(lines) + "\n", out / "summary.md")
     rng = np.random.default_rng(0)
     for name, subset in (("random_crops", recs), ("fallback_crops", recs[~recs["detected"]])):
@@ -66,7 +67,7 @@ def write_crop_report(cfg: Config, records: pd.DataFrame, seconds: float) -> Pat
                           for split, r in rates.items()])
     sections = [htmlpage.Section("Detection rate", ["<p>Share of images where MTCNN found the face (columns: all images, "
                                                     "then by mask status; eval by status only when eval answers exist).</p>",
-                                                    htmlpage.table(table), "<p>Sources: " + html.escape(lines[-1].removeprefix("Sources: ")) + "</p>"]),
+                                                    htmlpage.table(table), f"<p>{html.escape(sources)}</p>"]),
                 htmlpage.Section("Random crops", [htmlpage.image("random_crops.png", "random crops")]),
                 htmlpage.Section("Fallback crops", ["<p>Images without a detected face, cropped with the fallback box.</p>",
                                                     htmlpage.image("fallback_crops.png", "fallback crops")])]

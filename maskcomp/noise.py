@@ -146,9 +146,10 @@ def candidates(oof: pd.DataFrame, settings: NoiseSettings) -> pd.DataFrame:
     enough to apply without review."""
     per = person_table(oof)
     directions = [*gender_directions(per), *swap_direction(oof), *age_directions(per)]
-    found = [d.candidates(settings) for d in directions]
-    out = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else pd.DataFrame(columns=[*CANDIDATE_COLUMNS, "score"])
-    out["auto"] = ((out["confidence"] >= settings.auto_min_confidence) & ~out["systematic"].astype(bool)
+    found = [f for f in (d.candidates(settings) for d in directions) if len(f)]
+    out = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=[*CANDIDATE_COLUMNS, "score"])
+    out["systematic"] = out["systematic"].astype(bool)
+    out["auto"] = ((out["confidence"] >= settings.auto_min_confidence) & ~out["systematic"]
                    & out["fix"].isin(settings.auto_kinds) & ((out["fix"] != "age") | (out["value"] != "")))
     out = out.sort_values(["systematic", "confidence", "score"], ascending=[True, False, False], kind="stable")
     return out[CANDIDATE_COLUMNS].reset_index(drop=True)
@@ -175,4 +176,5 @@ def relabel(cfg: Config) -> RelabelResult:
     found = candidates(read_oof(run, tta=True), NoiseSettings.from_config(cfg))
     all_path = write_csv(found, run.dir / "label_fix_candidates.csv")
     fixes = write_csv(fix_file_rows(found), run.dir / "label_fixes_auto.csv")
-    return RelabelResult(all_path, fixes, int(found["auto"].sum()), int((~found["auto"] & ~found["systematic"]).sum()))
+    review = ~found["auto"].astype(bool) & ~found["systematic"]
+    return RelabelResult(all_path, fixes, int(found["auto"].sum()), int(review.sum()))
