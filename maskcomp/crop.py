@@ -69,7 +69,7 @@ def list_items(cfg: Config) -> list[Item]:
     listed += [(p, "eval", "") for p in evals["image_path"]]
     digests = cache.digests([p for p, _, _ in listed], "images")
     cache.save()
-    return [Item(str(Path(p).relative_to(paths.data_root)), split, p, pid, d)
+    return [Item(paths.image_key(p), split, p, pid, d)
             for (p, split, pid), d in zip(listed, digests)]
 
 

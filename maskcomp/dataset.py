@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,19 +33,15 @@ class CropCache:
     root (the crop records' `key`), not by its absolute path: a data folder moved or copied elsewhere, with the
     same contents, keeps using the same rows (the crop manifest, which vouches for them, holds those keys too)."""
 
-    def __init__(self, array: np.ndarray, keys: list[str], data_root: Path, manifest: dict):
-        self.array, self.manifest, self.data_root = array, manifest, data_root
+    def __init__(self, array: np.ndarray, keys: list[str], paths: Paths, manifest: dict):
+        self.array, self.manifest, self.paths = array, manifest, paths
         self.row_of_key = {k: i for i, k in enumerate(keys)}
 
-    def key(self, image_path: str) -> str:
-        path = Path(image_path)
-        return path.relative_to(self.data_root).as_posix() if path.is_relative_to(self.data_root) else image_path
-
     def has(self, image_paths) -> np.ndarray:
-        return np.array([self.key(p) in self.row_of_key for p in image_paths], dtype=bool)
+        return np.array([self.paths.image_key(p) in self.row_of_key for p in image_paths], dtype=bool)
 
     def rows(self, image_paths) -> np.ndarray:
-        keys = [self.key(p) for p in image_paths]
+        keys = [self.paths.image_key(p) for p in image_paths]
         missing = [p for p, k in zip(image_paths, keys) if k not in self.row_of_key]
         if missing:
             raise MaskcompError(f"{missing[0]}: no face crop for this image ({len(missing)} missing); "
@@ -65,7 +60,7 @@ def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
     if index_path.exists() and array_path.exists():
         index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
         if "key" in index:  # an index of absolute paths (older layout) is rebuilt
-            return CropCache(np.load(array_path, mmap_mode="r"), index["key"].tolist(), paths.data_root, manifest)
+            return CropCache(np.load(array_path, mmap_mode="r"), index["key"].tolist(), paths, manifest)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(crops), h, w, 3))
@@ -79,7 +74,7 @@ def build_cache(cfg: Config, size: tuple[int, int]) -> CropCache:
         index_path.unlink(missing_ok=True)
     write_csv(pd.DataFrame({"key": crops["key"]}), index_path)
     log.info("cached %d crops at %dx%d in %s", len(crops), h, w, array_path)
-    return CropCache(np.load(array_path, mmap_mode="r"), crops["key"].tolist(), paths.data_root, manifest)
+    return CropCache(np.load(array_path, mmap_mode="r"), crops["key"].tolist(), paths, manifest)
 
 
 class CropDataset(Dataset):
@@ -137,7 +132,7 @@ def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what
     """With skip_bad, rows without a crop are left out (and counted); otherwise CropCache.rows raises."""
     if not skip_bad:
         return df
-    keep = pd.Series(cache.has(df["image_path"]), index=df.index)
+    keep = cache.has(df["image_path"])
     if (~keep).any():
         log.warning("%s: leaving out %d image(s) without a crop (data.skip_bad=true)", what, int((~keep).sum()))
     return df[keep].reset_index(drop=True)

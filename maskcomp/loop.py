@@ -20,6 +20,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    learning_rates: list[dict] = field(default_factory=list)   # every step's {epoch (fractional), lr}
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,9 @@ class MetricSinks:
 
             self.writer = SummaryWriter(fold_dir / "tb")
 
-    def epoch(self, row: dict, state: TrainState, learning_rates: list[dict], improved: bool) -> None:
+    def epoch(self, row: dict, state: TrainState, improved: bool) -> None:
         write_csv(pd.DataFrame(state.history), self.fold_dir / "metrics.csv")
-        write_csv(pd.DataFrame(learning_rates), self.fold_dir / "lr.csv")
+        write_csv(pd.DataFrame(state.learning_rates), self.fold_dir / "lr.csv")
         if self.writer is not None:
             for key, value in row.items():
                 self.writer.add_scalar(key, value, row["epoch"])

@@ -22,6 +22,12 @@ class Paths:
     submissions: Path
     cache: Path
 
+    def image_key(self, image_path: str) -> str:
+        """An image's place under the data root (train/images/<person>/mask1.jpg): what crops, their manifest and the
+        crop cache know an image by, so a data folder moved with the same contents keeps them."""
+        path = Path(image_path)
+        return path.relative_to(self.data_root).as_posix() if path.is_relative_to(self.data_root) else image_path
+
     @classmethod
     def from_config(cls, cfg: Config) -> "Paths":
         return cls(**{name: _abs(value) for name, value in cfg["paths"].items()})

@@ -179,7 +179,6 @@ class FoldTrainer:
         for p in self.model.backbone.parameters():
             p.requires_grad_(not frozen)
         self.sampler.set_epoch(epoch)
-        self.lr_log = [row for row in self.lr_log if row["epoch"] < epoch]
         return self._seed_epoch(epoch)
 
     def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
@@ -242,8 +241,6 @@ class FoldTrainer:
         state = self.checkpoints.resume(self._resumable(), self.device) if self.resume else None
         if state is None:
             return TrainState()
-        lr_csv = self.dir / "lr.csv"
-        self.lr_log = pd.read_csv(lr_csv).to_dict("records") if lr_csv.exists() else []
         log.info("fold %d: resuming after epoch %d from %s", self.fold, state.epochs_done, self.checkpoints.last)
         return state
 
@@ -257,7 +254,7 @@ class FoldTrainer:
         if improved:
             self.checkpoints.save_best(self.eval_model, self.cfg, state)
             write_csv(oof_table(self.val_df, self.fold, probs, head_probs), self.dir / "oof.csv")
-        sinks.epoch(row, state, self.lr_log, improved)
+        sinks.epoch(row, state, improved)
         self.checkpoints.save_last(self._resumable(), state)
 
     def _share_stop(self, state: TrainState) -> None:
@@ -270,6 +267,7 @@ class FoldTrainer:
     def run(self) -> dict:
         tc = self.cfg["train"]
         state = self._resume()
+        self.lr_log = state.learning_rates  # _train_epoch appends each step's rate to the state it is saved with
         sinks = MetricSinks(self.dir, self.fold, tc["epochs"], tc["tensorboard"]) if self.rank == 0 else None
         if self.rank == 0:
             write_fold_info(self.dir, self.cfg, self._env())

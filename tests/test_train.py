@@ -124,6 +124,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_pa
     b = pd.read_csv(metrics)[cols]
     assert len(a) == 4
     pd.testing.assert_frame_equal(a, b)
+    # every step's learning rate once, in order, across the kill (no epoch lost or logged twice)
+    lr_a = pd.read_csv(next((work / "straight").glob("sample/*/fold0/lr.csv")))
+    lr_b = pd.read_csv(metrics.with_name("lr.csv"))
+    assert lr_a["epoch"].is_monotonic_increasing and lr_a["epoch"].max() >= 3
+    pd.testing.assert_frame_equal(lr_a, lr_b)
 
 
 def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
