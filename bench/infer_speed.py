@@ -39,7 +39,7 @@ def run(eval_persons: int = 60, repeats: int = 2) -> list[dict]:
         loader = crop_loader(cache, evals, eval_transform(size, mean, std), LoaderSpec(cfg["infer"]["batch_size"], cfg["train"]["workers"]),
                              with_targets=False)
         dataset = loader.dataset
-        model = create_model({**cfg["model"], "pretrained": False}).to(device).to(memory_format=torch.channels_last)
+        model = create_model({**cfg["model"], "pretrained": False}, cfg["train"]["img_size"]).to(device).to(memory_format=torch.channels_last)
         predict(model, loader, device)  # warm-up: workers start, allocator settles
         rows = []
         for tta in TTA_SETS:

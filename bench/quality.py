@@ -100,7 +100,7 @@ class Submission:
 def first_submission(cfg: Config) -> Submission:
     """One model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled."""
     run = infer(cfg, folds=[0])
-    oof = read_oof(run, tta=False)
+    oof = read_oof(run, Paths.from_config(cfg), tta=False)
     cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
     probs, ids = read_test_probs(run, 0)
     return Submission(probs.argmax(1), ids, cv, oof, run,

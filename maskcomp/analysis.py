@@ -18,7 +18,7 @@ from .fileio import write_csv
 from .manifest import read_manifest
 from .metrics import confusion, f1_per_class, macro_f1, scores
 from .paths import Paths
-from .runs import RunRef, list_runs, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
+from .runs import RunRef, list_runs, read_failure, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 def read_runs(cfg: Config, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
     """All folds' OOF rows (TTA re-scored where present) and metrics of the experiment's chosen run."""
-    ref = resolve_run(Paths.from_config(cfg), spec, cfg["run"] if spec == cfg["experiment"] else "latest")
-    return read_oof(ref, tta=True), read_metrics(ref), ref
+    paths = Paths.from_config(cfg)
+    ref = resolve_run(paths, spec, cfg["run"] if spec == cfg["experiment"] else "latest")
+    return read_oof(ref, paths, tta=True), read_metrics(ref), ref
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, pd.DataFrame]:
@@ -282,14 +283,16 @@ def _crop_paths(cfg: Config) -> dict[str, str]:
     records = crop_dir(cfg) / "records.csv"
     if not records.exists():
         return {}
-    df = pd.read_csv(records)
-    return dict(zip(df["image_path"], df["crop_path"]))
+    df = pd.read_csv(records, keep_default_na=False)
+    paths = Paths.from_config(cfg)
+    return {paths.image_file(key): crop for key, crop in zip(df["key"], df["crop_path"])}
 
 
 def _thumb(path: str) -> np.ndarray:
-    img = cv2.imread(path)
-    if img is None:
-        return np.zeros((128, 96, 3), np.uint8)
+    img = cv2.imread(path) if Path(path).is_file() else None
+    if img is None:  # a picture only: the page says so and shows a grey tile, no number on it changes
+        log.warning("%s: cannot read this image for a thumbnail; a grey tile stands in its place", path)
+        return np.full((128, 96, 3), 128, np.uint8)
     return cv2.cvtColor(cv2.resize(img, (96, 128)), cv2.COLOR_BGR2RGB)
 
 
@@ -322,6 +325,14 @@ def _submission_scores(paths: Paths) -> dict[str, list[dict]]:
     return by_run
 
 
+def _unfinished_run_row(ref: RunRef) -> dict:
+    """A run folder whose training never finished a fold: listed as such, with the error that stopped it."""
+    failure = read_failure(ref)
+    return {"experiment": ref.experiment, "run": ref.run_id, "created": run_info(ref).get("created", ""), "folds": 0,
+            "OOF macro F1": None, "submission": "", "CV (nested)": None, "eval macro F1": None, "pages": "",
+            "note": html.escape(f"no finished fold; training stopped at {failure}" if failure else "no finished fold")}
+
+
 def runs_index(cfg: Config) -> Path:
     """reports/index.html: every run of every experiment with its OOF score, submissions (nested CV, eval score when
     answers exist), date and links — the leaderboard of your own runs."""
@@ -330,8 +341,9 @@ def runs_index(cfg: Config) -> Path:
     rows = []
     for ref in list_runs(paths):
         if not ref.trained_folds():
+            rows.append(_unfinished_run_row(ref))
             continue
-        oof = read_oof(ref, tta=True)
+        oof = read_oof(ref, paths, tta=True)
         page = paths.reports / "analysis" / ref.experiment / "index.html"
         link = htmlpage.link(page, paths.reports, "analysis") if page.exists() else ""
         for sub in subs.get(ref.label) or [None]:
@@ -341,7 +353,7 @@ def runs_index(cfg: Config) -> Path:
                          "submission": htmlpage.link(sub["submission"], paths.reports, sub["submission"].name) if sub else "",
                          "CV (nested)": round(sub["cv"], 4) if sub else None,
                          "eval macro F1": round(sub["eval"], 4) if sub and sub["eval"] is not None else None,
-                         "pages": link})
+                         "pages": link, "note": ""})
     table = pd.DataFrame(rows).sort_values("created", ascending=False) if rows else pd.DataFrame()
     body = htmlpage.table(table, escape=False) if rows else "<p>No trained run yet.</p>"
     reports = [htmlpage.link(p, paths.reports, name) for name, p in (("EDA", paths.reports / "eda" / "index.html"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +136,49 @@ def _person_ids(df: pd.DataFrame, csv: Path) -> pd.Series:
     return ids
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("s" if n != 1 else "")
+
+
+def _is_hidden_char(c: str) -> bool:
+    """Control, format (zero-width) and non-ASCII space characters: a printed name does not show them."""
+    return not c.isprintable() or (unicodedata.category(c) in ("Cf", "Zs") and c != " ")
+
+
+def invisible_characters(name: str) -> str | None:
+    """What a message cannot show of `name` ("'x  ' has 2 trailing spaces"), or None when every character shows."""
+    notes = []
+    lead, trail = len(name) - len(name.lstrip()), len(name) - len(name.rstrip())
+    if lead:
+        notes.append(_count(lead, "leading space"))
+    if trail and trail < len(name):
+        notes.append(_count(trail, "trailing space"))
+    hidden = [c for c in name.strip() if _is_hidden_char(c)]
+    if hidden:
+        notes.append(_count(len(hidden), "invisible character") + f" ({', '.join(f'U+{ord(c):04X}' for c in hidden)})")
+    return f"{name!r} has {' and '.join(notes)}" if notes else None
+
+
+def _missing_folder(folder: Path, problems: Problems) -> None:
+    """A person folder that does not exist, saying what of its name cannot be seen and whether the name without it
+    is a folder."""
+    hidden = invisible_characters(folder.name)
+    if hidden is None:
+        problems.add(folder, "person folder missing", "restore the folder or remove the person's row from train.csv")
+        return
+    visible = "".join(c for c in folder.name.strip() if not _is_hidden_char(c))
+    if (folder.parent / visible).is_dir():
+        problems.add(folder, f"person folder missing: {hidden}, and the folder '{visible}' exists",
+                     "remove those characters from the path in train.csv")
+    else:
+        problems.add(folder, f"person folder missing: {hidden}; no folder '{visible}' either",
+                     "restore the folder or remove the person's row from train.csv")
+
+
 def _person_images(folder: Path, problems: Problems, image_check: str) -> dict[str, Path] | None:
     """The 7 images of one person by stem, or None if the person is unusable."""
     if not folder.is_dir():
-        problems.add(folder, "person folder missing", "restore the folder or remove the person's row from train.csv")
+        _missing_folder(folder, problems)
         return None
     found: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
@@ -165,11 +205,12 @@ def _person_images(folder: Path, problems: Problems, image_check: str) -> dict[s
 
 
 def read_label_fixes(path: Path) -> pd.DataFrame:
+    """A label-fixes file, with each row's place (`file:line`) in a `row` column for messages."""
     df = _read_csv(path, FIX_COLUMNS[:3], "label-fixes file")
     bad = df[~df["fix"].isin(FIX_KINDS)]
     if len(bad):
         raise MaskcompError(f"{path}: unknown fix '{bad['fix'].iloc[0]}'; use one of {', '.join(FIX_KINDS)}")
-    return df
+    return df.assign(row=[f"{path}:{line + 2}" for line in range(len(df))])
 
 
 def fix_files(cfg: Config) -> list[Path]:
@@ -177,38 +218,80 @@ def fix_files(cfg: Config) -> list[Path]:
     return files + [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg["data"]["label_fixes"]]
 
 
-def apply_label_fixes(persons: pd.DataFrame, fixes: pd.DataFrame, source: Path,
-                      allow_unknown: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Apply gender/age/swap fixes to the person table; returns it and the log of what changed.
+def _fix_value(row) -> str:
+    """A fix's value as it will be applied: gender names as written, ages as whole numbers, swaps have none."""
+    if row.fix == "gender":
+        if row.value not in labels.GENDER_NAMES:
+            raise MaskcompError(f"{row.row}: gender fix for {row.person_id} must be male or female, got '{row.value}'")
+        return row.value
+    if row.fix == "age":
+        if not str(row.value).strip().isdigit():
+            raise MaskcompError(f"{row.row}: age fix for {row.person_id} must be a whole number, got '{row.value}'")
+        return str(int(row.value))
+    return ""
 
-    allow_unknown skips fixes for persons not in this data (the shipped file of known fixes
-    names persons of the full competition set, which a subset may lack)."""
+
+def combine_fixes(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The fixes of every listed file as one table, each applied once. Two rows that set one person's gender or age
+    to different values stop with both rows named; so do two swaps of one person (a swap toggles, so a second one
+    undoes the first); an exact repeat is kept once, with a warning."""
+    kept: dict[tuple[str, str], object] = {}
+    for table in tables:
+        for row in table.itertuples(index=False):
+            row = row._replace(value=_fix_value(row))
+            first = kept.get((row.person_id, row.fix))
+            if first is None:
+                kept[(row.person_id, row.fix)] = row
+            elif row.fix == "swap_incorrect_normal":
+                raise MaskcompError(f"{first.row} and {row.row}: person {row.person_id} is swapped twice, which undoes "
+                                    "the swap; keep one of the two rows")
+            elif first.value != row.value:
+                raise MaskcompError(f"{first.row} and {row.row}: {row.fix} of person {row.person_id} is fixed to "
+                                    f"'{first.value}' and to '{row.value}'; keep the right one of the two rows")
+            else:
+                log.warning("%s repeats the %s fix of person %s in %s; it is applied once", row.row, row.fix,
+                            row.person_id, first.row)
+    columns = [*FIX_COLUMNS[:3], "row"]
+    return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in kept.values()], columns=columns)
+
+
+def apply_label_fixes(persons: pd.DataFrame, fixes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply gender/age/swap fixes (values checked by combine_fixes) to the person table; returns it and the log of
+    what changed, each change with the file it came from."""
     persons = persons.copy()
     if "swap_incorrect_normal" not in persons:
         persons["swap_incorrect_normal"] = False
-    unknown = sorted(set(fixes["person_id"]) - set(persons["person_id"]))
-    if allow_unknown:
-        fixes = fixes[~fixes["person_id"].isin(unknown)]
-    elif unknown:
-        raise MaskcompError(f"{source}: unknown person id(s) {', '.join(unknown[:5])}; use ids from train.csv (a repeated id's later rows are id-1, ...)")
+    unknown = fixes[~fixes["person_id"].isin(persons["person_id"])]
+    if len(unknown):
+        ids = ", ".join(sorted(set(unknown["person_id"]))[:5])
+        raise MaskcompError(f"{unknown['row'].iloc[0].rsplit(':', 1)[0]}: unknown person id(s) {ids}; use ids from "
+                            "train.csv (a repeated id's later rows are id-1, ...)")
     index = pd.Series(persons.index, index=persons["person_id"])
     applied = []
     for row in fixes.itertuples(index=False):
         i = index[row.person_id]
+        old = persons.at[i, row.fix]  # each fix kind is also the name of the column it changes
         if row.fix == "gender":
-            if row.value not in labels.GENDER_NAMES:
-                raise MaskcompError(f"{source}: gender fix for {row.person_id} must be male or female, got '{row.value}'")
-            old, persons.at[i, "gender"] = persons.at[i, "gender"], row.value
+            persons.at[i, "gender"] = row.value
         elif row.fix == "age":
-            if not str(row.value).strip().isdigit():
-                raise MaskcompError(f"{source}: age fix for {row.person_id} must be a whole number, got '{row.value}'")
-            old, persons.at[i, "age"] = persons.at[i, "age"], int(row.value)
+            persons.at[i, "age"] = int(row.value)
         else:
-            old = persons.at[i, "swap_incorrect_normal"]
-            persons.at[i, "swap_incorrect_normal"] = not old
-        # each fix kind is also the name of the column it changes
-        applied.append({"person_id": row.person_id, "fix": row.fix, "old": old, "new": persons.at[i, row.fix], "source": str(source)})
+            persons.at[i, row.fix] = not old
+        applied.append({"person_id": row.person_id, "fix": row.fix, "old": old, "new": persons.at[i, row.fix],
+                        "source": row.row.rsplit(":", 1)[0]})
     return persons, pd.DataFrame(applied, columns=["person_id", "fix", "old", "new", "source"])
+
+
+def read_fixes(cfg: Config, persons: pd.DataFrame) -> pd.DataFrame:
+    """Every listed fixes file, combined; the shipped file of known fixes names persons of the full competition set,
+    so its rows for persons this data lacks are left out."""
+    tables = []
+    for fix_file in fix_files(cfg):
+        table = read_label_fixes(fix_file)
+        if fix_file == KNOWN_FIXES:
+            table = table[table["person_id"].isin(persons["person_id"])]
+        tables.append(table)
+    return combine_fixes(tables)
 
 
 def read_persons(paths: Paths) -> pd.DataFrame:
@@ -250,13 +333,9 @@ def read_train(cfg: Config) -> TrainImages:
     """
     paths = Paths.from_config(cfg)
     persons = read_persons(paths)
-    applied_fixes = []
-    for fix_file in fix_files(cfg):
-        persons, applied = apply_label_fixes(persons, read_label_fixes(fix_file), fix_file, allow_unknown=fix_file == KNOWN_FIXES)
-        log.info("applied %d label fix(es) from %s", len(applied), fix_file)
-        applied_fixes.extend(applied.to_dict("records"))
-    if "swap_incorrect_normal" not in persons:
-        persons["swap_incorrect_normal"] = False
+    persons, applied_fixes = apply_label_fixes(persons, read_fixes(cfg, persons))
+    for source, count in applied_fixes.groupby("source", sort=False).size().items():
+        log.info("applied %d label fix(es) from %s", count, source)
     problems = Problems(cfg["data"]["skip_bad"])
     rows = []
     for person in persons.itertuples(index=False):
@@ -276,7 +355,7 @@ def read_train(cfg: Config) -> TrainImages:
     df["gender_label"] = df["gender"].map(labels.gender_code).astype(np.int64)
     df["age_group"] = labels.age_group(df["age"].to_numpy())
     df["label"] = labels.encode(df["mask"].to_numpy(), df["gender_label"].to_numpy(), df["age_group"].to_numpy())
-    return TrainImages(df, pd.DataFrame(applied_fixes, columns=["person_id", "fix", "old", "new", "source"]))
+    return TrainImages(df, applied_fixes)
 
 
 def load_eval(cfg: Config) -> pd.DataFrame:

@@ -53,8 +53,8 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     require_current_predictions(cfg, ref)
     folds = ref.trained_folds()
     if not folds:
-        raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
-    oof = read_oof(ref, tta=True)
+        raise ref.no_folds_error()
+    oof = read_oof(ref, Paths.from_config(cfg), tta=True)
     ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
     for fold in folds:

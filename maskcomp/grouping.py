@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment, minimize
 
 from . import labels
+from .errors import MaskcompError
 from .metrics import macro_f1
 from .progress import progress
 
@@ -35,9 +37,12 @@ def thumbnails(image_paths: list[str]) -> np.ndarray:
     """(N, 24*32*3) mean-centred, unit-length thumbnails of the whole images: dot products are cosine similarities."""
     feats = np.zeros((len(image_paths), THUMB_W * THUMB_H * 3), np.float32)
     for i, path in enumerate(progress(image_paths, "thumbnails for grouping", unit="img")):
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is not None:
-            feats[i] = cv2.resize(img, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+        # a missing image would silently become an all-zero thumbnail and change the grouping: stop instead
+        img = cv2.imread(path, cv2.IMREAD_COLOR) if Path(path).is_file() else None
+        if img is None:
+            raise MaskcompError(f"{path}: cannot read this image for person grouping; point DATA (paths.data_root) at the "
+                                "data the run was trained and predicted on, or set infer.person_grouping=off")
+        feats[i] = cv2.resize(img, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     feats -= feats.mean(1, keepdims=True)
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-6)
 

@@ -5,7 +5,6 @@ eval crops and ids, the TTA; predictions are remade whenever any of them changes
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from .manifest import Manifest, config_keys, differences, digest_cache, digest_o
 from .models import create_model, normalisation, probs18
 from .paths import Paths
 from .progress import progress
-from .runs import RunRef, read_oof, resolve_run
+from .runs import RunRef, damaged_checkpoint, read_oof, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +87,28 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, am
 INPUT_KEYS = (("model", "backbone"), ("train", "img_size"), ("crop", "mode"), ("crop", "margin"), ("crop", "aspect"))
 
 
+def require_intact_checkpoint(run: RunRef, fold: int) -> Path:
+    """The fold's best.pt, after checking that it is the file training wrote; else one line and the way forward."""
+    path = run.best(fold)
+    reason = damaged_checkpoint(run, fold)
+    if reason == "missing":
+        raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+    if reason:
+        raise MaskcompError(f"{path}: damaged checkpoint ({reason}); run `make train`, which keeps it as "
+                            f"best.pt.damaged and trains fold {fold} again")
+    return path
+
+
 def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Config | None = None) -> torch.nn.Module:
     """The fold's best model, built from the config saved in its checkpoint; with `expected` (the config the
     predictions will be preprocessed with), every input-shaping key must agree with the checkpoint's."""
-    path = run.fold_dir(fold) / "best.pt"
-    if not path.exists():
-        raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+    path = require_intact_checkpoint(run, fold)
     state = torch.load(path, map_location=device, weights_only=False)
     for section, key in INPUT_KEYS if expected is not None else ():
         if state["config"][section][key] != expected[section][key]:
             raise MaskcompError(f"{path}: trained with {section}.{key}={state['config'][section][key]!r}, but {run.dir / 'config.yaml'} "
                                 f"says {expected[section][key]!r}; restore that file or train the run again")
-    model = create_model({**state["config"]["model"], "pretrained": False})
+    model = create_model({**state["config"]["model"], "pretrained": False}, state["config"]["train"]["img_size"])
     model.load_state_dict(state["model"])
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
@@ -115,6 +124,14 @@ def run_config(cfg: Config, run: RunRef) -> Config:
     out["train"] = {**saved["train"], **{k: cfg["train"][k] for k in ("device", "workers")}}
     out["data"] = {**saved["data"], "skip_bad": cfg["data"]["skip_bad"]}
     return out
+
+
+def say_inputs_from_run(cfg: Config, rcfg: Config, run: RunRef) -> None:
+    """One info line naming the config's input-shaping keys that the run's own values replace."""
+    taken = [f"{section}.{key}={rcfg[section][key]!r} (config: {cfg[section][key]!r})" for section, key in INPUT_KEYS
+             if cfg[section][key] != rcfg[section][key]]
+    if taken:
+        log.info("run %s predicts with its own %s: its checkpoints were trained with them", run.label, ", ".join(taken))
 
 
 def require_current_run(cfg: Config, run: RunRef) -> None:
@@ -136,6 +153,10 @@ class EvalSide:
     evals: pd.DataFrame
     cache: CropCache
     size: tuple[int, int]
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.from_config(self.cfg)
 
     @property
     def eval_digest(self) -> str:
@@ -184,8 +205,10 @@ def probability_table(probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
     return table
 
 
-def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
+def oof_table(val: pd.DataFrame, fold: int, probs: np.ndarray, head_probs: dict, paths: Paths) -> pd.DataFrame:
+    """A fold's validation predictions; images are named by their key under the data root (see Paths.image_key)."""
     table = val[["image_path", "person_id", "label", "mask", "gender_label", "age_group", "age"]].reset_index(drop=True)
+    table["image_path"] = [paths.image_key(p) for p in table["image_path"]]
     table.insert(2, "fold", fold)
     return pd.concat([table, probability_table(probs, head_probs)], axis=1)
 
@@ -198,21 +221,23 @@ def write_test_predictions(out: Path, ids: pd.DataFrame, probs: np.ndarray, head
     write_csv(ids, out / "test_ids.csv")
 
 
-def write_run_oof(run: RunRef, data_root: Path) -> None:
+def write_run_oof(run: RunRef, paths: Paths) -> None:
     """One OOF file for the whole training set (`<run>/oof.csv`, TTA re-scored where present), with image paths
-    relative to the data root, as Kaggle notebooks share them."""
-    oof = read_oof(run, tta=True)
-    oof["image_path"] = [os.path.relpath(p, data_root) for p in oof["image_path"]]
+    relative to the data root (their keys), as Kaggle notebooks share them."""
+    oof = read_oof(run, paths, tta=True)
+    oof["image_path"] = [paths.image_key(p) for p in oof["image_path"]]
     write_csv(oof, run.dir / "oof.csv")
     log.info("all folds' OOF predictions in %s", run.dir / "oof.csv")
 
 
-def report_tta(run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...]) -> None:
+def report_tta(run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...], paths: Paths) -> None:
     """Fold macro F1 of the validation images without TTA (training's best epoch) and with it; warn when TTA hurts."""
     plain_path = run.fold_dir(fold) / "oof.csv"
     if not plain_path.exists():
         return
-    plain = pd.read_csv(plain_path).set_index("image_path").loc[val["image_path"]]
+    plain = pd.read_csv(plain_path)
+    plain.index = [paths.image_key(p) for p in plain["image_path"]]
+    plain = plain.loc[[paths.image_key(p) for p in val["image_path"]]]
     y = val["label"].to_numpy()
     without, with_tta = macro_f1(y, plain[labels.PROB_COLUMNS].to_numpy().argmax(1)), macro_f1(y, tta_probs.argmax(1))
     line = f"fold {fold}: OOF macro F1 {without:.4f} without TTA, {with_tta:.4f} with {'+'.join(tta)} ({with_tta - without:+.4f})"
@@ -231,6 +256,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
         tta_view(torch.zeros(1, 3, 8, 8), op)
     side = eval_side(cfg, run)
     rcfg = side.cfg
+    say_inputs_from_run(cfg, rcfg, run)
     device = resolve_device(rcfg["train"]["device"])
     images = load_train(rcfg)
     fold_of = load_folds(rcfg, images)
@@ -240,6 +266,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold_dir(fold)
+        require_intact_checkpoint(run, fold)
         manifest = prediction_manifest(side, run, fold)
         if is_current(out / PREDICTIONS_MANIFEST, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out)
@@ -251,12 +278,12 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
         step = f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(tta)}"
         val_loader = crop_loader(side.cache, val, transform, spec)
         val_probs, val_heads = predict(model, progress(val_loader, f"{step}: validation"), device, amp, tta, reduce)
-        write_csv(oof_table(val, fold, val_probs, val_heads), out / "oof_tta.csv")
-        report_tta(run, fold, val, val_probs, tta)
+        write_csv(oof_table(val, fold, val_probs, val_heads, side.paths), out / "oof_tta.csv")
+        report_tta(run, fold, val, val_probs, tta, side.paths)
         eval_loader = crop_loader(side.cache, side.evals, transform, spec, with_targets=False)
         test_probs, test_heads = predict(model, progress(eval_loader, f"{step}: eval"), device, amp, tta, reduce)
         write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), test_probs, test_heads)
         write_manifest(out / PREDICTIONS_MANIFEST, manifest)
         log.info("fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s", fold, len(side.evals), "+".join(tta), out)
-    write_run_oof(run, Paths.from_config(rcfg).data_root)
+    write_run_oof(run, side.paths)
     return run

@@ -2,6 +2,10 @@
 places metrics go (CSV files, the console, TensorBoard)."""
 from __future__ import annotations
 
+import errno
+import logging
+import pickle
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -9,7 +13,12 @@ import pandas as pd
 import torch
 
 from .config import Config, dump_config
+from .errors import MaskcompError
 from .fileio import atomic_path, write_csv, write_json, write_text
+from .manifest import file_digest
+from .runs import BEST, set_aside
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,6 +30,7 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     learning_rates: list[dict] = field(default_factory=list)   # every step's {epoch (fractional), lr}
+    best_digest: str = ""   # SHA-256 of best.pt as written: a fold is done only while its file still has it
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,32 @@ class EarlyStopping:
         return state.bad_epochs >= self.patience
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _tensor_bytes(obj: object) -> int:
+    """The bytes of every tensor inside a (nested) checkpoint state: about the size its file needs."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_checkpoint(state: dict, path: Path) -> str:
+    """Write a checkpoint atomically; returns the SHA-256 of what was written. A full disk ends in one line naming
+    the folder and the room needed (torch reports it as 'unexpected pos' or a failed write), and no partial file."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            digest = file_digest(tmp)
+    except (RuntimeError, OSError) as err:
+        needed, free = _tensor_bytes(state), shutil.disk_usage(path.parent).free
+        if getattr(err, "errno", None) != errno.ENOSPC and free >= needed:
+            raise
+        raise MaskcompError(f"{path.parent}: no room to save {path.name} (about {needed / 1e6:.0f} MB needed, "
+                            f"{free / 1e6:.0f} MB free); free space there or set paths.runs to a larger disk, then "
+                            "continue with `make train ARGS=--resume`") from None
+    return digest
 
 
 @dataclass(frozen=True)
@@ -56,8 +89,8 @@ class Checkpointer:
         return self.fold_dir / "last.pt"
 
     def save_best(self, model: torch.nn.Module, cfg: Config, state: TrainState) -> None:
-        save_checkpoint({"model": model.state_dict(), "config": cfg, "epoch": state.best_epoch, "f1": state.best_f1},
-                        self.fold_dir / "best.pt")
+        state.best_digest = save_checkpoint({"model": model.state_dict(), "config": cfg, "epoch": state.best_epoch,
+                                             "f1": state.best_f1}, self.fold_dir / BEST)
 
     def save_last(self, objects: dict[str, object], state: TrainState) -> None:
         """`objects`: name -> anything with state_dict() (model, optimizer, scheduler, scaler, EMA or None)."""
@@ -68,7 +101,13 @@ class Checkpointer:
         """Load last.pt into `objects`; the state it was saved with, or None when there is nothing to resume."""
         if not self.last.exists():
             return None
-        saved = torch.load(self.last, map_location=device, weights_only=False)
+        try:
+            saved = torch.load(self.last, map_location=device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            kept = set_aside(self.last)
+            log.warning("%s: damaged (%s); kept as %s, the fold starts again from epoch 1", self.last,
+                        str(err).splitlines()[0][:80], kept.name)
+            return None
         for name, obj in objects.items():
             if obj is not None:
                 obj.load_state_dict(saved[name])

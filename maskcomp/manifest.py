@@ -59,7 +59,8 @@ def config_keys(cfg: Config, stage: str) -> dict[str, Any]:
     return out
 
 
-def _hash_file(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_READ_SIZE):
@@ -90,7 +91,7 @@ class DigestCache:
         entry = self.entries.get(key)
         if entry and entry[0] == signature:
             return entry[1]
-        value = _hash_file(Path(key))
+        value = file_digest(Path(key))
         self.entries[key] = [signature, value]
         self.changed = True
         return value

@@ -96,10 +96,23 @@ def load_pypi_weights(model: nn.Module, backbone: str) -> None:
     model.load_state_dict(remap_by_order(source, model.state_dict()), strict=True)
 
 
-def create_backbone(name: str, pretrained, drop_rate: float = 0.0, num_classes: int = 0) -> nn.Module:
+def size_kwargs(name: str, img_size) -> dict:
+    """ViT, DeiT, Swin and the other timm models built for one input size (`fixed_input_size` in their pretrained
+    config) are built for the configured (height, width) through timm's `img_size`; convnets take any size as they are."""
+    cfg = timm.get_pretrained_cfg(name)
+    if img_size is None or cfg is None or not cfg.fixed_input_size:
+        return {}
+    return {"img_size": tuple(int(v) for v in img_size)}
+
+
+def require_timm_model(name: str) -> None:
     if name not in timm.list_models():
         raise MaskcompError(f"model.backbone '{name}' is not a timm model; see timm.list_models(), e.g. efficientnet_lite0, resnet18")
-    kwargs = dict(drop_rate=drop_rate)
+
+
+def create_backbone(name: str, pretrained, drop_rate: float = 0.0, num_classes: int = 0, img_size=None) -> nn.Module:
+    require_timm_model(name)
+    kwargs = dict(drop_rate=drop_rate, **size_kwargs(name, img_size))
     if pretrained in (False, None, "false", "none"):
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if pretrained == "pypi":
@@ -124,11 +137,48 @@ def create_backbone(name: str, pretrained, drop_rate: float = 0.0, num_classes: 
         raise MaskcompError(f"{path}: weights do not fit {name} ({str(err).splitlines()[0][:120]})") from None
 
 
-def create_model(model_cfg: dict) -> MaskNet:
+def create_model(model_cfg: dict, img_size=None) -> MaskNet:
+    """The network for `model_cfg`, built for input `img_size` (height, width) where the backbone needs to know it."""
     if model_cfg["head"] not in ("single", "multi", "ordinal"):
         raise MaskcompError(f"model.head '{model_cfg['head']}' is unknown; use single, multi or ordinal")
-    backbone = create_backbone(model_cfg["backbone"], model_cfg["pretrained"])
+    backbone = create_backbone(model_cfg["backbone"], model_cfg["pretrained"], img_size=img_size)
     return MaskNet(backbone, model_cfg["head"], model_cfg["drop_rate"])
+
+
+def _takes_size(name: str, size: tuple[int, int]) -> str | None:
+    """None when the backbone (built on the meta device: shapes only, no memory, no arithmetic) takes a batch of
+    this size, else the first line of its error."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **size_kwargs(name, size)).eval()
+            model(torch.zeros(2, 3, *size))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+MAX_PROBE_HEIGHT = 2048
+
+
+def require_input_size(name: str, img_size) -> None:
+    """Stop before any training when the backbone cannot take train.img_size, naming the smallest size of the same
+    aspect that it can (binary search over the height; larger inputs never fail where a smaller one worked)."""
+    require_timm_model(name)
+    height, width = (int(v) for v in img_size)
+    error = _takes_size(name, (height, width))
+    if error is None:
+        return
+    def scaled(h: int) -> tuple[int, int]:
+        return h, max(1, round(h * width / height))
+    low, high = height, MAX_PROBE_HEIGHT
+    if _takes_size(name, scaled(high)) is not None:
+        raise MaskcompError(f"model.backbone '{name}' cannot take train.img_size=[{height}, {width}] ({error}); "
+                            "pick another backbone")
+    while low + 1 < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _takes_size(name, scaled(mid)) is None else (mid, high)
+    raise MaskcompError(f"model.backbone '{name}' cannot take train.img_size=[{height}, {width}] ({error}); "
+                        f"the smallest size of this aspect it takes is train.img_size={list(scaled(high))}")
 
 
 def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -172,8 +172,9 @@ class RelabelResult:
 def relabel(cfg: Config) -> RelabelResult:
     """Candidates of the configured experiment's run, written beside its OOF: label_fix_candidates.csv (all) and
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""
-    run = resolve_run(Paths.from_config(cfg), cfg["experiment"], cfg["run"])
-    found = candidates(read_oof(run, tta=True), NoiseSettings.from_config(cfg))
+    paths = Paths.from_config(cfg)
+    run = resolve_run(paths, cfg["experiment"], cfg["run"])
+    found = candidates(read_oof(run, paths, tta=True), NoiseSettings.from_config(cfg))
     all_path = write_csv(found, run.dir / "label_fix_candidates.csv")
     fixes = write_csv(fix_file_rows(found), run.dir / "label_fixes_auto.csv")
     review = ~found["auto"].astype(bool) & ~found["systematic"]

@@ -23,10 +23,24 @@ class Paths:
     cache: Path
 
     def image_key(self, image_path: str) -> str:
-        """An image's place under the data root (train/images/<person>/mask1.jpg): what crops, their manifest and the
-        crop cache know an image by, so a data folder moved with the same contents keeps them."""
+        """An image's place under the data root (train/images/<person>/mask1.jpg): what crops, OOF tables and every
+        other artifact know an image by, so a data folder moved or reached by another path keeps them. A key stays a
+        key; an absolute path under another root (OOF files written before keys were stored) gets its key from the
+        competition layout, whose last parts are the key: train/images/<person>/<file> or eval/images/<file>."""
         path = Path(image_path)
-        return path.relative_to(self.data_root).as_posix() if path.is_relative_to(self.data_root) else image_path
+        if not path.is_absolute():
+            return path.as_posix()
+        if path.is_relative_to(self.data_root):
+            return path.relative_to(self.data_root).as_posix()
+        for split, depth in (("train", 4), ("eval", 3)):
+            tail = path.parts[-depth:]
+            if len(path.parts) > depth and tail[:2] == (split, "images"):
+                return "/".join(tail)
+        return image_path
+
+    def image_file(self, key: str) -> str:
+        """The file of an image key under the current data root."""
+        return str(self.data_root / key)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Paths":

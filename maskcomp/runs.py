@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import subprocess
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,11 +34,17 @@ from . import labels
 from .config import PROJECT_ROOT, Config, dump_config
 from .errors import MaskcompError
 from .fileio import write_json, write_text
-from .manifest import Manifest, read_manifest, write_manifest
+from .manifest import Manifest, file_digest, read_manifest, write_manifest
 from .paths import Paths
+
+log = logging.getLogger(__name__)
 
 RUN_ID_CHARS = 12
 LATEST = "latest"
+BEST = "best.pt"
+DONE = "done.json"
+FAILED = "failed.json"     # the error that stopped the run's last training, until a training of it succeeds
+DAMAGED = ".damaged"       # suffix of a checkpoint found damaged: kept beside the fold, never deleted
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,19 @@ class RunRef:
         return self.dir / f"fold{fold}"
 
     def trained_folds(self) -> list[int]:
-        return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob("fold*/best.pt"))
+        return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob(f"fold*/{BEST}"))
+
+    def best(self, fold: int) -> Path:
+        return self.fold_dir(fold) / BEST
+
+    def done(self, fold: int) -> Path:
+        return self.fold_dir(fold) / DONE
+
+    def no_folds_error(self) -> MaskcompError:
+        """What to say of a run without a trained fold: its failed start, when one was recorded."""
+        failure = read_failure(self)
+        why = f"its training stopped with: {failure}; fix that and run `make train`" if failure else "run `make train`"
+        return MaskcompError(f"{self.dir}: run {self.label} has no finished fold (fold*/{BEST}); {why}")
 
     @property
     def label(self) -> str:
@@ -72,7 +92,8 @@ def git_commit() -> str | None:
 
 
 def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
-    """The run for this manifest; with `write`, created (run.json, config, manifest) if new and made `latest`."""
+    """The run for this manifest; with `write`, created (run.json, config, manifest) if new. It becomes `latest`
+    only once a fold of it is finished (mark_latest)."""
     run_id = manifest.digest[:RUN_ID_CHARS]
     ref = RunRef(cfg["experiment"], run_id, Paths.from_config(cfg).runs / cfg["experiment"] / run_id)
     if not write:
@@ -83,8 +104,56 @@ def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
                     "git_commit": git_commit(), "host": socket.gethostname()},
                    ref.dir / "run.json")
         write_manifest(ref.dir, manifest)
-    write_text(ref.run_id + "\n", ref.dir.parent / LATEST)
     return ref
+
+
+def mark_latest(ref: RunRef) -> None:
+    write_text(ref.run_id + "\n", ref.dir.parent / LATEST)
+
+
+def record_failure(ref: RunRef, fold: int, err: BaseException) -> None:
+    first_line = (str(err).splitlines() or [""])[0][:300]
+    message = first_line if isinstance(err, MaskcompError) else f"{type(err).__name__}: {first_line}"
+    try:
+        write_json({"fold": fold, "error": message, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, ref.dir / FAILED)
+    except OSError as err:  # a full disk that stopped the training: the error itself must reach the user
+        log.warning("%s: could not record the failure (%s)", ref.dir / FAILED, err.strerror)
+
+
+def clear_failure(ref: RunRef) -> None:
+    (ref.dir / FAILED).unlink(missing_ok=True)
+
+
+def read_failure(ref: RunRef) -> str | None:
+    """`fold K: <error>` of the run's last failed training, or None."""
+    path = ref.dir / FAILED
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    return f"fold {info['fold']}: {info['error']}"
+
+
+def damaged_checkpoint(ref: RunRef, fold: int) -> str | None:
+    """Why the fold's best.pt can no longer be trusted (missing, or not the bytes recorded when it was written), or
+    None. Folds finished before digests were recorded are checked as zip archives, torch's file format."""
+    best = ref.best(fold)
+    if not best.exists():
+        return "missing"
+    recorded = json.loads(ref.done(fold).read_text()).get("best_digest") if ref.done(fold).exists() else None
+    if recorded:
+        return None if file_digest(best) == recorded else "its bytes differ from those recorded when it was written"
+    return None if zipfile.is_zipfile(best) else "not a complete checkpoint (no zip archive)"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to <name>.damaged (then .damaged.1, ...): kept for inspection, out of the way."""
+    target = path.with_name(path.name + DAMAGED)
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED}.{n}")
+    os.replace(path, target)
+    return target
 
 
 def resolve_run(paths: Paths, spec: str, default_run: str = LATEST) -> RunRef:
@@ -140,11 +209,12 @@ def run_lock(ref: RunRef) -> Iterator[None]:
             fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
-def read_oof(ref: RunRef, tta: bool = True) -> pd.DataFrame:
-    """All trained folds' OOF rows, sorted by image path; with tta, each fold's TTA re-scored table where it exists."""
+def read_oof(ref: RunRef, paths: Paths, tta: bool = True) -> pd.DataFrame:
+    """All trained folds' OOF rows, sorted by image; with tta, each fold's TTA re-scored table where it exists.
+    The files name images by key; `image_path` comes back as the file under the current data root (`paths`)."""
     folds = ref.trained_folds()
     if not folds:
-        raise MaskcompError(f"{ref.dir}: no trained folds (fold*/best.pt); run `make train` for experiment '{ref.experiment}'")
+        raise ref.no_folds_error()
     tables = []
     for fold in folds:
         d = ref.fold_dir(fold)
@@ -152,7 +222,9 @@ def read_oof(ref: RunRef, tta: bool = True) -> pd.DataFrame:
         if not path.exists():
             raise MaskcompError(f"{path}: missing; finish the run with `train.py --resume`")
         tables.append(pd.read_csv(path, dtype={"person_id": str}))
-    oof = pd.concat(tables, ignore_index=True).sort_values("image_path").reset_index(drop=True)
+    oof = pd.concat(tables, ignore_index=True)
+    oof["image_path"] = [paths.image_file(paths.image_key(p)) for p in oof["image_path"]]
+    oof = oof.sort_values("image_path").reset_index(drop=True)
     if not set(labels.PROB_COLUMNS) <= set(oof.columns):
         raise MaskcompError(f"{ref.dir}: OOF files lack the 18 class columns p0..p17; this run has another class layout")
     return oof

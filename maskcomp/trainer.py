@@ -34,11 +34,11 @@ from .device import Placement, autocast, configure_cuda, configure_threads, reso
 from .folds import require_current_folds
 from .inference import oof_table, predict
 from .manifest import Manifest, config_keys, digest_cache
-from .models import create_model, head_sizes, normalisation
+from .models import create_model, head_sizes, normalisation, require_input_size
 from .optim import create_optimizer, create_scheduler
 from .paths import Paths
 from .progress import progress
-from .runs import RunRef, open_run, run_lock
+from .runs import RunRef, clear_failure, damaged_checkpoint, mark_latest, open_run, record_failure, run_lock, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class FoldTrainer:
     def _build_model(self) -> None:
         """Model, loss, Mixup, EMA, and the wrapped network (DDP, torch.compile) that the steps run."""
         cfg, tc = self.cfg, self.cfg["train"]
-        self.model = create_model(cfg["model"]).to(self.device).to(memory_format=torch.channels_last if tc["channels_last"] else torch.contiguous_format)
+        self.model = create_model(cfg["model"], tc["img_size"]).to(self.device).to(memory_format=torch.channels_last if tc["channels_last"] else torch.contiguous_format)
         self.heads = head_sizes(cfg["model"]["head"])
         class_weights = None
         if cfg["loss"]["class_weights"] == "balanced":
@@ -253,7 +253,7 @@ class FoldTrainer:
         improved = self.stopper.update(state, val["f1"], epoch + 1)
         if improved:
             self.checkpoints.save_best(self.eval_model, self.cfg, state)
-            write_csv(oof_table(self.val_df, self.fold, probs, head_probs), self.dir / "oof.csv")
+            write_csv(oof_table(self.val_df, self.fold, probs, head_probs, Paths.from_config(self.cfg)), self.dir / "oof.csv")
         sinks.epoch(row, state, improved)
         self.checkpoints.save_last(self._resumable(), state)
 
@@ -279,9 +279,9 @@ class FoldTrainer:
                 self._end_epoch(epoch, train_loss, images_per_s, state, sinks)
             self._share_stop(state)
         summary = {"fold": self.fold, "best_f1": state.best_f1, "best_epoch": state.best_epoch, "epochs_run": len(state.history),
-                   "run_id": self.run_ref.run_id}
+                   "run_id": self.run_ref.run_id, "best_digest": state.best_digest}
         if self.rank == 0:
-            write_json(summary, self.dir / "done.json")
+            write_json(summary, self.run_ref.done(self.fold))
             sinks.close()
             log.info("fold %d done: best macro F1 %.4f at epoch %d; outputs in %s", self.fold, state.best_f1, state.best_epoch, self.dir)
         return summary
@@ -294,9 +294,48 @@ class FoldTrainer:
                 "run_id": self.run_ref.run_id}
 
 
+def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
+    """done, todo, or damaged: finished, but its best.pt is not the one written; that file is set aside (never
+    deleted) so that the fold trains again from its first epoch."""
+    if not run.done(fold).exists():
+        return "todo"
+    reason = damaged_checkpoint(run, fold)
+    if reason is None:
+        return "done"
+    if place.is_main:
+        kept = set_aside(run.best(fold)) if run.best(fold).exists() else None
+        run.done(fold).unlink()
+        log.warning("%s: %s%s; training fold %d again", run.best(fold), reason,
+                    f", kept as {kept.name}" if kept else "", fold)
+    if place.world > 1:
+        dist.barrier()
+    return "damaged"
+
+
+def _train_fold(cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool) -> dict:
+    """One fold of the run: skipped when done, else trained (resumed on request). A fold that finishes (or is found
+    done) makes the run `latest`; a training that stops records its error in the run's failed.json."""
+    status = _fold_status(run, fold, place)
+    if status == "done" and not resume:
+        log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, run.done(fold))
+        if place.is_main:
+            mark_latest(run)
+        return json.loads(run.done(fold).read_text())
+    try:
+        summary = FoldTrainer(cfg, fold, images, run, place, resume=resume and status != "damaged").run()
+    except Exception as err:
+        if place.is_main:
+            record_failure(run, fold, err)
+        raise
+    if place.is_main:
+        mark_latest(run)
+    return summary
+
+
 def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> list[dict]:
     """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
     run already finished are skipped. The run becomes the experiment's `latest`."""
+    require_input_size(cfg["model"]["backbone"], cfg["train"]["img_size"])
     images = load_train(cfg)
     all_folds = sorted(set(load_folds(cfg, images)))
     todo = folds or cfg["train"]["folds"] or all_folds
@@ -306,15 +345,10 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> 
     run = open_run(cfg, manifest, write=place.is_main)
     log.info("run %s: %s", run.label, run.dir)
     lock = run_lock(run) if place.is_main else contextlib.nullcontext()
-    results = []
     with lock:
-        for fold in todo:
-            done = run.fold_dir(fold) / "done.json"
-            if done.exists() and not resume:
-                log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, done)
-                results.append(json.loads(done.read_text()))
-                continue
-            results.append(FoldTrainer(cfg, fold, images, run, place, resume=resume).run())
+        results = [_train_fold(cfg, fold, images, run, place, resume) for fold in todo]
+        if place.is_main:
+            clear_failure(run)
     if place.world > 1:  # every rank leaves together, and the process group is torn down before interpreter exit
         dist.barrier()
         dist.destroy_process_group()

@@ -70,7 +70,7 @@ def test_ordinal_run_end_to_end(tiny_root, tmp_path):
     make_folds(cfg)
     train(cfg)
     run = infer(cfg)
-    oof = read_oof(run)
+    oof = read_oof(run, Paths.from_config(cfg))
     assert set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)
     assert set(labels.AGE_ORD_COLUMNS) <= set(read_test_table(run, 0).columns)
     side = json.loads(ensemble(cfg).with_suffix(".json").read_text())

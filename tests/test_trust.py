@@ -95,7 +95,7 @@ def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
     second = latest(cfg)
     assert second.run_id != first.run_id and best.read_bytes() == before
     persons = pd.read_csv(root / "train" / "train.csv", dtype=str).set_index("id")
-    oof = read_oof(second, tta=False)
+    oof = read_oof(second, Paths.from_config(cfg), tta=False)
     expected = oof["person_id"].map(persons["gender"]).map({"male": 0, "female": 1})
     assert (oof["gender_label"] == expected).all()
     # the old run stays usable by its id
@@ -150,7 +150,9 @@ def test_ensemble_refuses_predictions_older_than_the_model(tiny):
     best = latest(cfg).fold_dir(1) / "best.pt"
     state = torch.load(best, weights_only=False)
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
-    torch.save(state, best)  # as a retraining of fold 1 would leave it
+    torch.save(state, best)  # as a retraining of fold 1 would leave it, with the digest it records
+    done = json.loads((best.parent / "done.json").read_text())
+    (best.parent / "done.json").write_text(json.dumps({**done, "best_digest": manifest.file_digest(best)}))
     with pytest.raises(MaskcompError, match=r"fold1: predictions do not match fold 1's current model.*\(model\); run `make infer`"):
         ensemble(cfg)
     infer(cfg)
@@ -277,8 +279,8 @@ def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
     first = cache.digests(files)
     cache.save()
     hashed = []
-    original = manifest._hash_file
-    monkeypatch.setattr(manifest, "_hash_file", lambda p: hashed.append(p) or original(p))
+    original = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda p: hashed.append(p) or original(p))
     again = DigestCache(tmp_path / "digests.json")
     assert again.digests(files) == first and hashed == []
     stat = files[1].stat()
