@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test sample eda crop folds train infer ensemble analyze relabel bench bench-noise bench-quality bench-scale gpu-check clean
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel bench bench-noise bench-quality bench-scale gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -47,6 +47,15 @@ $(STAMP):
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# the quick part of the suite (no test marked slow): under 2 minutes on 2 cores
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+# ruff: lint (pyflakes, pycodestyle, import order) and format, line length 120 (pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Generate the sample dataset only when there is no data at all.
 sample: setup
@@ -97,4 +106,4 @@ bench-scale: setup
 	$(PY) bench/scale.py $(ARGS)
 
 clean:
-	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* folds/applied_fixes.csv folds/*.manifest.json runs reports cache submissions/*.csv submissions/*.json
+	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* folds/applied_fixes.csv folds/*.manifest.json models reports cache submissions/*.csv submissions/*.json

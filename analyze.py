@@ -1,7 +1,8 @@
 """Fold-level analysis pages from run files: python analyze.py --config ... [ensemble.experiments=[a,b]]"""
-from maskcomp.analysis import analyze, closing_summary
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.errors import cli
+
+from maskcomp.analyze.pages import analyze, closing_summary
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
 
 
 @cli

@@ -1,8 +1,9 @@
 """Blend folds and experiments, tune the F1 decision on OOF, write submissions/<name>.csv + .json:
 python ensemble.py --config ... [ensemble.experiments=[a,b]] [ensemble.weights=fit]"""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.ensemble import ensemble
-from maskcomp.errors import cli
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.ensemble.stage import ensemble
 
 
 @cli

@@ -1,7 +1,8 @@
 """Per-fold predictions on the eval set with TTA (and TTA re-scored OOF): python infer.py --config ... [--fold K]"""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.errors import cli
-from maskcomp.inference import infer
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.predict.infer import infer
 
 
 @cli

@@ -1,23 +1,31 @@
 """Label-noise fixes from a trained run: python relabel.py --config ... [run=<id>]
 
-Writes runs/<exp>/<run>/label_fix_candidates.csv (every suspect, most likely first) and label_fixes_auto.csv (the
+Writes models/<exp>/<run>/label_fix_candidates.csv (every suspect, most likely first) and label_fixes_auto.csv (the
 confident ones in the label-fixes format). Train again with data.label_fixes=[that file] to apply them."""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.errors import cli
-from maskcomp.noise import relabel
+
+from maskcomp.analyze.noise import relabel
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
     result = relabel(cfg)
-    print(f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
-          f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}")
+    print(
+        f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
+        f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}"
+    )
     if result.automatic:
-        print(f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not changed)")
+        print(
+            f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not "
+            f"changed)"
+        )
     else:
-        print("next: nothing is confident enough to apply on its own; review the candidates (the analysis page shows "
-              "their images) and list your fixes in a file for data.label_fixes")
+        print(
+            "next: nothing is confident enough to apply on its own; review the candidates (the analysis page shows "
+            "their images) and list your fixes in a file for data.label_fixes"
+        )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Several GPUs: torchrun --nproc_per_node=N train.py --config ... (DistributedDataParallel).
 """
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.errors import cli
-from maskcomp.trainer import train
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.train.trainer import train
 
 
 @cli

@@ -1,4 +1,5 @@
 """Shared bits of the benchmarks: where results go, peak memory, a printed table."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from maskcomp.fileio import write_json  # noqa: E402
+from maskcomp.core.fileio import write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SHARED_DATA = ROOT.parent / "shared" / "data" / "aaf_masks"

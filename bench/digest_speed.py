@@ -2,17 +2,18 @@
 repeated run (manifest.DigestCache), and the data layer's image check (header + end marker vs a full decode),
 on the shared real-face data (`../shared/data/aaf_masks`, 7,000 images of 384x512), scaled to the
 competition's 18,900 images."""
+
 from __future__ import annotations
 
 import tempfile
 import time
 from pathlib import Path
 
-from common import SHARED_DATA
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.stages import DigestCache
+from maskcomp.data.tables import load_eval, load_train
 
-from maskcomp.config import load_config
-from maskcomp.data import load_eval, load_train
-from maskcomp.manifest import DigestCache
+from common import SHARED_DATA
 
 COMPETITION_IMAGES = 18_900
 
@@ -28,7 +29,9 @@ def run() -> list[dict]:
         print(f"skipped: {SHARED_DATA} is absent")
         return []
     with tempfile.TemporaryDirectory(prefix="maskcomp-digest-") as tmp:
-        cfg = load_config(None, [f"paths.data_root={SHARED_DATA}", f"paths.reports={tmp}/reports", "data.image_check=none"])
+        cfg = load_config(
+            None, [f"paths.data_root={SHARED_DATA}", f"paths.reports={tmp}/reports", "data.image_check=none"]
+        )
         files = list(load_train(cfg)["image_path"]) + list(load_eval(cfg)["image_path"])
         megabytes = sum(Path(f).stat().st_size for f in files) / 2**20
         rows = []
@@ -37,9 +40,16 @@ def run() -> list[dict]:
             seconds, _ = _timed(lambda: (cache.digests(files), cache.save()))
             rows.append({"step": f"digest images, {label}", "images": len(files), "MB": megabytes, "seconds": seconds})
         for check in ("none", "header", "decode"):
-            checked = {**cfg, "data": {**cfg["data"], "image_check": check}}
+            checked = updated(cfg, {"data.image_check": check})
             seconds, _ = _timed(lambda: (load_train(checked), load_eval(checked)))
-            rows.append({"step": f"load train+eval, image_check={check}", "images": len(files), "MB": megabytes, "seconds": seconds})
+            rows.append(
+                {
+                    "step": f"load train+eval, image_check={check}",
+                    "images": len(files),
+                    "MB": megabytes,
+                    "seconds": seconds,
+                }
+            )
     for row in rows:
         row["ms_per_image"] = 1000 * row["seconds"] / row["images"]
         row["seconds_at_18900"] = row["ms_per_image"] * COMPETITION_IMAGES / 1000

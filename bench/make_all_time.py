@@ -3,6 +3,7 @@ so the sample data, crops, folds, runs and submission are all made anew, as on a
 
 The copy must never change the environment it is measured with: setup is skipped there (SKIP_SETUP=1), and
 PYTHONPATH points at the copy, so its stages import the copy's code without re-pointing the editable install."""
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,31 @@ def run() -> list[dict]:
         (work / ".venv").symlink_to(ROOT / ".venv")
         start = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(work)}
-        subprocess.run(["make", "all", "SKIP_SETUP=1"], cwd=work, check=True, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["make", "all", "SKIP_SETUP=1"],
+            cwd=work,
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - start
         submission = next((work / "submissions").glob("*.csv"))
         side = json.loads(submission.with_suffix(".json").read_text())
         sub = pd.read_csv(submission)
-        truth = pd.read_csv(work / "input" / "data" / "eval_answers.csv").set_index("ImageID").loc[sub["ImageID"], "ans"]
+        truth = (
+            pd.read_csv(work / "input" / "data" / "eval_answers.csv").set_index("ImageID").loc[sub["ImageID"], "ans"]
+        )
         persons = len(pd.read_csv(work / "input" / "data" / "train" / "train.csv"))
-    return [{"bench": "make all", "config": "configs/sample.yaml", "train_persons": persons, "wall_s": seconds,
-             "minutes": seconds / 60, "target_minutes": TARGET_MINUTES, "oof_macro_f1": side["oof_before_decision"]["f1"],
-             "eval_macro_f1": f1_score(truth, sub["ans"], average="macro")}]
+    return [
+        {
+            "bench": "make all",
+            "config": "configs/sample.yaml",
+            "train_persons": persons,
+            "wall_s": seconds,
+            "minutes": seconds / 60,
+            "target_minutes": TARGET_MINUTES,
+            "oof_macro_f1": side["oof_before_decision"]["f1"],
+            "eval_macro_f1": f1_score(truth, sub["ans"], average="macro"),
+        }
+    ]

@@ -15,6 +15,7 @@ and the best recall at precision >= 0.8 along the ranking. Writes bench/results/
 
 Usage: python bench/noise.py [--work DIR] [--seed N] [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from quality import recipe_config
+
+from maskcomp.analyze.noise import relabel
+from maskcomp.core import labels
+from maskcomp.core.fileio import write_csv, write_json, write_text
+from maskcomp.core.metrics import bootstrap_macro_f1
 
 from common import RESULTS, ROOT, SHARED_DATA
-
-from maskcomp import labels
-from maskcomp.fileio import write_csv, write_json, write_text
-from maskcomp.metrics import bootstrap_macro_f1
-from maskcomp.noise import relabel
-from quality import recipe_config
 
 PLANTED = {"gender": 24, "swap_incorrect_normal": 12, "age": 12}
 VARIANTS = ("noisy", "fixed", "oracle")
@@ -75,7 +76,11 @@ def plant(src: Path, dest: Path, seed: int, counts: dict[str, int] = PLANTED) ->
         elif kind == "swap_incorrect_normal":
             planted.append({"person_id": row["id"], "kind": kind, "old": "", "new": "swapped"})
         out.loc[i, "path"] = "_".join([row["id"], out.loc[i, "gender"], row["race"], out.loc[i, "age"]])
-        link_person(src / "train" / "images" / row["path"], dest / "train" / "images" / out.loc[i, "path"], kind == "swap_incorrect_normal")
+        link_person(
+            src / "train" / "images" / row["path"],
+            dest / "train" / "images" / out.loc[i, "path"],
+            kind == "swap_incorrect_normal",
+        )
     write_csv(out, dest / "train" / "train.csv")
     for name in ("eval", "eval_answers.csv"):
         (dest / name).symlink_to((src / name).resolve())
@@ -102,12 +107,18 @@ def detection(found: pd.DataFrame, planted: pd.DataFrame) -> dict:
         cum = np.cumsum(hit)
         precision_at = cum / np.arange(1, len(hit) + 1) if len(hit) else np.array([])
         ok = precision_at >= TARGET_PRECISION
-        out[kind] = {"planted": len(truth), "candidates": len(rows), "list_precision": _share(hit.sum(), len(rows)),
-                     "list_recall": _share(hit.sum(), len(truth)), "auto": int(auto.sum()),
-                     "auto_precision": _share(hit[auto].sum(), auto.sum()), "auto_recall": _share(hit[auto].sum(), len(truth)),
-                     "at_k_precision_recall": _share(hit[:len(truth)].sum(), len(truth)),
-                     "recall_at_precision_0.8": _share(cum[ok].max() if ok.any() else 0, len(truth)),
-                     "systematic_hits": int(hit[rows["systematic"].to_numpy(bool)].sum())}
+        out[kind] = {
+            "planted": len(truth),
+            "candidates": len(rows),
+            "list_precision": _share(hit.sum(), len(rows)),
+            "list_recall": _share(hit.sum(), len(truth)),
+            "auto": int(auto.sum()),
+            "auto_precision": _share(hit[auto].sum(), auto.sum()),
+            "auto_recall": _share(hit[auto].sum(), len(truth)),
+            "at_k_precision_recall": _share(hit[: len(truth)].sum(), len(truth)),
+            "recall_at_precision_0.8": _share(cum[ok].max() if ok.any() else 0, len(truth)),
+            "systematic_hits": int(hit[rows["systematic"].to_numpy(bool)].sum()),
+        }
     return out
 
 
@@ -120,34 +131,76 @@ def run_variant(name: str, data: Path, work_root: Path, overrides: list[str]) ->
     work.mkdir(parents=True, exist_ok=True)
     out = work / "result.json"
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--child", "ours", "--data", str(data), "--work", str(work),
-                    "--out", str(out), "--set", *overrides], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "quality.py"),
+            "--child",
+            "ours",
+            "--data",
+            str(data),
+            "--work",
+            str(work),
+            "--out",
+            str(out),
+            "--set",
+            *overrides,
+        ],
+        check=True,
+    )
     result = {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1)}
     write_json(result, out)
-    print(f"{name}: eval macro F1 {result['eval_macro_f1']:.4f}, CV {result['cv_macro_f1']:.4f}, {result['wall_s']:.0f} s", flush=True)
+    print(
+        f"{name}: eval macro F1 {result['eval_macro_f1']:.4f}, CV {result['cv_macro_f1']:.4f}, "
+        f"{result['wall_s']:.0f} s",
+        flush=True,
+    )
     return result
 
 
 def markdown(report: dict) -> str:
     meta, det, runs = report["meta"], report["detection"], report["variants"]
-    out = [f"# Label-noise benchmark {meta['date']}", "", f"Data: {meta['data']} with planted errors (seed {meta['seed']}): "
-           + ", ".join(f"{n} {k}" for k, n in PLANTED.items()) + f". Recipe: ours ({meta['device']}).", "",
-           "| kind | planted | candidates | list precision / recall | automatic: n, precision, recall | precision = recall at K | "
-           "best recall at precision >= 0.8 | planted marked systematic |", "|---" * 8 + "|"]
+    out = [
+        f"# Label-noise benchmark {meta['date']}",
+        "",
+        f"Data: {meta['data']} with planted errors (seed {meta['seed']}): "
+        + ", ".join(f"{n} {k}" for k, n in PLANTED.items())
+        + f". Recipe: ours ({meta['device']}).",
+        "",
+        "| kind | planted | candidates | list precision / recall | automatic: n, precision, recall | precision = "
+        "recall at K | "
+        "best recall at precision >= 0.8 | planted marked systematic |",
+        "|---" * 8 + "|",
+    ]
     for kind, d in det.items():
-        out.append(f"| {kind} | {d['planted']} | {d['candidates']} | {d['list_precision']} / {d['list_recall']} | "
-                   f"{d['auto']}, {d['auto_precision']}, {d['auto_recall']} | {d['at_k_precision_recall']} | "
-                   f"{d['recall_at_precision_0.8']} | {d['systematic_hits']} |")
-    out += ["", "| variant | CV macro F1 | eval macro F1 | eval F1 gender | eval F1 age | wall (s) |", "|---|---|---|---|---|---|"]
+        out.append(
+            f"| {kind} | {d['planted']} | {d['candidates']} | {d['list_precision']} / {d['list_recall']} | "
+            f"{d['auto']}, {d['auto_precision']}, {d['auto_recall']} | {d['at_k_precision_recall']} | "
+            f"{d['recall_at_precision_0.8']} | {d['systematic_hits']} |"
+        )
+    out += [
+        "",
+        "| variant | CV macro F1 | eval macro F1 | eval F1 gender | eval F1 age | wall (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in VARIANTS:
         r = runs[name]
-        out.append(f"| {name} | {r['cv_macro_f1']:.4f} | {r['eval_macro_f1']:.4f} | {r['eval_f1_gender']:.4f} | "
-                   f"{r['eval_f1_age']:.4f} | {r['wall_s']:.0f} |")
+        out.append(
+            f"| {name} | {r['cv_macro_f1']:.4f} | {r['eval_macro_f1']:.4f} | {r['eval_f1_gender']:.4f} | "
+            f"{r['eval_f1_age']:.4f} | {r['wall_s']:.0f} |"
+        )
     loop = report["loop"]
-    out += ["", f"Automatic fixes applied: {loop['fixes_applied']}. Eval: b - a = {loop['b_minus_a']:+.4f}, c - a = "
-            f"{loop['c_minus_a']:+.4f}; recovered share {loop['recovered']} (target >= {TARGET_RECOVERY}). "
-            f"Eval person-bootstrap SD ~{loop['eval_sd']:.4f}; paired 90 % intervals: b - a {loop['fixed_minus_noisy_90ci']}, "
-            f"c - a {loop['oracle_minus_noisy_90ci']}.", "", "Targets: " + "; ".join(report["targets"]), ""]
+    out += [
+        "",
+        f"Automatic fixes applied: {loop['fixes_applied']}. Eval: b - a = {loop['b_minus_a']:+.4f}, c - a = "
+        f"{loop['c_minus_a']:+.4f}; recovered share {loop['recovered']} (target >= {TARGET_RECOVERY}). "
+        f"Eval person-bootstrap SD ~{loop['eval_sd']:.4f}; paired 90 % intervals: b - a "
+        f"{loop['fixed_minus_noisy_90ci']}, "
+        f"c - a {loop['oracle_minus_noisy_90ci']}.",
+        "",
+        "Targets: " + "; ".join(report["targets"]),
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -158,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every variant")
-    parser.add_argument("--report-only", action="store_true",
-                        help="no training: detection, loop and report again from the runs already in --work")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: detection, loop and report again from the runs already in --work",
+    )
     args = parser.parse_args(argv)
     if args.report_only and args.work is None:
         parser.error("--report-only needs --work (the folder of an earlier run)")
@@ -206,27 +262,56 @@ def paired_differences(data: Path, work_root: Path) -> dict:
     answers = pd.read_csv(data / "eval_answers.csv", dtype={"ImageID": str, "person_id": str}).set_index("ImageID")
     boot = {}
     for name in VARIANTS:
-        sub = pd.read_csv(work_root / name / "submissions" / "quality_ours.csv", dtype={"ImageID": str}).set_index("ImageID")
+        sub = pd.read_csv(work_root / name / "submissions" / "quality_ours.csv", dtype={"ImageID": str}).set_index(
+            "ImageID"
+        )
         truth = answers.loc[sub.index]
-        boot[name] = bootstrap_macro_f1(truth["ans"].to_numpy(), sub["ans"].to_numpy(), truth["person_id"].to_numpy(), rounds=500)
-    return {f"{v}_minus_noisy_90ci": np.percentile(boot[v] - boot["noisy"], [5, 95]).round(4).tolist() for v in ("fixed", "oracle")}
+        boot[name] = bootstrap_macro_f1(
+            truth["ans"].to_numpy(), sub["ans"].to_numpy(), truth["person_id"].to_numpy(), rounds=500
+        )
+    return {
+        f"{v}_minus_noisy_90ci": np.percentile(boot[v] - boot["noisy"], [5, 95]).round(4).tolist()
+        for v in ("fixed", "oracle")
+    }
 
 
 def summarise(args: argparse.Namespace, runs: dict, det: dict, applied: int, paired: dict) -> dict:
     a, b, c = (runs[v]["eval_macro_f1"] for v in VARIANTS)
     recovered = round((b - a) / (c - a), 3) if c > a else None
-    targets = [f"{kind}: recall {det[kind]['recall_at_precision_0.8']} at precision >= {TARGET_PRECISION} "
-               f"(target {TARGET_RECALL}): {'met' if (det[kind]['recall_at_precision_0.8'] or 0) >= TARGET_RECALL else 'not met'}"
-               for kind in ("gender", "swap_incorrect_normal")]
-    targets.append(f"recovery {recovered} (target {TARGET_RECOVERY}): " + (
-        "met" if recovered is not None and recovered >= TARGET_RECOVERY else
-        "undefined: the noise cost nothing measurable on eval (c <= a)" if recovered is None else "not met"))
+    targets = [
+        f"{kind}: recall {det[kind]['recall_at_precision_0.8']} at precision >= {TARGET_PRECISION} "
+        f"(target {TARGET_RECALL}): "
+        f"{'met' if (det[kind]['recall_at_precision_0.8'] or 0) >= TARGET_RECALL else 'not met'}"
+        for kind in ("gender", "swap_incorrect_normal")
+    ]
+    targets.append(
+        f"recovery {recovered} (target {TARGET_RECOVERY}): "
+        + (
+            "met"
+            if recovered is not None and recovered >= TARGET_RECOVERY
+            else "undefined: the noise cost nothing measurable on eval (c <= a)"
+            if recovered is None
+            else "not met"
+        )
+    )
     import torch
 
-    meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "seed": args.seed, "overrides": args.set,
-            "device": f"CPU, {torch.get_num_threads()} threads", "planted": PLANTED}
-    loop = {"fixes_applied": applied, "b_minus_a": b - a, "c_minus_a": c - a, "recovered": recovered,
-            "eval_sd": runs["noisy"]["eval_macro_f1_boot_sd"], **paired}
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "data": str(args.data),
+        "seed": args.seed,
+        "overrides": args.set,
+        "device": f"CPU, {torch.get_num_threads()} threads",
+        "planted": PLANTED,
+    }
+    loop = {
+        "fixes_applied": applied,
+        "b_minus_a": b - a,
+        "c_minus_a": c - a,
+        "recovered": recovered,
+        "eval_sd": runs["noisy"]["eval_macro_f1_boot_sd"],
+        **paired,
+    }
     return {"meta": meta, "detection": det, "variants": runs, "loop": loop, "targets": targets}
 
 

@@ -6,8 +6,10 @@ holds what differs. Each recipe runs in its own process (clean wall time and pea
 pipeline's own stages in a fresh work directory, then is scored on eval against the hidden answers.
 Writes bench/results/quality-<date>.json (keys baseline, ours) and a markdown table beside it.
 
-Usage: python bench/quality.py [--gpu] [--data DIR] [--work DIR] [--results DIR] [--recipes baseline ours] [--set key=value ...]
+Usage: python bench/quality.py [--gpu] [--data DIR] [--work DIR] [--results DIR] [--recipes baseline ours]
+                               [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,70 +27,93 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from maskcomp.core import labels
+from maskcomp.core.config import Config, load_config
+from maskcomp.core.fileio import write_json, write_text
+from maskcomp.core.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
+from maskcomp.core.paths import Paths
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.ensemble.stage import ensemble, load_experiment
+from maskcomp.predict.grouping import purity_completeness
+from maskcomp.predict.infer import infer
+from maskcomp.runs import RunRef, read_oof, read_test_probs
+from maskcomp.train.trainer import train
+
 from common import RESULTS, ROOT, SHARED_DATA, peak_rss_mb
 
-from maskcomp import labels
-from maskcomp.config import Config, load_config
-from maskcomp.crop import crop_faces
-from maskcomp.ensemble import ensemble, load_experiment
-from maskcomp.runs import RunRef, read_oof, read_test_probs
-from maskcomp.fileio import write_json, write_text
-from maskcomp.folds import make_folds
-from maskcomp.grouping import purity_completeness
-from maskcomp.inference import infer
-from maskcomp.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
-from maskcomp.paths import Paths
-from maskcomp.trainer import train
 
 @dataclass(frozen=True)
 class Recipe:
     """A recipe's config files (layered on configs/quality.yaml in this order) and how it makes its submission:
     `first` (one fold model and argmax, as a first submission is made) or `pipeline` (infer, ensemble, decisions)."""
-    files: tuple[str, ...]
+
+    file: str  # configs/<file>.yaml; its `base:` chain layers the shared settings (configs/quality.yaml) under it
     submission: str
 
 
-RECIPES = {"baseline": Recipe(("quality_baseline",), "first"), "ours": Recipe(("quality_ours",), "pipeline"),
-           "ours_ordinal": Recipe(("quality_ours", "quality_ours_ordinal"), "pipeline")}
-WORK_PATHS = ("runs", "reports", "submissions")
+RECIPES = {
+    "baseline": Recipe("quality_baseline", "first"),
+    "ours": Recipe("quality_ours", "pipeline"),
+    "ours_ordinal": Recipe("quality_ours_ordinal", "pipeline"),
+}
+WORK_PATHS = ("models", "reports", "submissions")
 # crops and decoded crop arrays are keyed by content and settings, so the recipes share them (MTCNN runs once)
 SHARED_PATHS = ("crops", "cache")
 
 
 def recipe_files(recipe: str) -> list[str]:
-    return ["configs/quality.yaml", *(f"configs/{name}.yaml" for name in RECIPES[recipe].files)]
+    return [f"configs/{RECIPES[recipe].file}.yaml"]
 
 
 def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Config:
     files = [ROOT / f for f in recipe_files(recipe)]
     if gpu:
         files.append(ROOT / "configs" / "quality_gpu.yaml")
-    return load_config(files, [f"paths.data_root={data}", f"paths.folds={work / 'folds.csv'}",
-                               *[f"paths.{name}={work / name}" for name in WORK_PATHS],
-                               *[f"paths.{name}={work.parent / name}" for name in SHARED_PATHS], *overrides])
+    return load_config(
+        files,
+        [
+            f"paths.data_root={data}",
+            f"paths.folds={work / 'folds.csv'}",
+            *[f"paths.{name}={work / name}" for name in WORK_PATHS],
+            *[f"paths.{name}={work.parent / name}" for name in SHARED_PATHS],
+            *overrides,
+        ],
+    )
 
 
 def eval_scores(pred: np.ndarray, ids: list[str], answers: pd.Series) -> dict:
     y = answers.loc[ids].to_numpy()
     onehot = np.eye(labels.NUM_CLASSES)[pred]
     s = scores(y, onehot)
-    return {"eval_macro_f1": s["f1"], "eval_acc": s["acc"], "eval_f1_mask": s["f1_mask"], "eval_f1_gender": s["f1_gender"],
-            "eval_f1_age": s["f1_age"], "eval_f1_per_class": f1_per_class(y, pred, labels.NUM_CLASSES).round(4).tolist()}
+    return {
+        "eval_macro_f1": s["f1"],
+        "eval_acc": s["acc"],
+        "eval_f1_mask": s["f1_mask"],
+        "eval_f1_gender": s["f1_gender"],
+        "eval_f1_age": s["f1_age"],
+        "eval_f1_per_class": f1_per_class(y, pred, labels.NUM_CLASSES).round(4).tolist(),
+    }
 
 
 def uncertainty(y_eval: np.ndarray, pred_eval: np.ndarray, eval_persons: np.ndarray, oof: pd.DataFrame) -> dict:
     """Person-bootstrap spread of the eval score and of the CV score, and the interval of their difference."""
     boot_eval = bootstrap_macro_f1(y_eval, pred_eval, eval_persons)
-    boot_cv = bootstrap_macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1),
-                                 oof["person_id"].to_numpy(), seed=1)
-    return {"eval_macro_f1_boot_sd": float(boot_eval.std()), "eval_macro_f1_90ci": np.percentile(boot_eval, [5, 95]).tolist(),
-            "cv_macro_f1_boot_sd": float(boot_cv.std()),
-            "eval_minus_cv_90ci": np.percentile(boot_eval - boot_cv, [5, 95]).tolist()}
+    boot_cv = bootstrap_macro_f1(
+        oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1), oof["person_id"].to_numpy(), seed=1
+    )
+    return {
+        "eval_macro_f1_boot_sd": float(boot_eval.std()),
+        "eval_macro_f1_90ci": np.percentile(boot_eval, [5, 95]).tolist(),
+        "cv_macro_f1_boot_sd": float(boot_cv.std()),
+        "eval_minus_cv_90ci": np.percentile(boot_eval - boot_cv, [5, 95]).tolist(),
+    }
 
 
 @dataclass
 class Submission:
     """What a recipe submitted and how it estimated itself."""
+
     pred: np.ndarray
     ids: list[str]
     cv: float
@@ -103,23 +128,33 @@ def first_submission(cfg: Config) -> Submission:
     oof = read_oof(run, Paths.from_config(cfg), tta=False)
     cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
     probs, ids = read_test_probs(run, 0)
-    return Submission(probs.argmax(1), ids, cv, oof, run,
-                      {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"})
+    return Submission(
+        probs.argmax(1),
+        ids,
+        cv,
+        oof,
+        run,
+        {"cv_macro_f1_note": "pooled OOF argmax of the k fold models; eval from fold 0's model"},
+    )
 
 
 def pipeline_submission(cfg: Config, answer_table: pd.DataFrame) -> Submission:
     """The pipeline's own: every fold inferred with TTA, then the ensemble and its nested decision steps."""
     run = infer(cfg)
-    oof = load_experiment(cfg, cfg["experiment"]).oof
+    oof = load_experiment(cfg, cfg.experiment).oof
     sub_path = ensemble(cfg)
     side = json.loads(sub_path.with_suffix(".json").read_text())
     sub = pd.read_csv(sub_path, dtype={"ImageID": str})
-    extra = {"cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
-                                 "each fitted on the other folds where applied (nested); eval is the fold ensemble",
-             "biases_applied": side["biases_applied"], "nested_bias_gain": (side["nested_bias_gain"] or {}).get("gain"),
-             "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
-             "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
-             **grouping_scores(side, sub_path, answer_table), **age_cut_scores(side)}
+    extra = {
+        "cv_macro_f1_note": "pooled TTA OOF of the fold models, with age cut points, person grouping and biases "
+        "each fitted on the other folds where applied (nested); eval is the fold ensemble",
+        "biases_applied": side["biases_applied"],
+        "nested_bias_gain": (side["nested_bias_gain"] or {}).get("gain"),
+        "cv_macro_f1_before_decision": side["oof_before_decision"]["f1"],
+        "cv_macro_f1_biases_in_sample": side["oof_macro_f1_after_decision"],
+        **grouping_scores(side, sub_path, answer_table),
+        **age_cut_scores(side),
+    }
     return Submission(sub["ans"].to_numpy(), sub["ImageID"].tolist(), side["cv_macro_f1"], oof, run, extra)
 
 
@@ -140,14 +175,26 @@ def run_recipe(recipe: str, cfg: Config) -> dict:
             probs, fold_ids = read_test_probs(sub.run, f)
             fold_models.append(macro_f1(answers.loc[fold_ids].to_numpy(), probs.argmax(1)))
     detected = readable["source"].isin(["mtcnn", "mtcnn_relaxed"])
-    return {"recipe": recipe, "config_files": recipe_files(recipe),
-            "cv_macro_f1": sub.cv, **eval_scores(sub.pred, sub.ids, answers),
-            **uncertainty(answers.loc[sub.ids].to_numpy(), sub.pred, answer_table.loc[sub.ids, "person_id"].to_numpy(), sub.oof),
-            "eval_macro_f1_fold_models": fold_models, "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
-            "crop_mode": cfg["crop"]["mode"], "crop_detection_rate": float(detected.mean()),
-            "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),
-            "backbone": cfg["model"]["backbone"], "img_size": cfg["train"]["img_size"], "epochs": cfg["train"]["epochs"],
-            "folds": cfg["folds"]["k"], "train_images": int((readable["split"] == "train").sum()), **sub.extra}
+    return {
+        "recipe": recipe,
+        "config_files": recipe_files(recipe),
+        "cv_macro_f1": sub.cv,
+        **eval_scores(sub.pred, sub.ids, answers),
+        **uncertainty(
+            answers.loc[sub.ids].to_numpy(), sub.pred, answer_table.loc[sub.ids, "person_id"].to_numpy(), sub.oof
+        ),
+        "eval_macro_f1_fold_models": fold_models,
+        "eval_macro_f1_fold_models_mean": float(np.mean(fold_models)),
+        "crop_mode": cfg.crop.mode,
+        "crop_detection_rate": float(detected.mean()),
+        "crop_detection_rate_eval": float(detected[readable["split"] == "eval"].mean()),
+        "backbone": cfg.model.backbone,
+        "img_size": cfg.train.img_size,
+        "epochs": cfg.train.epochs,
+        "folds": cfg.folds.k,
+        "train_images": int((readable["split"] == "train").sum()),
+        **sub.extra,
+    }
 
 
 def grouping_scores(side: dict, sub_path: Path, answer_table: pd.DataFrame) -> dict:
@@ -156,13 +203,18 @@ def grouping_scores(side: dict, sub_path: Path, answer_table: pd.DataFrame) -> d
     if not grouping:
         return {}
     folds = grouping["per_fold"]
-    out = {"grouping_applied": grouping["applied"], "grouping_nested_gain": grouping["nested_gain"],
-           "grouping_oof_purity": float(np.mean([f["purity"] for f in folds])),
-           "grouping_oof_completeness": float(np.mean([f["completeness"] for f in folds]))}
+    out = {
+        "grouping_applied": grouping["applied"],
+        "grouping_nested_gain": grouping["nested_gain"],
+        "grouping_oof_purity": float(np.mean([f["purity"] for f in folds])),
+        "grouping_oof_completeness": float(np.mean([f["completeness"] for f in folds])),
+    }
     groups_csv = sub_path.with_name(sub_path.stem + ".groups.csv")
     if groups_csv.exists():
         groups = pd.read_csv(groups_csv, dtype={"ImageID": str, "group": str})
-        found = purity_completeness(groups["group"].to_numpy(), answer_table.loc[groups["ImageID"], "person_id"].to_numpy())
+        found = purity_completeness(
+            groups["group"].to_numpy(), answer_table.loc[groups["ImageID"], "person_id"].to_numpy()
+        )
         out.update(grouping_eval_purity=found["purity"], grouping_eval_completeness=found["completeness"])
     return out
 
@@ -175,25 +227,44 @@ def age_cut_scores(side: dict) -> dict:
 
 
 def markdown(results: dict, meta: dict) -> str:
-    rows = [("CV (OOF) macro F1", "cv_macro_f1"), ("eval macro F1", "eval_macro_f1"),
-            ("eval macro F1, 90 % person-bootstrap interval", "eval_macro_f1_90ci"),
-            ("eval - CV, 90 % person-bootstrap interval", "eval_minus_cv_90ci"),
-            ("eval macro F1, single fold models (mean)", "eval_macro_f1_fold_models_mean"), ("eval F1 mask", "eval_f1_mask"),
-            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"),
-            ("person grouping: nested gain on OOF", "grouping_nested_gain"), ("person grouping applied", "grouping_applied"),
-            ("grouping purity / completeness, OOF", "grouping_oof_purity", "grouping_oof_completeness"),
-            ("grouping purity / completeness, eval", "grouping_eval_purity", "grouping_eval_completeness"),
-            ("age cut points (nested gain, applied)", "age_cuts", "age_cuts_nested_gain", "age_cuts_applied"),
-            ("biases: nested gain", "nested_bias_gain"), ("crop detection rate", "crop_detection_rate"),
-            ("wall time (s)", "wall_s"), ("peak RSS (MB)", "peak_rss_mb")]
+    rows = [
+        ("CV (OOF) macro F1", "cv_macro_f1"),
+        ("eval macro F1", "eval_macro_f1"),
+        ("eval macro F1, 90 % person-bootstrap interval", "eval_macro_f1_90ci"),
+        ("eval - CV, 90 % person-bootstrap interval", "eval_minus_cv_90ci"),
+        ("eval macro F1, single fold models (mean)", "eval_macro_f1_fold_models_mean"),
+        ("eval F1 mask", "eval_f1_mask"),
+        ("eval F1 gender", "eval_f1_gender"),
+        ("eval F1 age", "eval_f1_age"),
+        ("person grouping: nested gain on OOF", "grouping_nested_gain"),
+        ("person grouping applied", "grouping_applied"),
+        ("grouping purity / completeness, OOF", "grouping_oof_purity", "grouping_oof_completeness"),
+        ("grouping purity / completeness, eval", "grouping_eval_purity", "grouping_eval_completeness"),
+        ("age cut points (nested gain, applied)", "age_cuts", "age_cuts_nested_gain", "age_cuts_applied"),
+        ("biases: nested gain", "nested_bias_gain"),
+        ("crop detection rate", "crop_detection_rate"),
+        ("wall time (s)", "wall_s"),
+        ("peak RSS (MB)", "peak_rss_mb"),
+    ]
     names = list(results)
-    out = [f"# Quality benchmark {meta['date']}", "", f"Data: {meta['data']} ({meta['device']}). "
-           f"Shared: {meta['shared']}.", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    out = [
+        f"# Quality benchmark {meta['date']}",
+        "",
+        f"Data: {meta['data']} ({meta['device']}). Shared: {meta['shared']}.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for title, *keys in rows:
         cells = [" / ".join(_cell(results[n].get(k)) for k in keys) for n in names]
         out.append(f"| {title} | " + " | ".join(cells) + " |")
-    out += ["", "Per-class eval F1 (class = mask*6 + gender*3 + age):", "",
-            "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    out += [
+        "",
+        "Per-class eval F1 (class = mask*6 + gender*3 + age):",
+        "",
+        "| class | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for c in range(labels.NUM_CLASSES):
         out.append(f"| {c} | " + " | ".join(_cell(results[n]["eval_f1_per_class"][c]) for n in names) + " |")
     return "\n".join(out) + "\n"
@@ -218,9 +289,13 @@ def child(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str], 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="add configs/quality_gpu.yaml (CUDA, full resolution, 5 folds)")
+    parser.add_argument(
+        "--gpu", action="store_true", help="add configs/quality_gpu.yaml (CUDA, full resolution, 5 folds)"
+    )
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="competition-layout data with eval_answers.csv")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and markdown go (default bench/results)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the JSON and markdown go (default bench/results)"
+    )
     parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary directory, removed)")
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     parser.add_argument("--merge", type=Path, help="an earlier results JSON whose other recipes join this report")
@@ -243,20 +318,43 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir(parents=True, exist_ok=True)
             out = work / "result.json"
             start = time.perf_counter()
-            cmd = [sys.executable, __file__, "--child", recipe, "--data", str(args.data.resolve()), "--work", str(work),
-                   "--out", str(out), *(["--gpu"] if args.gpu else []), "--set", *args.set]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                recipe,
+                "--data",
+                str(args.data.resolve()),
+                "--work",
+                str(work),
+                "--out",
+                str(out),
+                *(["--gpu"] if args.gpu else []),
+                "--set",
+                *args.set,
+            ]
             subprocess.run(cmd, check=True)
             results[recipe] = {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1)}
-            print(f"{recipe}: eval macro F1 {results[recipe]['eval_macro_f1']:.4f}, CV {results[recipe]['cv_macro_f1']:.4f}, "
-                  f"{results[recipe]['wall_s']:.0f} s", flush=True)
+            print(
+                f"{recipe}: eval macro F1 {results[recipe]['eval_macro_f1']:.4f}, "
+                f"CV {results[recipe]['cv_macro_f1']:.4f}, "
+                f"{results[recipe]['wall_s']:.0f} s",
+                flush=True,
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work_root, ignore_errors=True)
     import torch
 
-    meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "gpu_config": args.gpu,
-            "device": torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else f"CPU, {_cores()} cores",
-            "shared": "configs/quality.yaml" + (" + configs/quality_gpu.yaml" if args.gpu else "") + "".join(f" {o}" for o in args.set)}
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "data": str(args.data),
+        "gpu_config": args.gpu,
+        "device": torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else f"CPU, {_cores()} cores",
+        "shared": "configs/quality.yaml"
+        + (" + configs/quality_gpu.yaml" if args.gpu else "")
+        + "".join(f" {o}" for o in args.set),
+    }
     if "baseline" in results and "ours" in results:
         meta["eval_gain"] = results["ours"]["eval_macro_f1"] - results["baseline"]["eval_macro_f1"]
         meta["ours_cv_minus_eval"] = results["ours"]["cv_macro_f1"] - results["ours"]["eval_macro_f1"]

@@ -2,6 +2,7 @@
 
 Usage: python bench/run.py [crop train infer make_all digest]   (no names: all)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -9,7 +10,13 @@ import sys
 
 from common import print_table, save_results
 
-BENCHES = {"crop": "crop_speed", "train": "train_speed", "infer": "infer_speed", "make_all": "make_all_time", "digest": "digest_speed"}
+BENCHES = {
+    "crop": "crop_speed",
+    "train": "train_speed",
+    "infer": "infer_speed",
+    "make_all": "make_all_time",
+    "digest": "digest_speed",
+}
 
 
 def main(names: list[str]) -> None:

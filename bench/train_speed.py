@@ -2,6 +2,7 @@
 pure forward+backward on device tensors of the same batch and resolution (same autocast and memory format),
 in one process; both again while one competing busy process runs (a shared CPU), as a ratio to alone, with the
 automatic thread count and with the thread count forced to what it is alone."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,27 +13,27 @@ from pathlib import Path
 
 import torch
 
-from common import peak_rss_mb
-
-from maskcomp.config import load_config
-from maskcomp.crop import crop_faces
-from maskcomp.data import load_train
-from maskcomp.device import Placement, autocast, resolve_device
-from maskcomp.folds import make_folds
-from maskcomp.paths import Paths
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.device import Placement, autocast, resolve_device
+from maskcomp.core.paths import Paths
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.data.sample import make_sample
+from maskcomp.data.tables import load_train
 from maskcomp.runs import open_run
-from maskcomp.sample import make_sample
-from maskcomp.trainer import FoldTrainer, run_manifest
+from maskcomp.train.trainer import FoldTrainer, run_manifest
+
+from common import peak_rss_mb
 
 BUSY = "while True: pass"
 
 
 def pure_rate(trainer: FoldTrainer, steps: int) -> float:
     """Images/s of forward+backward+step alone, on tensors already on the device."""
-    tc = trainer.cfg["train"]
-    bs, (h, w) = tc["batch_size"], tc["img_size"]
+    tc = trainer.cfg.train
+    bs, (h, w) = tc.batch_size, tc.img_size
     x = torch.randn(bs, 3, h, w, device=trainer.device)
-    x = x.contiguous(memory_format=torch.channels_last) if tc["channels_last"] else x
+    x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
     targets = {k: torch.randint(0, n, (bs,), device=trainer.device) for k, n in trainer.heads.items()}
     model = trainer.model.train()
     start = time.perf_counter()
@@ -52,24 +53,41 @@ def pure_rate(trainer: FoldTrainer, steps: int) -> float:
 def measure(cfg: dict, label: str) -> dict:
     """A fresh trainer (threads chosen now, as a training started at this moment would), one warm-up epoch,
     then one timed epoch of the loop and as many pure steps."""
-    trainer = FoldTrainer(cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)), Placement(resolve_device(cfg["train"]["device"])))
+    trainer = FoldTrainer(
+        cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)), Placement(resolve_device(cfg.train.device))
+    )
     threads = torch.get_num_threads()
     trainer._train_epoch(0)
     _, loop = trainer._train_epoch(1)
     pure = pure_rate(trainer, len(trainer.train_loader))
-    h, w = cfg["train"]["img_size"]
-    return {"bench": "train", "load": label, "backbone": cfg["model"]["backbone"], "img_size": f"{h}x{w}",
-            "batch": cfg["train"]["batch_size"], "workers": cfg["train"]["workers"], "torch_threads": threads,
-            "loop_images_per_s": loop, "pure_images_per_s": pure, "loop_over_pure": loop / pure,
-            "device": str(trainer.device)}
+    h, w = cfg.train.img_size
+    return {
+        "bench": "train",
+        "load": label,
+        "backbone": cfg.model.backbone,
+        "img_size": f"{h}x{w}",
+        "batch": cfg.train.batch_size,
+        "workers": cfg.train.workers,
+        "torch_threads": threads,
+        "loop_images_per_s": loop,
+        "pure_images_per_s": pure,
+        "loop_over_pure": loop / pure,
+        "device": str(trainer.device),
+    }
 
 
 def run(persons: int = 120, threads: int | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        over = [f"paths.data_root={work / 'data'}", f"paths.folds={work / 'folds.csv'}",
-                *[f"paths.{n}={work / n}" for n in ("crops", "runs", "reports", "submissions", "cache")],
-                "crop.mode=center", "train.epochs=3", "folds.k=3", *([f"train.threads={threads}"] if threads is not None else [])]
+        over = [
+            f"paths.data_root={work / 'data'}",
+            f"paths.folds={work / 'folds.csv'}",
+            *[f"paths.{n}={work / n}" for n in ("crops", "models", "reports", "submissions", "cache")],
+            "crop.mode=center",
+            "train.epochs=3",
+            "folds.k=3",
+            *([f"train.threads={threads}"] if threads is not None else []),
+        ]
         cfg = load_config("configs/sample.yaml", over)
         make_sample(Paths.from_config(cfg), persons, 2, seed=0)
         crop_faces(cfg)
@@ -80,8 +98,10 @@ def run(persons: int = 120, threads: int | None = None) -> list[dict]:
             time.sleep(2)
             shared = measure(cfg, "with 1 busy process")
             # the same with every core's thread forced (train.threads = all CPUs): what the automatic choice avoids
-            forced = measure({**cfg, "train": {**cfg["train"], "threads": alone["torch_threads"]}},
-                             "with 1 busy process, threads forced")
+            forced = measure(
+                updated(cfg, {"train.threads": alone["torch_threads"]}),
+                "with 1 busy process, threads forced",
+            )
         finally:
             busy.kill()
             busy.wait()

@@ -1,7 +1,8 @@
 """Person-level stratified folds into folds/folds.csv: python folds/make_folds.py [--config ...] [overrides]"""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.errors import cli
-from maskcomp.folds import make_folds
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.data.folds import make_folds
 
 
 @cli

@@ -1,2 +1,3 @@
 """maskcomp: a staged pipeline for the mask-status classification competition."""
+
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ TTA, and the ensemble. Each step is one row: step, device, dtype, images/s, peak
 one-line error; a failing step does not stop the others. Without CUDA it says so and exits 0;
 `--device cpu` runs the same steps on the CPU (that is how the tests exercise it).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,22 +21,33 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .config import PROJECT_ROOT, Config, dump_config, load_config
-from .crop import crop_faces
-from .device import resolve_amp
-from .ensemble import ensemble
-from .fileio import write_text
-from .folds import make_folds
-from .inference import infer
-from .paths import Paths
+from .core.config import PROJECT_ROOT, Config, dump_config, load_config
+from .core.device import resolve_amp
+from .core.fileio import write_text
+from .core.paths import Paths
+from .crop.stage import crop_faces
+from .data.folds import make_folds
+from .data.sample import make_sample
+from .ensemble.stage import ensemble
+from .predict.infer import infer
 from .runs import resolve_run
-from .sample import make_sample
-from .trainer import train
+from .train.trainer import train
 
 PERSONS, EVAL_PERSONS = 16, 4
-TINY = ["model.backbone=mobilenetv3_small_050", "model.pretrained=false", "train.img_size=[128, 96]", "train.epochs=1",
-        "train.batch_size=16", "train.workers=2", "folds.k=2", "train.folds=[0]", "train.ema=true", "train.channels_last=true",
-        "infer.tta=[identity, hflip]", "crop.workers=2"]
+TINY = [
+    "model.backbone=mobilenetv3_small_050",
+    "model.pretrained=false",
+    "train.img_size=[128, 96]",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.workers=2",
+    "folds.k=2",
+    "train.folds=[0]",
+    "train.ema=true",
+    "train.channels_last=true",
+    "infer.tta=[identity, hflip]",
+    "crop.workers=2",
+]
 
 
 @dataclass
@@ -68,14 +80,24 @@ def _measure(step: str, device: str, dtype: str, fn: Callable[[], float | None])
 
 
 def _config(work: Path, device: str, *extra: str) -> Config:
-    outs = [f"paths.{name}={work / name}" for name in ("crops", "runs", "reports", "submissions", "cache")]
-    return load_config("configs/sample.yaml", [f"paths.data_root={work / 'data'}", f"paths.folds={work / 'folds.csv'}",
-                                               *outs, *TINY, f"train.device={device}", f"crop.device={device}", *extra])
+    outs = [f"paths.{name}={work / name}" for name in ("crops", "models", "reports", "submissions", "cache")]
+    return load_config(
+        "configs/sample.yaml",
+        [
+            f"paths.data_root={work / 'data'}",
+            f"paths.folds={work / 'folds.csv'}",
+            *outs,
+            *TINY,
+            f"train.device={device}",
+            f"crop.device={device}",
+            *extra,
+        ],
+    )
 
 
 def _train_rate(cfg: Config) -> float:
     train(cfg)
-    metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg["experiment"]).fold_dir(0) / "metrics.csv")
+    metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg.experiment).fold_dir(0) / "metrics.csv")
     return float(metrics["images_per_s"].iloc[-1])
 
 
@@ -90,9 +112,20 @@ def _ddp(work: Path, device: str, processes: int) -> float:
     cfg = _config(work, device, "experiment=gpucheck_ddp", "train.amp=fp16", "train.folds=[1]")
     config_file = write_text(dump_config(cfg), work / "gpucheck_ddp.yaml")
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", f"--nproc_per_node={processes}", str(PROJECT_ROOT / "train.py"),
-                           "--config", str(config_file)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            str(PROJECT_ROOT / "train.py"),
+            "--config",
+            str(config_file),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if proc.returncode:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"torchrun exited {proc.returncode}")
@@ -111,25 +144,50 @@ def run_check(device: str = "cuda", compile_step: bool = False, ddp_processes: i
         for amp in ("fp16", "bf16"):
             cfg = _config(work, device, f"experiment=gpucheck_{amp}", f"train.amp={amp}")
             dtype, note = resolve_amp(amp, torch.device(device))
-            label = "fp32" if device == "cpu" else str(dtype).removeprefix("torch.") + (" (bf16 fallback)" if note else "")
-            rows.append(_measure(f"train 1 epoch, {amp}, channels_last, EMA", device, label, lambda cfg=cfg: _train_rate(cfg)))
+            label = (
+                "fp32" if device == "cpu" else str(dtype).removeprefix("torch.") + (" (bf16 fallback)" if note else "")
+            )
+            rows.append(
+                _measure(f"train 1 epoch, {amp}, channels_last, EMA", device, label, lambda cfg=cfg: _train_rate(cfg))
+            )
         if compile_step:
             cfg = _config(work, device, "experiment=gpucheck_compile", "train.amp=bf16", "train.compile=true")
             rows.append(_measure("train 1 epoch, torch.compile", device, "bf16", lambda: _train_rate(cfg)))
         processes = ddp_processes or max(1, torch.cuda.device_count() if device.startswith("cuda") else 2)
-        rows.append(_measure(f"torchrun DDP x{processes} ({'NCCL' if device.startswith('cuda') else 'gloo'})", device, "fp16",
-                             lambda: _ddp(work, device, processes)))
+        rows.append(
+            _measure(
+                f"torchrun DDP x{processes} ({'NCCL' if device.startswith('cuda') else 'gloo'})",
+                device,
+                "fp16",
+                lambda: _ddp(work, device, processes),
+            )
+        )
         fp16 = _config(work, device, "experiment=gpucheck_fp16", "train.amp=fp16")
-        rows.append(_measure("infer, TTA identity+hflip", device, "fp16",
-                             lambda: _timed(lambda: infer(fp16), EVAL_PERSONS * 7 * 2 + PERSONS * 7 // 2)))
+        rows.append(
+            _measure(
+                "infer, TTA identity+hflip",
+                device,
+                "fp16",
+                lambda: _timed(lambda: infer(fp16), EVAL_PERSONS * 7 * 2 + PERSONS * 7 // 2),
+            )
+        )
         rows.append(_measure("ensemble", device, "-", lambda: _timed(lambda: ensemble(fp16), EVAL_PERSONS * 7)))
     return rows
 
 
 def table(rows: list[Row]) -> str:
     header = ["step", "device", "dtype", "images/s", "peak GPU MB", "status"]
-    cells = [[r.step, r.device, r.dtype, "-" if r.images_per_s is None else f"{r.images_per_s:.0f}",
-              "-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}", r.status] for r in rows]
+    cells = [
+        [
+            r.step,
+            r.device,
+            r.dtype,
+            "-" if r.images_per_s is None else f"{r.images_per_s:.0f}",
+            "-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}",
+            r.status,
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]

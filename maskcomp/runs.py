@@ -1,17 +1,18 @@
 """Training runs on disk, and the one reader of their artifacts.
 
-    runs/<experiment>/<run-id>/      one training run; the id is the start of its manifest's digest, so the
+    models/<experiment>/<run-id>/      one training run; the id is the start of its manifest's digest, so the
         manifest.json                same data, labels, folds and training config always land in the same run,
         run.json                     and anything else in a new one (a trained model is never overwritten)
         config.yaml
         fold<K>/                     best.pt last.pt config.yaml env.json metrics.csv oof.csv done.json, and from
                                      `make infer`: test_probs.npy test_probs.csv test_ids.csv oof_tta.csv infer.json
         .lock                        held while a process trains this run
-    runs/<experiment>/latest         the id of the run that `make train` trained (or found done) last
+    models/<experiment>/latest         the id of the run that `make train` trained (or found done) last
 
 infer, ensemble and analyze take `run: latest` (default) or a run id; `ensemble.experiments` entries may
 name a run as `experiment@run-id`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,12 +31,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from . import labels
-from .config import PROJECT_ROOT, Config, dump_config
-from .errors import MaskcompError
-from .fileio import write_json, write_text
-from .manifest import Manifest, file_digest, read_manifest, write_manifest
-from .paths import Paths
+from .core import labels
+from .core.config import PROJECT_ROOT, Config, dump_config
+from .core.errors import MaskcompError
+from .core.fileio import write_json, write_text
+from .core.paths import Paths
+from .core.stages import Manifest, file_digest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ RUN_ID_CHARS = 12
 LATEST = "latest"
 BEST = "best.pt"
 DONE = "done.json"
-FAILED = "failed.json"     # the error that stopped the run's last training, until a training of it succeeds
-DAMAGED = ".damaged"       # suffix of a checkpoint found damaged: kept beside the fold, never deleted
+FAILED = "failed.json"  # the error that stopped the run's last training, until a training of it succeeds
+DAMAGED = ".damaged"  # suffix of a checkpoint found damaged: kept beside the fold, never deleted
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,18 @@ class RunRef:
 def git_commit() -> str | None:
     """The code's commit (with '-dirty' when the work tree has changes), or None outside a git checkout."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
         if head.returncode:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
@@ -95,14 +103,21 @@ def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
     """The run for this manifest; with `write`, created (run.json, config, manifest) if new. It becomes `latest`
     only once a fold of it is finished (mark_latest)."""
     run_id = manifest.digest[:RUN_ID_CHARS]
-    ref = RunRef(cfg["experiment"], run_id, Paths.from_config(cfg).runs / cfg["experiment"] / run_id)
+    ref = RunRef(cfg.experiment, run_id, Paths.from_config(cfg).models / cfg.experiment / run_id)
     if not write:
         return ref
     if read_manifest(ref.dir) is None:
         write_text(dump_config(cfg), ref.dir / "config.yaml")
-        write_json({"experiment": ref.experiment, "run_id": ref.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "git_commit": git_commit(), "host": socket.gethostname()},
-                   ref.dir / "run.json")
+        write_json(
+            {
+                "experiment": ref.experiment,
+                "run_id": ref.run_id,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "git_commit": git_commit(),
+                "host": socket.gethostname(),
+            },
+            ref.dir / "run.json",
+        )
         write_manifest(ref.dir, manifest)
     return ref
 
@@ -160,7 +175,7 @@ def resolve_run(paths: Paths, spec: str, default_run: str = LATEST) -> RunRef:
     """`experiment` (its `default_run`) or `experiment@run-id` -> the run; `latest` follows the pointer."""
     experiment, _, run_id = spec.partition("@")
     run_id = run_id or default_run
-    root = paths.runs / experiment
+    root = paths.models / experiment
     if run_id == LATEST:
         pointer = root / LATEST
         if not pointer.exists():
@@ -169,12 +184,14 @@ def resolve_run(paths: Paths, spec: str, default_run: str = LATEST) -> RunRef:
     ref = RunRef(experiment, run_id, root / run_id)
     if not ref.dir.is_dir():
         known = ", ".join(sorted(p.name for p in root.glob("*") if p.is_dir())) or "none"
-        raise MaskcompError(f"{ref.dir}: no run '{run_id}' of experiment '{experiment}' (runs: {known}); pick one with run=<id>")
+        raise MaskcompError(
+            f"{ref.dir}: no run '{run_id}' of experiment '{experiment}' (runs: {known}); pick one with run=<id>"
+        )
     return ref
 
 
 def list_runs(paths: Paths) -> list[RunRef]:
-    return [RunRef(p.parent.parent.name, p.parent.name, p.parent) for p in sorted(paths.runs.glob("*/*/run.json"))]
+    return [RunRef(p.parent.parent.name, p.parent.name, p.parent) for p in sorted(paths.models.glob("*/*/run.json"))]
 
 
 def run_info(ref: RunRef) -> dict:
@@ -196,7 +213,9 @@ def run_lock(ref: RunRef) -> Iterator[None]:
         except (BlockingIOError, PermissionError):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise MaskcompError(f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it") from None
+            raise MaskcompError(
+                f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -226,13 +245,17 @@ def read_oof(ref: RunRef, paths: Paths, tta: bool = True) -> pd.DataFrame:
     oof["image_path"] = [paths.image_file(paths.image_key(p)) for p in oof["image_path"]]
     oof = oof.sort_values("image_path").reset_index(drop=True)
     if not set(labels.PROB_COLUMNS) <= set(oof.columns):
-        raise MaskcompError(f"{ref.dir}: OOF files lack the 18 class columns p0..p17; this run has another class layout")
+        raise MaskcompError(
+            f"{ref.dir}: OOF files lack the 18 class columns p0..p17; this run has another class layout"
+        )
     return oof
 
 
 def read_learning_rates(ref: RunRef) -> dict[int, pd.DataFrame]:
     """Each fold's learning rate per step (epoch as a fraction, lr); folds trained before it was logged are absent."""
-    return {f: pd.read_csv(ref.fold_dir(f) / "lr.csv") for f in ref.trained_folds() if (ref.fold_dir(f) / "lr.csv").exists()}
+    return {
+        f: pd.read_csv(ref.fold_dir(f) / "lr.csv") for f in ref.trained_folds() if (ref.fold_dir(f) / "lr.csv").exists()
+    }
 
 
 def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
@@ -253,7 +276,9 @@ def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
             raise MaskcompError(f"{d / name}: missing; run `make infer` for experiment '{ref.experiment}'")
     probs = np.load(d / "test_probs.npy")
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
-        raise MaskcompError(f"{d / 'test_probs.npy'}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again")
+        raise MaskcompError(
+            f"{d / 'test_probs.npy'}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again"
+        )
     return probs, pd.read_csv(d / "test_ids.csv", dtype=str, keep_default_na=False)["ImageID"].tolist()
 
 

@@ -1,13 +1,20 @@
-"""Face crops of every train and eval image: python preprocess/crop_faces.py [--config ...] [overrides]"""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.crop import crop_faces
-from maskcomp.errors import cli
+"""Face crops of every train and eval image: python preprocess/crop_faces.py [--config ...] [overrides]
+Writes the crops and records.csv, then the crop report (reports/crop/)."""
+
+import time
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.crop.stage import crop_faces
+from maskcomp.report.crop_page import write_crop_report
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    crop_faces(cfg)
+    start = time.perf_counter()
+    records = crop_faces(cfg)
+    write_crop_report(cfg, records, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

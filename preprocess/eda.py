@@ -1,7 +1,8 @@
 """Exploratory data analysis into reports/eda/: python preprocess/eda.py [--config ...]"""
-from maskcomp.cli import parse_stage_args, stage_parser
-from maskcomp.eda import run_eda
-from maskcomp.errors import cli
+
+from maskcomp.analyze.eda import run_eda
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
 
 
 @cli

@@ -1,4 +1,5 @@
 """Shared fixtures: a small generated dataset (made once per session) and configs pointing into tmp dirs."""
+
 from __future__ import annotations
 
 import shutil
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from maskcomp.config import load_config
-from maskcomp.paths import Paths
+from maskcomp.core.config import load_config
+from maskcomp.core.paths import Paths
+from maskcomp.data.sample import make_sample
 from maskcomp.runs import resolve_run
-from maskcomp.sample import make_sample
 
 SAMPLE_PERSONS = 40
 SAMPLE_EVAL_PERSONS = 8
@@ -18,9 +19,18 @@ SAMPLE_EVAL_PERSONS = 8
 def config_for(data_root: Path, work: Path, *overrides: str, config: str = "configs/sample.yaml") -> dict:
     """A config whose outputs all live under `work`, pinned to the CPU (the suite is about the CPU path, and must
     behave the same on a machine with a GPU); `overrides` come last and may say otherwise."""
-    outs = [f"paths.{name}={work / name}" for name in ("crops", "runs", "reports", "submissions", "cache")]
-    return load_config(config, [f"paths.data_root={data_root}", f"paths.folds={work / 'folds.csv'}", *outs,
-                                "train.device=cpu", "crop.device=cpu", *overrides])
+    outs = [f"paths.{name}={work / name}" for name in ("crops", "models", "reports", "submissions", "cache")]
+    return load_config(
+        config,
+        [
+            f"paths.data_root={data_root}",
+            f"paths.folds={work / 'folds.csv'}",
+            *outs,
+            "train.device=cpu",
+            "crop.device=cpu",
+            *overrides,
+        ],
+    )
 
 
 def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:

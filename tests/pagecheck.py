@@ -1,5 +1,6 @@
 """Checks of generated HTML pages: every local link, image and in-page anchor resolves (no browser needed), and
 the same pages rendered in headless Chromium load every image (skipped, saying why, without Chromium)."""
+
 from __future__ import annotations
 
 import shutil
@@ -53,9 +54,11 @@ def browser() -> str | None:
 
 
 # appended to a copy of the page: after load, the page's title lists images that failed to decode
-_PROBE = ("<script>window.addEventListener('load', () => { const bad = [...document.images]"
-          ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));"
-          " document.title = 'IMAGES-BROKEN:' + bad.join(',') + ':END'; });</script>")
+_PROBE = (
+    "<script>window.addEventListener('load', () => { const bad = [...document.images]"
+    ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));"
+    " document.title = 'IMAGES-BROKEN:' + bad.join(',') + ':END'; });</script>"
+)
 
 
 def images_broken_in_browser(page: Path, exe: str) -> list[str]:
@@ -64,21 +67,47 @@ def images_broken_in_browser(page: Path, exe: str) -> list[str]:
     probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
     try:
         with tempfile.TemporaryDirectory() as profile:
-            dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                  "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-                                  "--virtual-time-budget=10000", "--dump-dom", probe.resolve().as_uri()],
-                                 capture_output=True, text=True, timeout=120).stdout
+            dom = subprocess.run(
+                [
+                    exe,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    f"--user-data-dir={profile}",
+                    "--virtual-time-budget=10000",
+                    "--dump-dom",
+                    probe.resolve().as_uri(),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
     finally:
         probe.unlink()
     start, end = dom.find("IMAGES-BROKEN:"), dom.find(":END")
     if start < 0:
         return ["(the page did not finish loading)"]
-    listed = dom[start + len("IMAGES-BROKEN:"):end]
+    listed = dom[start + len("IMAGES-BROKEN:") : end]
     return [x for x in listed.split(",") if x]
 
 
 def screenshot(page: Path, exe: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
-                        "--window-size=1280,1600", f"--screenshot={out}", page.resolve().as_uri()],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,1600",
+                f"--screenshot={out}",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )

@@ -1,4 +1,5 @@
 """Bad input answered in one line (or handled and recorded), never a traceback or a silent guess."""
+
 from __future__ import annotations
 
 import logging
@@ -13,17 +14,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskcomp.crop import crop_faces, load_crops
-from maskcomp.data import load_eval, load_train
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import make_folds
-from maskcomp.trainer import train
+from maskcomp.core.errors import MaskcompError
+from maskcomp.crop.stage import crop_faces, load_crops
+from maskcomp.data.folds import make_folds
+from maskcomp.data.tables import load_eval, load_train
+from maskcomp.train.trainer import train
 
 from conftest import config_for
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
-        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "train.epochs=1", "train.device=cpu")
+TINY = (
+    "train.img_size=[48, 36]",
+    "train.batch_size=16",
+    "train.workers=0",
+    "folds.k=2",
+    "model.pretrained=false",
+    "model.backbone=mobilenetv3_small_050",
+    "crop.mode=center",
+    "train.epochs=1",
+    "train.device=cpu",
+)
 
 
 @pytest.fixture
@@ -50,7 +60,9 @@ def test_truncated_jpeg_is_caught_by_the_default_check(tiny_copy, tmp_path):
     victim = next(p for p in sorted((tiny_copy / "train" / "images").rglob("*.jpg")))
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MaskcompError, match=rf"{victim.name}: truncated image \(its end marker is missing\); replace the file"):
+    with pytest.raises(
+        MaskcompError, match=rf"{victim.name}: truncated image \(its end marker is missing\); replace the file"
+    ):
         load_train(config_for(tiny_copy, tmp_path / "w"))
     skipped = load_train(config_for(tiny_copy, tmp_path / "w", "data.skip_bad=true"))
     assert victim.parent.name not in set(skipped["image_path"].map(lambda p: Path(p).parent.name))
@@ -70,7 +82,9 @@ def test_drop_age_bands_that_empty_a_training_split_stop_training(tiny_copy, tmp
     cfg = config_for(tiny_copy, tmp_path / "w", *TINY, "train.drop_age_bands=[[0, 120]]")
     crop_faces(cfg)
     make_folds(cfg)
-    with pytest.raises(MaskcompError, match=r"fold 0: no training image is left after train.drop_age_bands=\[\[0, 120\]\]"):
+    with pytest.raises(
+        MaskcompError, match=r"fold 0: no training image is left after train.drop_age_bands=\[\[0, 120\]\]"
+    ):
         train(cfg, folds=[0])
 
 
@@ -83,12 +97,25 @@ def test_header_only_info_csv_is_one_line(tiny_copy, tmp_path):
 def test_sample_into_an_unwritable_folder_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    proc = subprocess.run([sys.executable, "preprocess/make_sample.py", "--config", "configs/sample.yaml",
-                           f"paths.data_root={blocker / 'data'}", "sample.persons=2", "sample.eval_persons=1"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "preprocess/make_sample.py",
+            "--config",
+            "configs/sample.yaml",
+            f"paths.data_root={blocker / 'data'}",
+            "sample.persons=2",
+            "sample.eval_persons=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {blocker / 'data'}: cannot write there (Not a directory); "
-                                                "choose a writable folder (DATA=... or paths.*)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {blocker / 'data'}: cannot write there (Not a directory); "
+        "choose a writable folder (DATA=... or paths.*)"
+    ]
 
 
 @pytest.mark.parametrize("encoding,logged", [("cp949", "read as CP949"), ("utf-8-sig", "read as UTF-8 with BOM")])
@@ -97,7 +124,7 @@ def test_train_csv_saved_by_korean_excel_is_read(tiny_copy, tmp_path, caplog, en
     persons = pd.read_csv(csv, dtype=str)
     persons["race"] = "아시아인"
     csv.write_bytes(persons.to_csv(index=False).encode(encoding))
-    with caplog.at_level(logging.INFO, logger="maskcomp.data"):
+    with caplog.at_level(logging.INFO, logger="maskcomp.data.csvfiles"):
         df = load_train(config_for(tiny_copy, tmp_path / "w"))
     assert (df["race"] == "아시아인").all()
     assert any(logged in r.getMessage() and "train.csv" in r.getMessage() for r in caplog.records)
@@ -114,10 +141,11 @@ def test_implausible_age_is_named_in_a_warning(tiny_copy, tmp_path, caplog):
     persons = pd.read_csv(csv, dtype=str)
     persons.loc[2, "age"] = "200"
     persons.to_csv(csv, index=False)
-    with caplog.at_level(logging.WARNING, logger="maskcomp.data"):
+    with caplog.at_level(logging.WARNING, logger="maskcomp.data.tables"):
         load_train(config_for(tiny_copy, tmp_path / "w"))
     assert [r.getMessage() for r in caplog.records if "outside 0-120" in r.getMessage()] == [
-        f"{csv}: age 200 of person {persons.loc[2, 'id']} (line 4) is outside 0-120; check it (it is used as given)"]
+        f"{csv}: age 200 of person {persons.loc[2, 'id']} (line 4) is outside 0-120; check it (it is used as given)"
+    ]
 
 
 def _fake_make_tree(tmp_path: Path, import_ok: bool) -> tuple[Path, Path]:
@@ -129,7 +157,7 @@ def _fake_make_tree(tmp_path: Path, import_ok: bool) -> tuple[Path, Path]:
     log = tmp_path / "calls.log"
     fake = tree / ".venv" / "bin" / "python"
     fake.parent.mkdir(parents=True)
-    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = \"-I\" ] && exit {0 if import_ok else 1}\nexit 0\n")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = "-I" ] && exit {0 if import_ok else 1}\nexit 0\n')
     fake.chmod(0o755)
     return tree, log
 

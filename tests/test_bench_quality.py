@@ -1,4 +1,5 @@
 """bench/quality.py without the shared data: a skip message, never a failure; both recipes share what they must."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskcomp import labels
-from maskcomp.metrics import macro_f1
+from maskcomp.core import labels
+from maskcomp.core.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -17,8 +18,12 @@ from quality import RECIPES, _cell, recipe_config, uncertainty  # noqa: E402
 
 def test_absent_data_is_a_skip_message(tmp_path):
     before = sorted((ROOT / "bench" / "results").iterdir())
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--data", str(tmp_path / "none")],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quality.py"), "--data", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "bench-quality: skipped, no benchmark data" in out.stdout
     assert sorted((ROOT / "bench" / "results").iterdir()) == before
@@ -27,18 +32,28 @@ def test_absent_data_is_a_skip_message(tmp_path):
 def test_recipes_share_backbone_resolution_epochs_and_folds(tmp_path):
     for gpu in (False, True):
         cfgs = {r: recipe_config(r, tmp_path / "data", tmp_path / r, gpu, []) for r in RECIPES}
-        shared = {(c["model"]["backbone"], tuple(c["train"]["img_size"]), c["train"]["epochs"], c["folds"]["k"],
-                   c["train"]["batch_size"], c["train"]["lr"]) for c in cfgs.values()}
+        shared = {
+            (
+                c.model.backbone,
+                tuple(c.train.img_size),
+                c.train.epochs,
+                c.folds.k,
+                c.train.batch_size,
+                c.train.lr,
+            )
+            for c in cfgs.values()
+        }
         assert len(shared) == 1, shared
         base, ours = cfgs["baseline"], cfgs["ours"]
-        assert (base["crop"]["mode"], base["model"]["head"], base["infer"]["tta"]) == ("none", "single", ["identity"])
-        assert base["folds"]["oversample"]["strategy"] == "none" and not base["ensemble"]["tune_biases"]
-        assert ours["crop"]["mode"] == "mtcnn" and ours["ensemble"]["tune_biases"] and len(ours["infer"]["tta"]) > 1
-        assert base["paths"]["runs"] != ours["paths"]["runs"] and base["paths"]["crops"] == ours["paths"]["crops"]
+        assert (base.crop.mode, base.model.head, base.infer.tta) == ("none", "single", ["identity"])
+        assert base.folds.oversample.strategy == "none" and not base.ensemble.tune_biases
+        assert ours.crop.mode == "mtcnn" and ours.ensemble.tune_biases and len(ours.infer.tta) > 1
+        assert base.paths.models != ours.paths.models and base.paths.crops == ours.paths.crops
         ordinal = cfgs["ours_ordinal"]
-        assert ordinal["model"]["head"] == "ordinal" and ordinal["ensemble"]["tune_age_cuts"] == "auto"
-        assert {k: v for k, v in ordinal.items() if k not in ("model", "experiment", "paths")} == \
-            {k: v for k, v in ours.items() if k not in ("model", "experiment", "paths")}
+        assert ordinal.model.head == "ordinal" and ordinal.ensemble.tune_age_cuts == "auto"
+        assert {k: v for k, v in ordinal.model_dump().items() if k not in ("model", "experiment", "paths")} == {
+            k: v for k, v in ours.model_dump().items() if k not in ("model", "experiment", "paths")
+        }
 
 
 def test_uncertainty_intervals_cover_the_score_and_a_zero_gap():
@@ -60,8 +75,8 @@ def test_noise_benchmark_plants_what_it_reports(sample_root, tmp_path):
     planted genders and ages read by the pipeline, incorrect_mask and normal traded for swapped persons."""
     from noise import plant
 
-    from maskcomp.config import load_config
-    from maskcomp.data import load_train
+    from maskcomp.core.config import load_config
+    from maskcomp.data.tables import load_train
 
     planted = plant(sample_root, tmp_path / "noisy", seed=1, counts={"gender": 4, "swap_incorrect_normal": 3, "age": 3})
     assert planted["kind"].value_counts().to_dict() == {"gender": 4, "swap_incorrect_normal": 3, "age": 3}
@@ -72,7 +87,10 @@ def test_noise_benchmark_plants_what_it_reports(sample_root, tmp_path):
         if row.kind == "gender":
             assert clean.at[row.person_id, "gender"] == row.old != noisy.at[row.person_id, "gender"] == row.new
         elif row.kind == "age":
-            assert labels.age_group(int(row.new)) != labels.age_group(int(row.old)) and noisy.at[row.person_id, "age"] == row.new
+            assert (
+                labels.age_group(int(row.new)) != labels.age_group(int(row.old))
+                and noisy.at[row.person_id, "age"] == row.new
+            )
         else:
             folder = tmp_path / "noisy" / "train" / "images" / noisy.at[row.person_id, "path"]
             source = sample_root / "train" / "images" / clean.at[row.person_id, "path"]

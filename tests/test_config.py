@@ -1,15 +1,16 @@
 import pytest
 
-from maskcomp.config import load_config
-from maskcomp.errors import MaskcompError
+from maskcomp.core.config import PROJECT_ROOT as ROOT
+from maskcomp.core.config import load_config
+from maskcomp.core.errors import MaskcompError
 
 
 def test_dotted_overrides_are_typed():
     cfg = load_config("configs/sample.yaml", ["seed=3", "train.img_size=[64, 48]", "model.pretrained=false"])
-    assert cfg["seed"] == 3
-    assert cfg["train"]["img_size"] == [64, 48]
-    assert cfg["model"]["pretrained"] is False
-    assert cfg["experiment"] == "sample"
+    assert cfg.seed == 3
+    assert cfg.train.img_size == [64, 48]
+    assert cfg.model.pretrained is False
+    assert cfg.experiment == "sample"
 
 
 def test_unknown_override_key_is_an_error():
@@ -31,35 +32,43 @@ def test_missing_config_file(tmp_path):
 
 def test_free_form_mapping_accepts_any_key():
     cfg = load_config(None, ["folds.oversample.targets={2: 0.2}"])
-    assert cfg["folds"]["oversample"]["targets"] == {2: 0.2}
+    assert cfg.folds.oversample.targets == {2: 0.2}
 
 
 @pytest.mark.parametrize("name", ["default", "sample"])
 def test_shipped_configs_load(name):
-    assert load_config(f"configs/{name}.yaml")["experiment"] == name
+    assert load_config(f"configs/{name}.yaml").experiment == name
 
 
 def test_config_files_layer_in_order():
-    cfg = load_config(["configs/quality.yaml", "configs/quality_ours.yaml", "configs/quality_gpu.yaml"], ["train.epochs=2"])
-    assert cfg["experiment"] == "quality_ours" and cfg["crop"]["mode"] == "mtcnn"
-    assert cfg["train"]["img_size"] == [256, 192] and cfg["folds"]["k"] == 5  # the GPU file overrides quality.yaml
-    assert cfg["train"]["epochs"] == 2 and cfg["model"]["backbone"] == "efficientnet_lite0"
+    cfg = load_config(
+        ["configs/quality.yaml", "configs/quality_ours.yaml", "configs/quality_gpu.yaml"], ["train.epochs=2"]
+    )
+    assert cfg.experiment == "quality_ours" and cfg.crop.mode == "mtcnn"
+    assert cfg.train.img_size == [256, 192] and cfg.folds.k == 5  # the GPU file overrides quality.yaml
+    assert cfg.train.epochs == 2 and cfg.model.backbone == "efficientnet_lite0"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochs=abc", "config key train.epochs='abc': expected a whole number"),
-    ("train.epochs=0", "config key train.epochs=0: expected a whole number >= 1"),
-    ("train.img_size=64", "config key train.img_size=64: expected a list of 2 numbers"),
-    ("train.img_size=[64, 8]", r"config key train.img_size=\[64, 8\]: expected a list of whole numbers in \[32, 4096\]"),
-    ("train.batch_size=0", "config key train.batch_size=0: expected a whole number >= 1"),
-    ("folds.k=1", "config key folds.k=1: expected a whole number >= 2"),
-    ("model.head=double", "config key model.head='double': expected one of single, multi"),
-    ("train.amp=fp8", "config key train.amp='fp8': expected one of bf16, fp16, none"),
-    ("ensemble.tune_biases=maybe", "config key ensemble.tune_biases='maybe': expected one of true, false, auto"),
-    ("train.ema=yes please", "config key train.ema='yes please': expected true/false"),
-    ("crop.thresholds=[0.6, 0.7]", "config key crop.thresholds=.*: expected a list of 3 numbers"),
-    ("loss.label_smoothing=1.5", r"config key loss.label_smoothing=1.5: expected a number in \[0.0, 0.99\]"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=abc", "config key train.epochs='abc': expected a whole number"),
+        ("train.epochs=0", "config key train.epochs=0: expected a whole number >= 1"),
+        ("train.img_size=64", "config key train.img_size=64: expected a list of 2 numbers"),
+        (
+            "train.img_size=[64, 8]",
+            r"config key train.img_size=\[64, 8\]: expected a list of whole numbers in \[32, 4096\]",
+        ),
+        ("train.batch_size=0", "config key train.batch_size=0: expected a whole number >= 1"),
+        ("folds.k=1", "config key folds.k=1: expected a whole number >= 2"),
+        ("model.head=double", "config key model.head='double': expected one of single, multi"),
+        ("train.amp=fp8", "config key train.amp='fp8': expected one of bf16, fp16, none"),
+        ("ensemble.tune_biases=maybe", "config key ensemble.tune_biases='maybe': expected one of true, false, auto"),
+        ("train.ema=yes please", "config key train.ema='yes please': expected true/false"),
+        ("crop.thresholds=[0.6, 0.7]", "config key crop.thresholds=.*: expected a list of 3 numbers"),
+        ("loss.label_smoothing=1.5", r"config key loss.label_smoothing=1.5: expected a number in \[0.0, 0.99\]"),
+    ],
+)
 def test_wrong_types_and_ranges_name_key_value_and_expectation(override, message):
     with pytest.raises(MaskcompError, match=message) as err:
         load_config("configs/sample.yaml", [override])
@@ -67,21 +76,56 @@ def test_wrong_types_and_ranges_name_key_value_and_expectation(override, message
 
 
 def test_exponent_without_dot_is_a_number():
-    assert load_config(None, ["train.lr=3e-4"])["train"]["lr"] == pytest.approx(3e-4)
+    assert load_config(None, ["train.lr=3e-4"]).train.lr == pytest.approx(3e-4)
 
 
 @pytest.mark.parametrize("name", ["competition", "competition_cpu"])
 def test_recipe_configs_pass_validation(name):
-    assert load_config(f"configs/{name}.yaml")["model"]["head"] == "multi"
+    assert load_config(f"configs/{name}.yaml").model.head == "multi"
 
 
-@pytest.mark.parametrize("argv,hint", [
-    (["--epochs", "3"], "unknown option --epochs: settings are dotted overrides here; write train.epochs=3"),
-    (["--lr=0.1"], "write train.lr=0.1"),
-    (["--bogus"], "unknown option --bogus; settings are dotted overrides such as train.epochs=3"),
-])
+@pytest.mark.parametrize(
+    "argv,hint",
+    [
+        (["--epochs", "3"], "unknown option --epochs: settings are dotted overrides here; write train.epochs=3"),
+        (["--lr=0.1"], "write train.lr=0.1"),
+        (["--bogus"], "unknown option --bogus; settings are dotted overrides such as train.epochs=3"),
+    ],
+)
 def test_argparse_habits_get_the_dotted_override(argv, hint):
-    from maskcomp.cli import parse_stage_args, stage_parser
+    from maskcomp.core.cli import parse_stage_args, stage_parser
 
     with pytest.raises(MaskcompError, match=hint):
         parse_stage_args(stage_parser("x"), ["--config", "configs/sample.yaml", *argv])
+
+
+def test_default_yaml_is_the_schema_rendered():
+    """configs/default.yaml documents every setting; it is generated from the declarations and must stay so."""
+    from maskcomp.core.settings import render_default_yaml
+
+    assert (ROOT / "configs" / "default.yaml").read_text() == render_default_yaml()
+
+
+def test_a_config_names_its_parent_with_base(tmp_path):
+    (tmp_path / "parent.yaml").write_text("train:\n  epochs: 7\n  lr: 0.01\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  lr: 0.02\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.epochs, cfg.train.lr) == (7, 0.02)
+    (tmp_path / "parent.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(MaskcompError, match=r"`base:` leads back to this file"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_quality_recipes_layer_through_base():
+    cfg = load_config("configs/quality_ours_ordinal.yaml")
+    assert cfg.model.head == "ordinal" and cfg.crop.mode == "mtcnn" and cfg.train.img_size == [96, 72]
+
+
+def test_stage_identities_come_from_the_declarations():
+    from maskcomp.core.settings import identity_keys
+
+    train = identity_keys("train")
+    assert "train.lr" in train and "folds.oversample" in train and "seed" in train
+    assert not {"train.workers", "train.device", "train.threads", "data.image_check", "crop.mode"} & set(train)
+    assert set(identity_keys("crop")) >= {"crop.mode", "crop.margin", "data.image_check"}
+    assert identity_keys("infer") == ["infer.tta", "infer.tta_reduce"]

@@ -7,22 +7,35 @@ import pandas as pd
 import pytest
 from skimage import data as skdata
 
-from maskcomp import crop, detect
-from maskcomp.boxes import choose_box, expand_box, resolve_boxes
-from maskcomp.crop import Item, crop_dir, crop_faces, load_crops
-from maskcomp.detect import run_detection
-from maskcomp.paths import Paths
+from maskcomp.core.paths import Paths
+from maskcomp.core.settings import CropSettings
+from maskcomp.crop import detect
+from maskcomp.crop import stage as crop_stage
+from maskcomp.crop.boxes import choose_box, expand_box, resolve_boxes
+from maskcomp.crop.detect import run_detection
+from maskcomp.crop.items import Item
+from maskcomp.crop.stage import crop_dir, crop_faces, load_crops
+from maskcomp.report.crop_page import write_crop_report
 
 from conftest import config_for
 
-CROP_CFG = dict(detect_scale=1.0, min_face_size=40, thresholds=[0.6, 0.7, 0.7], relaxed_thresholds=[0.4, 0.5, 0.5],
-                batch_size=4, workers=0, device="cpu")
+CROP_CFG = CropSettings(
+    detect_scale=1.0,
+    min_face_size=40,
+    thresholds=[0.6, 0.7, 0.7],
+    relaxed_thresholds=[0.4, 0.5, 0.5],
+    batch_size=4,
+    workers=0,
+    device="cpu",
+)
 
 
 def test_detector_finds_the_astronauts_face(tmp_path):
     path = tmp_path / "astronaut.png"
     cv2.imwrite(str(path), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
-    det = run_detection([Item("a.png", "train", str(path), "p", "digest-a")], CROP_CFG, tmp_path / "det.jsonl")["digest-a"]
+    det = run_detection([Item("a.png", "train", str(path), "p", "digest-a")], CROP_CFG, tmp_path / "det.jsonl")[
+        "digest-a"
+    ]
     assert det["stage"] == "mtcnn"
     x1, y1, x2, y2 = det["boxes"][choose_box(np.array(det["boxes"]), np.array(det["probs"]), *det["size"])]
     # the face of skimage's astronaut lies around x 180-270, y 60-175
@@ -35,10 +48,16 @@ def test_faceless_image_takes_a_fallback(tmp_path):
     items = [Item("blank.png", "eval", str(path), "", "digest-blank")]
     dets = run_detection(items, CROP_CFG, tmp_path / "det.jsonl")
     assert dets["digest-blank"]["stage"] is None
-    recs = crop.write_crops(resolve_boxes(items, dets, {"mode": "mtcnn"}),
-                            {"mode": "mtcnn", "margin": 0.2, "aspect": 0.75, "center_box": [0.1, 0.1, 0.9, 0.8]}, tmp_path / "c")
+    recs = crop_stage.write_crops(
+        resolve_boxes(items, dets, CropSettings(mode="mtcnn")),
+        CropSettings(mode="mtcnn", margin=0.2, aspect=0.75, center_box=[0.1, 0.1, 0.9, 0.8]),
+        tmp_path / "c",
+    )
     assert recs.loc[0, "source"] == "center"
-    assert cv2.imread(recs.loc[0, "crop_path"]).shape[:2] == (recs.loc[0, "y2"] - recs.loc[0, "y1"], recs.loc[0, "x2"] - recs.loc[0, "x1"])
+    assert cv2.imread(recs.loc[0, "crop_path"]).shape[:2] == (
+        recs.loc[0, "y2"] - recs.loc[0, "y1"],
+        recs.loc[0, "x2"] - recs.loc[0, "x1"],
+    )
 
 
 def test_box_policy_prefers_large_central_confident_face():
@@ -56,6 +75,7 @@ def test_expanded_box_has_aspect_and_stays_inside(box):
 def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeypatch):
     cfg = config_for(tiny_root, tmp_path, "crop.workers=0")
     records = crop_faces(cfg)
+    write_crop_report(cfg, records, 1.0)
     n_images = 6 * 7 + 2 * 7
     assert len(records) == n_images
     saved = load_crops(cfg)
@@ -79,9 +99,12 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
         os.unlink(p)
     calls = []  # images through the strict detector (the relaxed retry of misses also goes through _detect_batch)
     original = detect._detect_batch
-    relaxed = list(cfg["crop"]["relaxed_thresholds"])
-    monkeypatch.setattr(detect, "_detect_batch",
-                        lambda det, imgs: (list(det.thresholds) != relaxed and calls.append(len(imgs))) or original(det, imgs))
+    relaxed = list(cfg.crop.relaxed_thresholds)
+    monkeypatch.setattr(
+        detect,
+        "_detect_batch",
+        lambda det, imgs: (list(det.thresholds) != relaxed and calls.append(len(imgs))) or original(det, imgs),
+    )
     again = crop_faces(cfg)
     assert sum(calls) == 5
     assert all(os.path.exists(p) for p in gone)
@@ -108,6 +131,7 @@ def test_crop_modes(tiny_root, tmp_path, mode, source):
 
 def test_unreadable_image_is_listed_not_fatal(tiny_root, tmp_path):
     import shutil
+
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root)
     victim = next((root / "eval" / "images").iterdir())

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskcomp import labels
-from maskcomp.config import load_config
-from maskcomp.data import drop_age_bands, load_eval, load_train, training_labels
-from maskcomp.errors import MaskcompError
-from maskcomp.paths import Paths
-from maskcomp.sample import draw_persons, make_sample
+from maskcomp.core import labels
+from maskcomp.core.config import load_config
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.paths import Paths
+from maskcomp.data.sample import draw_persons, make_sample
+from maskcomp.data.tables import drop_age_bands, load_eval, load_train, training_labels
 
 from conftest import SAMPLE_EVAL_PERSONS, SAMPLE_PERSONS, config_for
 
@@ -151,7 +151,9 @@ def test_sample_is_deterministic_by_seed(tmp_path):
     digests = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         root = tmp_path / name
-        make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), persons=4, eval_persons=2, seed=seed)
+        make_sample(
+            Paths.from_config(load_config(None, [f"paths.data_root={root}"])), persons=4, eval_persons=2, seed=seed
+        )
         digests.append(_digest(root))
     assert digests[0] == digests[1] != digests[2]
 
@@ -172,8 +174,11 @@ def test_sample_layout(sample_root):
     exts = {p.suffix for p in (root / "train" / "images").rglob("*.*")}
     assert exts == {".jpg", ".jpeg", ".png"}
     info = pd.read_csv(root / "eval" / "info.csv", keep_default_na=False)
-    assert list(info.columns) == ["ImageID", "ans"] and (info["ans"] == "").all() and len(info) == SAMPLE_EVAL_PERSONS * 7
+    assert (
+        list(info.columns) == ["ImageID", "ans"] and (info["ans"] == "").all() and len(info) == SAMPLE_EVAL_PERSONS * 7
+    )
     assert not (root / "eval" / "eval_answers.csv").exists() and (root / "eval_answers.csv").exists()
     from PIL import Image
+
     with Image.open(next((root / "eval" / "images").iterdir())) as img:
         assert img.size == (384, 512)

@@ -1,5 +1,5 @@
-from maskcomp.eda import run_eda
-from maskcomp.paths import Paths
+from maskcomp.analyze.eda import run_eda
+from maskcomp.core.paths import Paths
 
 from conftest import config_for
 

@@ -1,27 +1,29 @@
 """The whole pipeline on generated data: it must learn (macro F1 well above chance against hidden answers),
 and the analysis must point at label errors planted in train.csv."""
+
 import html
 import json
 
 import numpy as np
-
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from maskcomp.analysis import analyze, closing_summary
-from maskcomp.config import load_config
-from maskcomp.crop import crop_faces
-from maskcomp.ensemble import ensemble
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import make_folds
-from maskcomp.data import load_train, read_label_fixes
-from maskcomp.eda import run_eda
-from maskcomp.inference import infer
-from maskcomp.noise import CANDIDATE_COLUMNS, relabel
-from maskcomp.paths import Paths
-from maskcomp.sample import make_sample
-from maskcomp.trainer import train
+from maskcomp.analyze.eda import run_eda
+from maskcomp.analyze.noise import CANDIDATE_COLUMNS, relabel
+from maskcomp.analyze.pages import analyze, closing_summary
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.paths import Paths
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.data.label_fixes import read_label_fixes
+from maskcomp.data.sample import make_sample
+from maskcomp.data.tables import load_train
+from maskcomp.ensemble.stage import ensemble
+from maskcomp.predict.infer import infer
+from maskcomp.report.crop_page import write_crop_report
+from maskcomp.train.trainer import train
 
 from conftest import config_for, fold_dir
 from pagecheck import broken_references, browser, images_broken_in_browser
@@ -40,9 +42,18 @@ def pipeline(tmp_path_factory):
     persons.to_csv(root / "train" / "train.csv", index=False)
     # grouping off here: with 12 eval persons a pooled decision moves the eval score by whole persons, and this
     # test is about the pipeline learning; test_person_grouping_in_the_ensemble covers grouping
-    cfg = config_for(root, work, "crop.mode=center", "train.img_size=[80, 60]", "train.epochs=6", "train.workers=0",
-                     "train.batch_size=24", "folds.k=3", "infer.person_grouping=off")
-    crop_faces(cfg)
+    cfg = config_for(
+        root,
+        work,
+        "crop.mode=center",
+        "train.img_size=[80, 60]",
+        "train.epochs=6",
+        "train.workers=0",
+        "train.batch_size=24",
+        "folds.k=3",
+        "infer.person_grouping=off",
+    )
+    write_crop_report(cfg, crop_faces(cfg), 1.0)
     make_folds(cfg)
     train(cfg)
     infer(cfg)
@@ -73,7 +84,15 @@ def test_analysis_report_from_run_files(pipeline):
     cfg, _, _, _ = pipeline
     index = analyze(cfg)[0]
     out = index.parent
-    for name in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age", "curves", "reliability", "wrong_gallery"):
+    for name in (
+        "confusion_18",
+        "confusion_mask",
+        "confusion_gender",
+        "confusion_age",
+        "curves",
+        "reliability",
+        "wrong_gallery",
+    ):
         assert (out / f"{name}.png").exists(), name
     per_class = pd.read_csv(out / "per_class.csv")
     oof_rows = sum(len(pd.read_csv(p)) for p in fold_dir(cfg, 0).parent.glob("fold*/oof_tta.csv"))
@@ -85,9 +104,14 @@ def test_analysis_report_from_run_files(pipeline):
     assert "OOF macro F1" in index.read_text()
     weakest = per_class[per_class["support"] > 0].sort_values("f1").iloc[0]
     page = index.read_text()
-    assert "Where the score is lost" in page and f"<b>{html.escape(weakest['name'])}</b> (class {weakest['class']})" in page
+    assert (
+        "Where the score is lost" in page
+        and f"<b>{html.escape(weakest['name'])}</b> (class {weakest['class']})" in page
+    )
     summary = closing_summary(cfg, [index]).splitlines()
-    assert summary[2].startswith(f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0.")
+    assert summary[2].startswith(
+        f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0."
+    )
     assert summary[3].startswith("eval macro F1 against eval_answers.csv: ") and summary[4] == f"report: {index}"
     assert summary[5].startswith("weakest classes (OOF F1): ") and summary[5].count("/") == 2 * 3
     runs_page = (Paths.from_config(cfg).reports / "index.html").read_text()
@@ -110,13 +134,13 @@ def test_relabel_writes_fixes_that_the_loader_applies(pipeline):
     automatic fixes file is in the label-fixes format and load_train applies exactly those fixes."""
     cfg, _, _, _ = pipeline
     # 5 flips among 70 persons (the prior says so), and the sample's small model is never 80 % sure: a lower bar
-    cfg = {**cfg, "relabel": {**cfg["relabel"], "prior": PLANTED_GENDER_FLIPS / 70, "auto_min_confidence": 0.5}}
+    cfg = updated(cfg, {"relabel.prior": PLANTED_GENDER_FLIPS / 70, "relabel.auto_min_confidence": 0.5})
     result = relabel(cfg)
     fixes = read_label_fixes(result.fixes)
     candidates = pd.read_csv(result.candidates, dtype={"person_id": str}, keep_default_na=False)
     assert len(fixes) == result.automatic == candidates["auto"].sum() > 0
     assert set(fixes["fix"]) <= {"gender", "swap_incorrect_normal"}
-    images = load_train({**cfg, "data": {**cfg["data"], "label_fixes": [str(result.fixes)]}})
+    images = load_train(updated(cfg, {"data.label_fixes": [str(result.fixes)]}))
     before = load_train(cfg).drop_duplicates("person_id").set_index("person_id")["gender"]
     after = images.drop_duplicates("person_id").set_index("person_id")["gender"]
     assert set(after.index[after != before]) == set(fixes.loc[fixes["fix"] == "gender", "person_id"])
@@ -132,7 +156,12 @@ def test_report_pages_have_no_broken_links_or_images(pipeline):
     cfg, _, _, _ = pipeline
     pages = report_pages(cfg)
     reports = Paths.from_config(cfg).reports
-    assert {str(p.relative_to(reports)) for p in pages} >= {"index.html", "eda/index.html", "crop/index.html", "analysis/sample/index.html"}
+    assert {str(p.relative_to(reports)) for p in pages} >= {
+        "index.html",
+        "eda/index.html",
+        "crop/index.html",
+        "analysis/sample/index.html",
+    }
     for page in pages:
         assert broken_references(page) == [], page
     analysis = (reports / "analysis" / "sample" / "index.html").read_text()
@@ -143,8 +172,10 @@ def test_report_pages_have_no_broken_links_or_images(pipeline):
 def test_link_check_finds_a_missing_image_and_a_dead_anchor(tmp_path):
     page = tmp_path / "index.html"
     (tmp_path / "ok.png").write_bytes(b"\x89PNG")
-    page.write_text("<html><body><h2 id='a'>A</h2><a href='#a'>a</a><a href='#b'>b</a><img src='ok.png'><img src='gone.png'>"
-                    f"<a href='{(tmp_path / 'ok.png').as_uri()}'>abs</a></body></html>")
+    page.write_text(
+        "<html><body><h2 id='a'>A</h2><a href='#a'>a</a><a href='#b'>b</a><img src='ok.png'><img src='gone.png'>"
+        f"<a href='{(tmp_path / 'ok.png').as_uri()}'>abs</a></body></html>"
+    )
     broken = broken_references(page)
     assert len(broken) == 3 and "#b" in broken[0] and "gone.png" in broken[1] and "absolute" in broken[2]
 
@@ -170,11 +201,18 @@ def test_browser_check_sees_an_image_that_does_not_decode(tmp_path):
 
 def test_two_experiments_with_fitted_weights_and_head_biases(pipeline):
     cfg, root, single, _ = pipeline
-    other = {**cfg, "experiment": "sample_b", "seed": 7, "train": {**cfg["train"], "epochs": 3}}
+    other = updated(cfg, {"experiment": "sample_b", "seed": 7, "train.epochs": 3})
     train(other)
     infer(other)
-    pair = {**cfg, "ensemble": {**cfg["ensemble"], "experiments": ["sample", "sample_b"], "weights": "fit",
-                                "bias_mode": "head", "name": "pair"}}
+    pair = updated(
+        cfg,
+        {
+            "ensemble.experiments": ["sample", "sample_b"],
+            "ensemble.weights": "fit",
+            "ensemble.bias_mode": "head",
+            "ensemble.name": "pair",
+        },
+    )
     sub = ensemble(pair)
     side = json.loads(sub.with_suffix(".json").read_text())
     assert side["experiments"] == ["sample", "sample_b"] and len(side["summary"]["runs"]) == 2
@@ -202,18 +240,18 @@ def test_missing_checkpoint_is_one_line(pipeline):
 def test_analysis_of_missing_run_lists_it(pipeline, tmp_path):
     cfg, _, _, _ = pipeline
     with pytest.raises(MaskcompError, match="no trained run of experiment 'nothing'"):
-        analyze({**cfg, "experiment": "nothing"})
+        analyze(updated(cfg, {"experiment": "nothing"}))
 
 
 def test_person_grouping_in_the_ensemble(pipeline):
     cfg, root, _, _ = pipeline
-    auto = ensemble({**cfg, "infer": {**cfg["infer"], "person_grouping": "auto"}, "ensemble": {**cfg["ensemble"], "name": "auto"}})
+    auto = ensemble(updated(cfg, {"infer.person_grouping": "auto", "ensemble.name": "auto"}))
     side = json.loads(auto.with_suffix(".json").read_text())["person_grouping"]
     assert side["mode"] == "auto" and len(side["per_fold"]) == 3
     assert all(f["purity"] > 0.95 and f["completeness"] > 0.9 for f in side["per_fold"]), side["per_fold"]
     assert side["applied"] == (side["nested_gain"] > 0)
     # the last test of this module: it replaces the experiment's submission with a grouped one
-    forced = {**cfg, "infer": {**cfg["infer"], "person_grouping": True}}
+    forced = updated(cfg, {"infer.person_grouping": True})
     out = ensemble(forced)
     groups = pd.read_csv(out.with_name("sample.groups.csv"), dtype={"ImageID": str, "group": str})
     assert groups["ImageID"].tolist() == pd.read_csv(out, dtype=str)["ImageID"].tolist()

@@ -6,11 +6,13 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from maskcomp.dataset import CropDataset
-from maskcomp.ensemble import fit_weights, nested_bias_gain, tune_biases, validate_submission
-from maskcomp.errors import MaskcompError
-from maskcomp.inference import predict, tta_view
-from maskcomp.metrics import bootstrap_macro_f1, macro_f1, scores
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.metrics import bootstrap_macro_f1, macro_f1, scores
+from maskcomp.core.settings import EnsembleSettings
+from maskcomp.ensemble import stage as ensemble_stage
+from maskcomp.ensemble.stage import fit_weights, nested_bias_gain, tune_biases, validate_submission
+from maskcomp.train.dataset import CropDataset
+from maskcomp.train.evaluate import predict, tta_view
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -61,6 +63,7 @@ def test_tta_with_flip_invariant_model_changes_nothing():
     images = np.random.default_rng(0).integers(0, 255, (10, 8, 6, 3), dtype=np.uint8)
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
+
     ds = CropDataset(images, np.arange(10), {}, A.Compose([A.Normalize(), ToTensorV2()]))
     loader = DataLoader(ds, batch_size=4)
     model = FlipInvariant()
@@ -104,15 +107,18 @@ def test_bias_tuning_raises_macro_f1_of_a_biased_model(mode):
 def test_a_held_out_fold_never_tunes_its_own_biases(monkeypatch):
     """Every tuning inside the nested estimate sees all folds but the one it is scored on: each fold's rows carry
     a marker, and each call must lack exactly one fold's marker, every fold once."""
-    from maskcomp import ensemble
 
     y, p, folds = _noisy_oof(3)
     logp = np.log(p)
     logp[:, 0] = -100.0 - folds  # marker: the fold of each row
     seen = []
-    original = ensemble.tune_biases
-    monkeypatch.setattr(ensemble, "tune_biases", lambda lp, yy, rounds, mode: seen.append(set(np.unique(-100.0 - lp[:, 0]))) or original(lp, yy, rounds, mode))
-    out = ensemble.nested_bias_gain(logp, y, folds, rounds=1, mode="class")
+    original = ensemble_stage.tune_biases
+    monkeypatch.setattr(
+        ensemble_stage,
+        "tune_biases",
+        lambda lp, yy, rounds, mode: seen.append(set(np.unique(-100.0 - lp[:, 0]))) or original(lp, yy, rounds, mode),
+    )
+    out = ensemble_stage.nested_bias_gain(logp, y, folds, rounds=1, mode="class")
     every = set(np.unique(folds).astype(float))
     assert sorted(tuple(every - s) for s in seen) == [(f,) for f in sorted(every)]
     assert len(out["per_fold_before"]) == len(out["per_fold_after"]) == 4
@@ -140,6 +146,7 @@ def test_fitted_weights_are_non_negative_and_do_not_hurt():
 
     def nll(p):
         return -np.log(p[np.arange(len(y)), y]).mean()
+
     assert nll(w[0] * good + w[1] * noise) <= nll(0.5 * good + 0.5 * noise) + 1e-9
 
 
@@ -147,15 +154,18 @@ def _info():
     return pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": ["", "", ""]})
 
 
-@pytest.mark.parametrize("sub,pattern", [
-    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg"], "ans": [1, 2]}), "2 rows but info.csv has 3"),
-    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "x.jpg"], "ans": [1, 2, 3]}), "ImageIDs differ"),
-    (pd.DataFrame({"ImageID": ["b.jpg", "a.jpg", "c.jpg"], "ans": [1, 2, 3]}), "not in info.csv order"),
-    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, None, 3]}), "missing or non-numeric"),
-    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 18, 3]}), "whole numbers 0..17"),
-    (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2.5, 3]}), "whole numbers 0..17"),
-    (pd.DataFrame({"id": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2, 3]}), "columns must be ImageID,ans"),
-])
+@pytest.mark.parametrize(
+    "sub,pattern",
+    [
+        (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg"], "ans": [1, 2]}), "2 rows but info.csv has 3"),
+        (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "x.jpg"], "ans": [1, 2, 3]}), "ImageIDs differ"),
+        (pd.DataFrame({"ImageID": ["b.jpg", "a.jpg", "c.jpg"], "ans": [1, 2, 3]}), "not in info.csv order"),
+        (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, None, 3]}), "missing or non-numeric"),
+        (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 18, 3]}), "whole numbers 0..17"),
+        (pd.DataFrame({"ImageID": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2.5, 3]}), "whole numbers 0..17"),
+        (pd.DataFrame({"id": ["a.jpg", "b.jpg", "c.jpg"], "ans": [1, 2, 3]}), "columns must be ImageID,ans"),
+    ],
+)
 def test_submission_validator_rejects_malformed(sub, pattern):
     with pytest.raises(MaskcompError, match=pattern):
         validate_submission(sub, _info(), "sub.csv")
@@ -170,13 +180,13 @@ def test_one_fold_gets_no_unmeasured_biases():
     reports the plain OOF score (before, nested tuning on zero rows gave NaN warnings and a meaningless gain)."""
     import warnings
 
-    from maskcomp.ensemble import decide
+    from maskcomp.ensemble.stage import decide
 
     y, p, _ = _noisy_oof(5)
     logp = np.log(p)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        auto = decide(logp, y, np.zeros(len(y), int), {"tune_biases": "auto", "bias_rounds": 1, "bias_mode": "class"})
-        forced = decide(logp, y, np.zeros(len(y), int), {"tune_biases": True, "bias_rounds": 1, "bias_mode": "class"})
+        auto = decide(logp, y, np.zeros(len(y), int), EnsembleSettings(tune_biases="auto", bias_rounds=1))
+        forced = decide(logp, y, np.zeros(len(y), int), EnsembleSettings(tune_biases=True, bias_rounds=1))
     assert not auto.biases.any() and auto.nested is None and auto.cv_f1 == auto.before["f1"]
     assert forced.biases.any() and forced.nested is None and forced.cv_f1 == forced.before["f1"] < forced.after_f1

@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskcomp.config import load_config
-from maskcomp.data import load_train
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import load_folds, make_folds, oversample, split_fold
-from maskcomp.paths import Paths
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.paths import Paths
+from maskcomp.data.folds import load_folds, make_folds, oversample, split_fold
+from maskcomp.data.tables import load_train
 
 from conftest import SAMPLE_PERSONS, config_for
 
@@ -61,7 +61,11 @@ def test_label_fixes_applied_including_swap(sample_root, tmp_path):
     after = load_train(cfg)
     mine, theirs = after[after["person_id"] == p], before[before["person_id"] == p]
     assert (mine["gender"] == new_gender).all() and (mine["age"] == 61).all() and (mine["age_group"] == 2).all()
-    assert mine.set_index("stem")["mask"].to_dict() == {**theirs.set_index("stem")["mask"].to_dict(), "incorrect_mask": 2, "normal": 1}
+    assert mine.set_index("stem")["mask"].to_dict() == {
+        **theirs.set_index("stem")["mask"].to_dict(),
+        "incorrect_mask": 2,
+        "normal": 1,
+    }
     others = after["person_id"] != p
     assert after[others].reset_index(drop=True).equals(before[before["person_id"] != p].reset_index(drop=True))
     persons = make_folds(cfg)
@@ -104,7 +108,7 @@ def test_sampler_weights_give_target_share_in_expectation():
 
 def test_oversampling_leaves_validation_untouched(folds_cfg):
     make_folds(folds_cfg)
-    cfg = {**folds_cfg, "folds": {**folds_cfg["folds"], "oversample": {"strategy": "repeat", "head": "age", "targets": {2: 0.3}}}}
+    cfg = updated(folds_cfg, {"folds.oversample": {"strategy": "repeat", "head": "age", "targets": {2: 0.3}}})
     images = load_train(cfg)
     train, val, _ = split_fold(cfg, images, fold=1)
     folds = load_folds(cfg, images)
@@ -120,7 +124,7 @@ def test_unknown_strategy_is_an_error():
 
 def test_age_boundary_moves_in_training_only(folds_cfg):
     make_folds(folds_cfg)
-    cfg = {**folds_cfg, "train": {**folds_cfg["train"], "age_old_threshold": 50}}
+    cfg = updated(folds_cfg, {"train.age_old_threshold": 50})
     images = load_train(cfg)
     train, val, _ = split_fold(cfg, images, fold=0)
     assert (train.loc[train["age"].between(50, 59), "age_group"] == 2).all()
@@ -130,7 +134,7 @@ def test_age_boundary_moves_in_training_only(folds_cfg):
 
 def test_age_band_drop_touches_training_only(folds_cfg):
     make_folds(folds_cfg)
-    cfg = {**folds_cfg, "train": {**folds_cfg["train"], "drop_age_bands": [[27, 29], [57, 59]]}}
+    cfg = updated(folds_cfg, {"train.drop_age_bands": [[27, 29], [57, 59]]})
     images = load_train(cfg)
     folds = load_folds(cfg, images)
     train, val, _ = split_fold(cfg, images, fold=2)

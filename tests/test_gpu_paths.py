@@ -1,5 +1,6 @@
 """The logic of the GPU paths that a CPU can exercise, the gpu-check orchestration on the CPU, and CUDA-only
 checks (skipped, with the reason shown, where there is no GPU)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 
-from maskcomp.device import Placement, resolve_amp, start_distributed
+from maskcomp.core.device import Placement, resolve_amp, start_distributed
+from maskcomp.core.settings import LossSettings
 from maskcomp.gpucheck import run_check, table
-from maskcomp.losses import Criterion
+from maskcomp.train.losses import Criterion
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -37,8 +39,7 @@ def test_single_process_placement_starts_no_process_group(monkeypatch):
 def test_label_smoothing_is_applied_once_with_mixup():
     """timm Mixup smooths its soft targets; the loss must not smooth them again."""
     smoothing, classes = 0.1, 18
-    loss_cfg = {"terms": [{"name": "ce", "weight": 1.0}], "label_smoothing": smoothing, "focal_gamma": 2.0,
-                "class_weights": "none", "head_weights": {}}
+    loss_cfg = LossSettings(label_smoothing=smoothing)
     criterion = Criterion(loss_cfg, {"label": classes})
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(8, classes, generator=g)
@@ -64,7 +65,13 @@ def test_gpu_check_steps_run_on_the_cpu():
     rows = run_check("cpu", ddp_processes=2)
     assert [r.status for r in rows] == ["ok"] * len(rows), table(rows)
     assert [r.step.split(",")[0].split(" (")[0] for r in rows] == [
-        "crop", "train 1 epoch", "train 1 epoch", "torchrun DDP x2", "infer", "ensemble"]
+        "crop",
+        "train 1 epoch",
+        "train 1 epoch",
+        "torchrun DDP x2",
+        "infer",
+        "ensemble",
+    ]
     assert all(r.images_per_s and r.images_per_s > 0 for r in rows[:-1])
 
 

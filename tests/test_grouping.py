@@ -1,16 +1,18 @@
 """Person grouping: it recovers planted persons, refuses to merge different ones, and its gain is measured on
 held-out folds only."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from maskcomp import grouping, labels
-from maskcomp.config import load_config
-from maskcomp.grouping import Groups, group_images, nested_grouping, pool, purity_completeness, thumbnails
-from maskcomp.paths import Paths
-from maskcomp.sample import make_sample
+from maskcomp.core import labels
+from maskcomp.core.config import load_config
+from maskcomp.core.paths import Paths
+from maskcomp.data.sample import make_sample
+from maskcomp.predict import grouping
+from maskcomp.predict.grouping import Groups, group_images, nested_grouping, pool, purity_completeness, thumbnails
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_grouping_refuses_to_merge_different_persons():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=64), rng.normal(size=64)
     b -= b @ a / (a @ a) * a  # orthogonal looks
-    person_a = a + 0.05 * rng.normal(size=(6, 64))   # six masked photos of A, A's unmasked photo missing
+    person_a = a + 0.05 * rng.normal(size=(6, 64))  # six masked photos of A, A's unmasked photo missing
     person_b = b[None, :] + 0.05 * rng.normal(size=(1, 64))  # B's unmasked photo: the only anchor
     feats = np.concatenate([person_a, person_b])
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
@@ -86,8 +88,11 @@ def test_held_out_fold_labels_never_shape_their_own_pooled_predictions(monkeypat
     probs, folds, feats, persons, y = _synthetic_oof(np.random.default_rng(2))
     fitted_on = []
     original = grouping.fit_view_weights
-    monkeypatch.setattr(grouping, "fit_view_weights",
-                        lambda heads, views, groups, truth: fitted_on.append(len(views)) or original(heads, views, groups, truth))
+    monkeypatch.setattr(
+        grouping,
+        "fit_view_weights",
+        lambda heads, views, groups, truth: fitted_on.append(len(views)) or original(heads, views, groups, truth),
+    )
     first = nested_grouping(probs, folds, feats, persons, y, min_similarity=0.4)
     assert fitted_on == [int((folds != f).sum()) for f in range(3)] + [len(y)]
     # scramble fold 0's labels: its own pooled predictions must not move (other folds' may: their weights saw it)

@@ -1,6 +1,7 @@
 """Hard cases of a careful user (issue 23): the same data under another folder, conflicting label fixes, damaged or
 unwritable checkpoints, transformer backbones at any size, a training that failed at once, invisible characters in
 train.csv, and a config whose backbone differs from the run's."""
+
 from __future__ import annotations
 
 import json
@@ -14,18 +15,19 @@ import pytest
 import timm
 import torch
 
-from maskcomp.analysis import runs_index
-from maskcomp.crop import crop_faces
-from maskcomp.data import load_train, read_train
-from maskcomp.ensemble import ensemble
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import make_folds
-from maskcomp.grouping import thumbnails
-from maskcomp.inference import infer
-from maskcomp.models import require_input_size
-from maskcomp.paths import Paths
+from maskcomp.analyze.pages import runs_index
+from maskcomp.core.config import updated
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.paths import Paths
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.data.tables import load_train, read_train
+from maskcomp.ensemble.stage import ensemble
+from maskcomp.predict.grouping import thumbnails
+from maskcomp.predict.infer import infer
 from maskcomp.runs import read_oof, resolve_run
-from maskcomp.trainer import train
+from maskcomp.train.models import require_input_size
+from maskcomp.train.trainer import train
 
 from conftest import config_for
 from test_trust import TINY, copy_data, run_pipeline
@@ -38,22 +40,23 @@ def tiny(tiny_root, tmp_path):
 
 
 def latest(cfg: dict):
-    return resolve_run(Paths.from_config(cfg), cfg["experiment"])
+    return resolve_run(Paths.from_config(cfg), cfg.experiment)
 
 
 def with_root(cfg: dict, root: Path) -> dict:
-    return {**cfg, "paths": {**cfg["paths"], "data_root": str(root)}}
+    return updated(cfg, {"paths.data_root": str(root)})
 
 
-def with_keys(cfg: dict, **sections) -> dict:
-    return {**cfg, **{name: {**cfg[name], **values} for name, values in sections.items()}}
+def with_keys(cfg, **sections):
+    return updated(cfg, {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()})
 
 
 # 1. the same data under another folder
 
+
 def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tmp_path):
     root, cfg = tiny
-    cfg = with_keys(cfg, infer={"person_grouping": "on"})
+    cfg = with_keys(cfg, infer={"person_grouping": True})
     first = run_pipeline(cfg)
     first_csv, first_side = first.read_text(), json.loads(first.with_suffix(".json").read_text())
     run = latest(cfg)
@@ -99,6 +102,7 @@ def test_an_image_grouping_cannot_read_stops_with_one_line(tmp_path):
 
 # 2. conflicting label fixes
 
+
 def write_fixes(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     pd.DataFrame(rows, columns=["person_id", "fix", "value"]).assign(note="").to_csv(path, index=False)
     return path
@@ -112,9 +116,14 @@ def first_person(root: Path) -> tuple[str, str]:
 def test_contradictory_fixes_within_a_file_stop_naming_both_rows(tiny, tmp_path):
     root, cfg = tiny
     pid, _ = first_person(root)
-    fixes = write_fixes(tmp_path / "fixes.csv", [(pid, "gender", "male"), (pid, "age", "40"), (pid, "gender", "female")])
-    with pytest.raises(MaskcompError, match=rf"fixes.csv:2 and .*fixes.csv:4: gender of person {pid} is fixed to "
-                                            r"'male' and to 'female'"):
+    fixes = write_fixes(
+        tmp_path / "fixes.csv", [(pid, "gender", "male"), (pid, "age", "40"), (pid, "gender", "female")]
+    )
+    with pytest.raises(
+        MaskcompError,
+        match=rf"fixes.csv:2 and .*fixes.csv:4: gender of person {pid} is fixed to "
+        r"'male' and to 'female'",
+    ):
         load_train(with_keys(cfg, data={"label_fixes": [str(fixes)]}))
 
 
@@ -123,7 +132,9 @@ def test_contradictory_fixes_across_files_stop_naming_both_files(tiny, tmp_path)
     pid, _ = first_person(root)
     a = write_fixes(tmp_path / "a.csv", [(pid, "age", "58")])
     b = write_fixes(tmp_path / "b.csv", [(pid, "age", "61")])
-    with pytest.raises(MaskcompError, match=rf"a.csv:2 and .*b.csv:2: age of person {pid} is fixed to '58' and to '61'"):
+    with pytest.raises(
+        MaskcompError, match=rf"a.csv:2 and .*b.csv:2: age of person {pid} is fixed to '58' and to '61'"
+    ):
         load_train(with_keys(cfg, data={"label_fixes": [str(a), str(b)]}))
 
 
@@ -150,6 +161,7 @@ def test_two_swaps_of_one_person_stop(tiny, tmp_path):
 
 
 # 3. a damaged checkpoint
+
 
 def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(tiny):
     _, cfg = tiny
@@ -183,12 +195,15 @@ def test_a_changed_byte_of_the_same_size_is_caught_by_the_digest(tiny):
 
 # 4. disk full while saving a checkpoint
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MB tmpfs (root only; skipped where mounting is not allowed); made 64 MB by calling the result."""
     mount = tmp_path / "small"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode:
         pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()[:80]}); the disk-full case needs one")
 
@@ -204,11 +219,14 @@ def small_disk(tmp_path):
 def test_disk_full_while_saving_is_one_line_and_resume_finishes(tiny, small_disk):
     _, cfg = tiny
     mount, grow = small_disk
-    cfg = with_keys(cfg, paths={"runs": str(mount / "runs")}, train={"epochs": 2})
+    cfg = with_keys(cfg, paths={"models": str(mount / "models")}, train={"epochs": 2})
     crop_faces(cfg)
     make_folds(cfg)
-    with pytest.raises(MaskcompError, match=r"runs/sample/\w+/fold0: no room to save (best|last).pt \(about \d+ MB needed, "
-                                            r"\d+ MB free\); free space .*ARGS=--resume"):
+    with pytest.raises(
+        MaskcompError,
+        match=r"models/sample/\w+/fold0: no room to save (best|last).pt \(about \d+ MB needed, "
+        r"\d+ MB free\); free space .*ARGS=--resume",
+    ):
         train(cfg)
     assert not list(mount.rglob("*.tmp*"))
     grow()
@@ -220,11 +238,16 @@ def test_disk_full_while_saving_is_one_line_and_resume_finishes(tiny, small_disk
 
 # 5. transformer backbones at any size
 
+
 @pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
 def test_transformers_train_and_predict_at_a_non_square_size(tiny, backbone):
     _, cfg = tiny
-    cfg = with_keys(cfg, model={"backbone": backbone}, train={"folds": [0], "img_size": [48, 36], "batch_size": 8},
-                    infer={"tta": ["identity", "hflip", "scale:1.1"]})
+    cfg = with_keys(
+        cfg,
+        model={"backbone": backbone},
+        train={"folds": [0], "img_size": [48, 36], "batch_size": 8},
+        infer={"tta": ["identity", "hflip", "scale:1.1"]},
+    )
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)
@@ -238,10 +261,13 @@ def test_a_backbone_that_cannot_take_the_size_stops_before_any_run_folder(tiny):
     cfg = with_keys(cfg, model={"backbone": "inception_v3"})
     crop_faces(cfg)
     make_folds(cfg)
-    with pytest.raises(MaskcompError, match=r"model.backbone 'inception_v3' cannot take train.img_size=\[48, 36\] .*"
-                                            r"the smallest size of this aspect it takes is train.img_size=\[(\d+), (\d+)\]") as err:
+    with pytest.raises(
+        MaskcompError,
+        match=r"model.backbone 'inception_v3' cannot take train.img_size=\[48, 36\] .*"
+        r"the smallest size of this aspect it takes is train.img_size=\[(\d+), (\d+)\]",
+    ) as err:
         train(cfg)
-    assert not (Paths.from_config(cfg).runs / "sample").exists()
+    assert not (Paths.from_config(cfg).models / "sample").exists()
     height, width = (int(v) for v in str(err.value).rsplit("[", 1)[1].rstrip("]").split(","))
     model = timm.create_model("inception_v3", pretrained=False, num_classes=0).eval()
     with torch.inference_mode():
@@ -253,6 +279,7 @@ def test_a_backbone_that_cannot_take_the_size_stops_before_any_run_folder(tiny):
 
 # 6. a training that failed at once
 
+
 def test_a_failed_start_leaves_latest_alone_and_says_why(tiny, tmp_path):
     _, cfg = tiny
     crop_faces(cfg)
@@ -263,20 +290,29 @@ def test_a_failed_start_leaves_latest_alone_and_says_why(tiny, tmp_path):
     with pytest.raises(MaskcompError, match="no such weights file"):
         train(broken)
     assert latest(cfg).run_id == good.run_id
-    failed = [p.parent for p in (Paths.from_config(cfg).runs / "sample").glob("*/failed.json")]
+    failed = [p.parent for p in (Paths.from_config(cfg).models / "sample").glob("*/failed.json")]
     assert len(failed) == 1 and failed[0].name != good.run_id
-    with pytest.raises(MaskcompError, match=rf"run sample@{failed[0].name} has no finished fold .*its training stopped "
-                                            r"with: fold 0: model.pretrained .*no such weights file"):
-        infer({**cfg, "run": failed[0].name})
+    with pytest.raises(
+        MaskcompError,
+        match=rf"run sample@{failed[0].name} has no finished fold .*its training stopped "
+        r"with: fold 0: model.pretrained .*no such weights file",
+    ):
+        infer(updated(cfg, {"run": failed[0].name}))
     page = runs_index(cfg).read_text()
     assert failed[0].name in page and "no finished fold; training stopped at fold 0: model.pretrained" in page
 
 
 # 7. invisible characters in train.csv
 
-@pytest.mark.parametrize("suffix, exists, said", [("  ", True, r"has 2 trailing spaces, and the folder '.*' exists"),
-                                                  ("\u200b", True, r"has 1 invisible character \(U\+200B\), and the folder"),
-                                                  ("  ", False, r"has 2 trailing spaces; no folder '.*' either")])
+
+@pytest.mark.parametrize(
+    "suffix, exists, said",
+    [
+        ("  ", True, r"has 2 trailing spaces, and the folder '.*' exists"),
+        ("\u200b", True, r"has 1 invisible character \(U\+200B\), and the folder"),
+        ("  ", False, r"has 2 trailing spaces; no folder '.*' either"),
+    ],
+)
 def test_invisible_characters_in_a_path_are_named(tiny, suffix, exists, said):
     root, cfg = tiny
     csv = root / "train" / "train.csv"
@@ -291,11 +327,35 @@ def test_invisible_characters_in_a_path_are_named(tiny, suffix, exists, said):
 
 # 8. infer follows the checkpoint, and says so
 
+
 def test_infer_names_the_keys_it_takes_from_the_run(tiny, caplog):
     _, cfg = tiny
     crop_faces(cfg)
     make_folds(cfg)
     train(with_keys(cfg, train={"folds": [0]}))
-    with caplog.at_level(logging.INFO, logger="maskcomp.inference"):
+    with caplog.at_level(logging.INFO, logger="maskcomp.predict.infer"):
         infer(with_keys(cfg, model={"backbone": "resnet18"}))
     assert "predicts with its own model.backbone='mobilenetv3_small_050' (config: 'resnet18')" in caplog.text
+
+
+# trained runs live in models/; an older runs/ folder is picked up
+
+
+def test_an_older_runs_folder_is_moved_into_models_with_a_line(tmp_path, caplog):
+    legacy = tmp_path / "work" / "runs" / "sample" / "abc123"
+    legacy.mkdir(parents=True)
+    (legacy / "run.json").write_text("{}")
+    with caplog.at_level(logging.INFO, logger="maskcomp.core.paths"):
+        paths = Paths.from_config(config_for(tmp_path / "data", tmp_path / "work"))
+    assert (paths.models / "sample" / "abc123" / "run.json").exists() and not (tmp_path / "work" / "runs").exists()
+    assert "moved the trained runs of" in caplog.text
+
+
+def test_an_older_runs_folder_beside_models_is_named_not_ignored(tmp_path, caplog):
+    legacy = tmp_path / "work" / "runs" / "sample" / "abc123"
+    legacy.mkdir(parents=True)
+    (legacy / "run.json").write_text("{}")
+    (tmp_path / "work" / "models").mkdir()
+    with caplog.at_level(logging.WARNING, logger="maskcomp.core.paths"):
+        Paths.from_config(config_for(tmp_path / "data", tmp_path / "work"))
+    assert (legacy / "run.json").exists() and "holds trained runs from before" in caplog.text

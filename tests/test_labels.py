@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from maskcomp import labels
+from maskcomp.core import labels
 
 
 def test_all_18_combinations_round_trip():

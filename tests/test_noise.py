@@ -1,10 +1,11 @@
 """Label-noise detection on generated OOF tables with planted errors: found, ranked first, and a class the model
 cannot learn does not flood the list."""
+
 import numpy as np
 import pandas as pd
 
-from maskcomp import labels
-from maskcomp.noise import NoiseSettings, candidates, estimated_precision, fix_file_rows
+from maskcomp.analyze.noise import NoiseSettings, candidates, estimated_precision, fix_file_rows
+from maskcomp.core import labels
 
 PERSONS = 300
 FLIPS, SWAPS = 9, 6
@@ -29,9 +30,24 @@ def generated_oof(seed: int = 0) -> tuple[pd.DataFrame, set, set]:
             m = np.full(3, 0.02)
             m[mask] = 0.96
             jitter = rng.uniform(-0.04, 0.04)
-            rows.append({"person_id": f"{i:06d}", "image_path": f"/d/{i:06d}/{stem}.jpg", "mask": mask, "gender_label": gender,
-                         "age_group": group, "age": int(ages[i]), "gender_p0": g[0] - jitter, "gender_p1": g[1] + jitter,
-                         "age_p0": a[0], "age_p1": a[1], "age_p2": a[2], "mask_p0": m[0], "mask_p1": m[1], "mask_p2": m[2]})
+            rows.append(
+                {
+                    "person_id": f"{i:06d}",
+                    "image_path": f"/d/{i:06d}/{stem}.jpg",
+                    "mask": mask,
+                    "gender_label": gender,
+                    "age_group": group,
+                    "age": int(ages[i]),
+                    "gender_p0": g[0] - jitter,
+                    "gender_p1": g[1] + jitter,
+                    "age_p0": a[0],
+                    "age_p1": a[1],
+                    "age_p2": a[2],
+                    "mask_p0": m[0],
+                    "mask_p1": m[1],
+                    "mask_p2": m[2],
+                }
+            )
     oof = pd.DataFrame(rows)
     ids = oof["person_id"].unique()
     flipped = set(rng.choice(ids, FLIPS, replace=False))
@@ -58,14 +74,18 @@ def test_planted_swaps_and_flips_lead_the_list():
 def test_a_class_the_model_never_predicts_does_not_flood_the_list():
     oof, flipped, swapped = generated_oof(1)
     found = candidates(oof, NoiseSettings())
-    old = found[(found["fix"] == "age") & found["current"].str.endswith("(>=60)") & found["suggested"].str.endswith("(30-59)")]
+    old = found[
+        (found["fix"] == "age") & found["current"].str.endswith("(>=60)") & found["suggested"].str.endswith("(30-59)")
+    ]
     assert len(old) > 20, "the generated model should call most >=60 persons 30-59"
     assert old["systematic"].all() and not old["auto"].any()
     assert "likely its own failure" in old["note"].iloc[0]
     real = found[~found["systematic"]]
     assert found.index[found["systematic"]].min() > real.index.max(), "systematic candidates must come after the others"
-    planted = found.index[(found["fix"] == "gender") & found["person_id"].isin(flipped)
-                          | (found["fix"] == "swap_incorrect_normal") & found["person_id"].isin(swapped)]
+    planted = found.index[
+        (found["fix"] == "gender") & found["person_id"].isin(flipped)
+        | (found["fix"] == "swap_incorrect_normal") & found["person_id"].isin(swapped)
+    ]
     assert len(planted) == FLIPS + SWAPS and planted.max() < found.index[found["systematic"]].min()
 
 
@@ -88,4 +108,7 @@ def test_fix_file_rows_are_the_automatic_ones_in_the_fixes_format():
     found = candidates(oof, NoiseSettings())
     rows = fix_file_rows(found)
     assert list(rows.columns) == ["person_id", "fix", "value", "note"]
-    assert len(rows) == found["auto"].sum() and set(rows.loc[rows["fix"] == "swap_incorrect_normal", "person_id"]) == swapped
+    assert (
+        len(rows) == found["auto"].sum()
+        and set(rows.loc[rows["fix"] == "swap_incorrect_normal", "person_id"]) == swapped
+    )

@@ -1,5 +1,6 @@
 """The ordinal age head: P(age >= k) per cut point, age groups cut anywhere on that scale, cut points tuned
 nested on OOF."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskcomp import labels
-from maskcomp.crop import crop_faces
-from maskcomp.ensemble import ensemble, nested_age_cuts, with_age_cuts
-from maskcomp.folds import make_folds
-from maskcomp.inference import infer
-from maskcomp.losses import Criterion
-from maskcomp.paths import Paths
+from maskcomp.core import labels
+from maskcomp.core.paths import Paths
+from maskcomp.core.settings import LossSettings
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.ensemble.stage import ensemble, nested_age_cuts, with_age_cuts
+from maskcomp.predict.infer import infer
 from maskcomp.runs import read_oof, read_test_table, resolve_run
-from maskcomp.trainer import train
+from maskcomp.train.losses import Criterion
+from maskcomp.train.trainer import train
 
 from conftest import config_for
 
@@ -34,8 +36,10 @@ def test_age_groups_follow_the_cut_points():
 
 
 def test_ordinal_loss_rewards_the_right_side_of_each_cut():
-    criterion = Criterion({"terms": [{"name": "ce", "weight": 1.0}], "label_smoothing": 0.0, "focal_gamma": 2.0,
-                           "class_weights": "none", "head_weights": {}}, {"age_ord": len(CUTS)})
+    criterion = Criterion(
+        LossSettings(),
+        {"age_ord": len(CUTS)},
+    )
     ages = torch.tensor([22, 40, 63])
     right = torch.tensor(exact(ages.numpy()) * 20 - 10, dtype=torch.float32)
     assert float(criterion({"age_ord": right}, {"age_years": ages})) < 1e-3
@@ -63,9 +67,20 @@ def test_held_out_labels_never_choose_their_own_cut_points():
 
 
 def test_ordinal_run_end_to_end(tiny_root, tmp_path):
-    cfg = config_for(tiny_root, tmp_path, "model.head=ordinal", "train.img_size=[48, 36]", "train.batch_size=16",
-                     "train.workers=0", "folds.k=2", "model.pretrained=false", "model.backbone=mobilenetv3_small_050",
-                     "crop.mode=center", "train.epochs=1", "ensemble.tune_age_cuts=true")
+    cfg = config_for(
+        tiny_root,
+        tmp_path,
+        "model.head=ordinal",
+        "train.img_size=[48, 36]",
+        "train.batch_size=16",
+        "train.workers=0",
+        "folds.k=2",
+        "model.pretrained=false",
+        "model.backbone=mobilenetv3_small_050",
+        "crop.mode=center",
+        "train.epochs=1",
+        "ensemble.tune_age_cuts=true",
+    )
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)

@@ -1,4 +1,5 @@
 """The competition's lessons: known fixes, half CutMix, soft-F1 loss, pretrained PyPI weights, recipe configs."""
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -7,18 +8,27 @@ import torch
 import torch.nn.functional as F
 from skimage import data as skdata
 
-from maskcomp.augment import half_cutmix
-from maskcomp.config import load_config
-from maskcomp.data import load_train
-from maskcomp.errors import MaskcompError
-from maskcomp.losses import Criterion, soft_f1_loss
-from maskcomp.metrics import macro_f1
-from maskcomp.models import create_backbone, create_model, head_sizes, pypi_weights_file, remap_by_order
+from maskcomp.core.config import load_config
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.metrics import macro_f1
+from maskcomp.data.tables import load_train
+from maskcomp.train.augment import half_cutmix
+from maskcomp.train.losses import Criterion, soft_f1_loss
+from maskcomp.train.models import create_backbone, create_model, head_sizes, pypi_weights_file, remap_by_order
 
 from conftest import config_for
 
-KNOWN = {"006359": "male", "006360": "male", "006361": "male", "006362": "male", "006363": "male", "006364": "male",
-         "001498-1": "female", "004432": "female", "005223": "female"}
+KNOWN = {
+    "006359": "male",
+    "006360": "male",
+    "006361": "male",
+    "006362": "male",
+    "006363": "male",
+    "006364": "male",
+    "001498-1": "female",
+    "004432": "female",
+    "005223": "female",
+}
 SWAPPED = {"000020", "004418", "005227"}
 
 
@@ -69,25 +79,28 @@ def test_soft_f1_equals_one_minus_macro_f1_on_one_hot():
 
 
 def test_weighted_loss_sum():
-    cfg = load_config("configs/competition.yaml")["loss"]
+    cfg = load_config("configs/competition.yaml").loss
     logits = {"label": torch.randn(8, 18)}
     y = {"label": torch.randint(0, 18, (8,))}
     combo = Criterion(cfg, {"label": 18})(logits, y)
-    focal = Criterion({**cfg, "terms": [{"name": "focal", "weight": 1.0}]}, {"label": 18})(logits, y)
-    f1 = Criterion({**cfg, "terms": [{"name": "f1", "weight": 1.0}]}, {"label": 18})(logits, y)
+    focal = Criterion(cfg.model_copy(update={"terms": [{"name": "focal", "weight": 1.0}]}), {"label": 18})(logits, y)
+    f1 = Criterion(cfg.model_copy(update={"terms": [{"name": "f1", "weight": 1.0}]}), {"label": 18})(logits, y)
     assert float(combo) == pytest.approx(0.6 * float(focal) + 0.4 * float(f1), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["competition", "competition_cpu"])
 def test_recipe_configs_load(name):
     cfg = load_config(f"configs/{name}.yaml")
-    assert cfg["data"]["known_label_fixes"] and cfg["train"]["age_old_threshold"] == 58
+    assert cfg.data.known_label_fixes and cfg.train.age_old_threshold == 58
 
 
-@pytest.mark.parametrize("backbone,params", [("efficientnet_lite0", 4_694_073), ("efficientnet_lite1", 5_470_408),
-                                             ("efficientnet_lite2", 6_150_232)])
+@pytest.mark.parametrize(
+    "backbone,params",
+    [("efficientnet_lite0", 4_694_073), ("efficientnet_lite1", 5_470_408), ("efficientnet_lite2", 6_150_232)],
+)
 def test_pypi_weights_map_every_tensor(backbone, params):
     import timm
+
     source = torch.load(pypi_weights_file(backbone), map_location="cpu", weights_only=True)
     target = timm.create_model(backbone, pretrained=False).state_dict()
     mapped = remap_by_order(source, target)
@@ -100,13 +113,18 @@ def test_competition_recipe_builds_and_learns_on_a_tiny_batch():
     heads, focal + soft-F1; a few steps on one batch must lower its loss."""
     cfg = load_config("configs/competition.yaml")
     torch.manual_seed(0)
-    model = create_model(cfg["model"])
-    heads = head_sizes(cfg["model"]["head"])
-    assert cfg["model"]["backbone"] == "efficientnet_lite2" and cfg["train"]["img_size"] == [352, 264]
+    model = create_model(cfg.model)
+    heads = head_sizes(cfg.model.head)
+    assert cfg.model.backbone == "efficientnet_lite2" and cfg.train.img_size == [352, 264]
     assert heads == {"mask": 3, "gender": 2, "age": 3}
-    x = torch.randn(2, 3, *cfg["train"]["img_size"])
-    targets = {"mask": torch.tensor([0, 2]), "gender": torch.tensor([1, 0]), "age": torch.tensor([2, 0]), "label": torch.tensor([5, 12])}
-    criterion = Criterion(cfg["loss"], heads)
+    x = torch.randn(2, 3, *cfg.train.img_size)
+    targets = {
+        "mask": torch.tensor([0, 2]),
+        "gender": torch.tensor([1, 0]),
+        "age": torch.tensor([2, 0]),
+        "label": torch.tensor([5, 12]),
+    }
+    criterion = Criterion(cfg.loss, heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     model.train()
@@ -135,12 +153,16 @@ def test_pypi_weights_classify_imagenet_photos():
 
 
 def test_pypi_weights_for_another_backbone_fail_in_one_line():
-    with pytest.raises(MaskcompError, match="has weights for efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 only, not 'resnet18'"):
+    with pytest.raises(
+        MaskcompError,
+        match="has weights for efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 only, not 'resnet18'",
+    ):
         create_backbone("resnet18", "pypi")
 
 
 def test_local_weights_file_and_pretrained_false(tmp_path):
     import timm
+
     source = timm.create_model("mobilenetv3_small_050", pretrained=False)
     path = tmp_path / "w.pth"
     torch.save(source.state_dict(), path)

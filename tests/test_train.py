@@ -11,18 +11,28 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcomp import labels
-from maskcomp.crop import crop_faces
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import make_folds
-from maskcomp.models import create_model, probs18
-from maskcomp.trainer import train
+from maskcomp.core import labels
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.settings import ModelSettings
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.train.models import create_model, probs18
+from maskcomp.train.trainer import train
 
 from conftest import config_for, fold_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
-        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32", "train.device=cpu")
+TINY = (
+    "train.img_size=[48, 36]",
+    "train.batch_size=16",
+    "train.workers=0",
+    "folds.k=2",
+    "model.pretrained=false",
+    "model.backbone=mobilenetv3_small_050",
+    "crop.mode=center",
+    "infer.batch_size=32",
+    "train.device=cpu",
+)
 
 
 @pytest.fixture
@@ -56,7 +66,11 @@ def test_run_writes_every_file(tiny_cfg):
 
 def test_multi_head_product_maps_to_18_labels():
     g = torch.Generator().manual_seed(0)
-    outputs = {"mask": torch.randn(5, 3, generator=g), "gender": torch.randn(5, 2, generator=g), "age": torch.randn(5, 3, generator=g)}
+    outputs = {
+        "mask": torch.randn(5, 3, generator=g),
+        "gender": torch.randn(5, 2, generator=g),
+        "age": torch.randn(5, 3, generator=g),
+    }
     p = probs18(outputs)
     assert p.shape == (5, 18) and torch.allclose(p.sum(1), torch.ones(5))
     pm, pg, pa = (outputs[k].softmax(1) for k in ("mask", "gender", "age"))
@@ -67,15 +81,20 @@ def test_multi_head_product_maps_to_18_labels():
 
 
 def test_single_head_model_shape():
-    model = create_model({"backbone": "mobilenetv3_small_050", "pretrained": False, "head": "single", "drop_rate": 0.0})
+    model = create_model(
+        ModelSettings(backbone="mobilenetv3_small_050", pretrained=False, head="single", drop_rate=0.0)
+    )
     out = model(torch.randn(2, 3, 48, 36))
     assert set(out) == {"label"} and out["label"].shape == (2, 18)
 
 
-@pytest.mark.parametrize("override,pattern", [
-    ("model.backbone=resnet_nonexistent", "not a timm model"),
-    ("loss.terms=[{name: hinge, weight: 1}]", "unknown loss 'hinge'"),
-])
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("model.backbone=resnet_nonexistent", "not a timm model"),
+        ("loss.terms=[{name: hinge, weight: 1}]", "unknown loss 'hinge'"),
+    ],
+)
 def test_bad_config_values_fail_with_one_line(tiny_cfg, tiny_root, tmp_path, override, pattern):
     cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=1", override)
     with pytest.raises(MaskcompError, match=pattern) as err:
@@ -84,11 +103,17 @@ def test_bad_config_values_fail_with_one_line(tiny_cfg, tiny_root, tmp_path, ove
 
 
 def test_bad_config_via_cli_prints_one_line(tiny_root, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/sample.yaml", "model.backbonee=x"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", "configs/sample.yaml", "model.backbonee=x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: override 'model.backbonee=x': unknown config key 'model.backbonee'; "
-                                                "known keys here: backbone, drop_rate, freeze_backbone_epochs, head, pretrained"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: override 'model.backbonee=x': unknown config key 'model.backbonee'; "
+        "known keys here: backbone, drop_rate, freeze_backbone_epochs, head, pretrained"
+    ]
 
 
 def _cli(cfg_overrides: list[str], *extra: str) -> list[str]:
@@ -96,28 +121,38 @@ def _cli(cfg_overrides: list[str], *extra: str) -> list[str]:
 
 
 def _overrides(root: Path, work: Path, epochs: int) -> list[str]:
-    outs = [f"paths.{n}={work / n}" for n in ("crops", "runs", "reports", "submissions", "cache")]
+    outs = [f"paths.{n}={work / n}" for n in ("crops", "models", "reports", "submissions", "cache")]
     return [f"paths.data_root={root}", f"paths.folds={work / 'folds.csv'}", *outs, *TINY, f"train.epochs={epochs}"]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_path):
-    work = Path(tiny_cfg["paths"]["runs"]).parent
+    work = Path(tiny_cfg.paths.models).parent
     # persistent DataLoader workers: their base seed must not come from (and shift) the global RNG
     args = [*_overrides(tiny_root, work, epochs=4), "train.workers=2", "model.drop_rate=0.5"]
-    straight = subprocess.run(_cli(args, "paths.runs=" + str(work / "straight"), "--fold", "0"), cwd=ROOT, capture_output=True, text=True)
+    straight = subprocess.run(
+        _cli(args, "paths.models=" + str(work / "straight"), "--fold", "0"), cwd=ROOT, capture_output=True, text=True
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed_runs = work / "killed"
-    proc = subprocess.Popen(_cli(args, f"paths.runs={killed_runs}", "--fold", "0"), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(args, f"paths.models={killed_runs}", "--fold", "0"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not ((m := next(killed_runs.glob("sample/*/fold0/metrics.csv"), None)) and len(pd.read_csv(m)) >= 2):
+    while time.time() < deadline and not (
+        (m := next(killed_runs.glob("sample/*/fold0/metrics.csv"), None)) and len(pd.read_csv(m)) >= 2
+    ):
         time.sleep(0.05)
     metrics = next(killed_runs.glob("sample/*/fold0/metrics.csv"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (metrics.parent / "done.json").exists(), "run finished before it could be killed"
-    resumed = subprocess.run(_cli(args, f"paths.runs={killed_runs}", "--fold", "0", "--resume"), cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _cli(args, f"paths.models={killed_runs}", "--fold", "0", "--resume"), cwd=ROOT, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     cols = ["epoch", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc", "lr"]
     a = pd.read_csv(next((work / "straight").glob("sample/*/fold0/metrics.csv")))[cols]
@@ -134,12 +169,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_pa
 def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
     """Ranks see disjoint samples, draw different dropout seeds, report the same (reduced) loss and end with
     identical weights, also when the first epoch freezes the backbone; the CLI run writes rank 0's files."""
-    work = Path(tiny_cfg["paths"]["runs"]).parent
+    work = Path(tiny_cfg.paths.models).parent
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [*_overrides(tiny_root, work, epochs=2), "model.freeze_backbone_epochs=1", "model.drop_rate=0.5"]
-    probe = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "ddp_probe.py"), *args],
-                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    probe = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "ddp_probe.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     ranks = json.loads(next(line for line in probe.stdout.splitlines() if line.startswith("PROBE "))[6:])
     assert [r["backend"] for r in ranks] == ["gloo", "gloo"]
@@ -149,9 +190,25 @@ def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
     assert ranks[0]["draw"] != ranks[1]["draw"], "ranks drew the same dropout/augmentation seeds"
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9), "ranks ended with different weights"
     assert ranks[0]["losses"] == ranks[1]["losses"], "the logged loss is not reduced over ranks"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), "--config", "configs/sample.yaml",
-                           *_overrides(tiny_root, work, epochs=1), f"paths.runs={work / 'ddp'}", "--fold", "1"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "train.py"),
+            "--config",
+            "configs/sample.yaml",
+            *_overrides(tiny_root, work, epochs=1),
+            f"paths.models={work / 'ddp'}",
+            "--fold",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     fold1 = next((work / "ddp").glob("sample/*/fold1"))
     env_json = json.loads((fold1 / "env.json").read_text())

@@ -1,19 +1,20 @@
 """Optional training features: backbone freezing, EMA of weights, TensorBoard events, torch.compile."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from test_train import TINY
 
-from maskcomp.crop import crop_faces
-from maskcomp.data import load_train
-from maskcomp.folds import load_folds, make_folds
-from maskcomp.device import Placement
+from maskcomp.core.device import Placement
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import load_folds, make_folds
+from maskcomp.data.tables import load_train
 from maskcomp.runs import open_run
-from maskcomp.trainer import FoldTrainer, run_manifest, train
+from maskcomp.train.trainer import FoldTrainer, run_manifest, train
 
 from conftest import config_for, fold_dir
-from test_train import TINY
 
 
 def _cfg(tiny_root, tmp_path, *overrides):
@@ -83,7 +84,9 @@ def _learns(trainer: FoldTrainer, epochs: int = 3) -> list[float]:
 
 
 def test_compiled_model_trains_and_matches_eager(tiny_root, tmp_path):
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3", "train.compile=true", "model.backbone=test_efficientnet", "train.lr=0.01")
+    cfg = _cfg(
+        tiny_root, tmp_path, "train.epochs=3", "train.compile=true", "model.backbone=test_efficientnet", "train.lr=0.01"
+    )
     trainer = _trainer(cfg)
     assert isinstance(trainer.net, torch._dynamo.eval_frame.OptimizedModule)
     _learns(trainer)
@@ -96,13 +99,23 @@ def test_compiled_model_trains_and_matches_eager(tiny_root, tmp_path):
 
 
 def test_mixup_inside_the_trainer_mixes_the_batches_it_trains_on(tiny_root, tmp_path, monkeypatch):
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3", "model.head=single", "augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0",
-               "augment.mix_prob=1.0", "train.lr=0.01")
+    cfg = _cfg(
+        tiny_root,
+        tmp_path,
+        "train.epochs=3",
+        "model.head=single",
+        "augment.mixup_alpha=0.4",
+        "augment.cutmix_alpha=1.0",
+        "augment.mix_prob=1.0",
+        "train.lr=0.01",
+    )
     trainer = _trainer(cfg)
     assert trainer.mixup is not None
     mixed = []
     original = trainer.criterion
-    trainer.criterion = lambda outputs, targets: mixed.append(targets["label"].is_floating_point()) or original(outputs, targets)
+    trainer.criterion = lambda outputs, targets: (
+        mixed.append(targets["label"].is_floating_point()) or original(outputs, targets)
+    )
     _learns(trainer)
     assert mixed and all(mixed), "the loss never saw Mixup's soft targets"
 
@@ -119,12 +132,24 @@ def test_balanced_class_weights_reach_the_loss(tiny_root, tmp_path):
 
 
 def test_weighted_sampler_with_skip_bad_leaves_out_the_missing_crop(tiny_root, tmp_path):
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=1", "folds.oversample.strategy=sampler", "folds.oversample.head=mask",
-               "folds.oversample.targets={1: 0.5}", "data.skip_bad=true")
+    cfg = _cfg(
+        tiny_root,
+        tmp_path,
+        "train.epochs=1",
+        "folds.oversample.strategy=sampler",
+        "folds.oversample.head=mask",
+        "folds.oversample.targets={1: 0.5}",
+        "data.skip_bad=true",
+    )
     images = load_train(cfg)
     gone = images.loc[load_folds(cfg, images) != 0, "image_path"].iloc[0]
-    trainer = FoldTrainer(cfg, 0, images.assign(image_path=images["image_path"].replace(gone, gone + ".missing")),
-                          open_run(cfg, run_manifest(cfg)), Placement(torch.device("cpu")))
+    trainer = FoldTrainer(
+        cfg,
+        0,
+        images.assign(image_path=images["image_path"].replace(gone, gone + ".missing")),
+        open_run(cfg, run_manifest(cfg)),
+        Placement(torch.device("cpu")),
+    )
     assert trainer.sampler.weights is not None and len(trainer.sampler.weights) == len(trainer.train_df)
     assert (gone + ".missing") not in set(trainer.train_df["image_path"])
     incorrect = (trainer.train_df["mask"] == 1).to_numpy()

@@ -1,5 +1,6 @@
 """Results that can be trusted: stages redo work when the content they depend on changes, trained runs are
 never overwritten or mixed, and the submission with its sidecar is one artifact."""
+
 from __future__ import annotations
 
 import json
@@ -14,26 +15,37 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcomp import detect, fileio, manifest
-from maskcomp.config import load_config
-from maskcomp.crop import crop_faces, load_crops
-from maskcomp.data import load_train
-from maskcomp.dataset import build_cache
-from maskcomp.ensemble import ensemble
-from maskcomp.errors import MaskcompError
-from maskcomp.folds import make_folds
-from maskcomp.inference import infer
-from maskcomp.manifest import DigestCache
-from maskcomp.paths import Paths
+from maskcomp.core import fileio, stages
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.errors import MaskcompError
+from maskcomp.core.paths import Paths
+from maskcomp.core.stages import DigestCache
+from maskcomp.crop import detect
+from maskcomp.crop.stage import crop_faces, load_crops
+from maskcomp.data.folds import make_folds
+from maskcomp.data.sample import make_sample
+from maskcomp.data.tables import load_train
+from maskcomp.ensemble.stage import ensemble
+from maskcomp.predict.infer import infer
 from maskcomp.runs import read_oof, read_test_probs, resolve_run
-from maskcomp.sample import make_sample
-from maskcomp.trainer import train
+from maskcomp.train.dataset import build_cache
+from maskcomp.train.trainer import train
 
 from conftest import config_for
 
-TINY = ("train.img_size=[48, 36]", "train.batch_size=16", "train.workers=0", "folds.k=2", "model.pretrained=false",
-        "model.backbone=mobilenetv3_small_050", "crop.mode=center", "infer.batch_size=32", "train.epochs=1",
-        "train.device=cpu", "infer.tta=[identity]")
+TINY = (
+    "train.img_size=[48, 36]",
+    "train.batch_size=16",
+    "train.workers=0",
+    "folds.k=2",
+    "model.pretrained=false",
+    "model.backbone=mobilenetv3_small_050",
+    "crop.mode=center",
+    "infer.batch_size=32",
+    "train.epochs=1",
+    "train.device=cpu",
+    "infer.tta=[identity]",
+)
 
 
 def copy_data(src: Path, dst: Path) -> Path:
@@ -67,7 +79,9 @@ def other_eval(tmp_path_factory) -> Path:
 def flip_genders(root: Path, rows: slice) -> None:
     csv = root / "train" / "train.csv"
     persons = pd.read_csv(csv, dtype=str)
-    persons.loc[persons.index[rows], "gender"] = persons.loc[persons.index[rows], "gender"].map({"male": "female", "female": "male"})
+    persons.loc[persons.index[rows], "gender"] = persons.loc[persons.index[rows], "gender"].map(
+        {"male": "female", "female": "male"}
+    )
     persons.to_csv(csv, index=False)
 
 
@@ -78,7 +92,7 @@ def swap_eval(root: Path, other: Path) -> None:
 
 
 def latest(cfg: dict):
-    return resolve_run(Paths.from_config(cfg), cfg["experiment"])
+    return resolve_run(Paths.from_config(cfg), cfg.experiment)
 
 
 def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
@@ -118,7 +132,9 @@ def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny,
     assert second_sub.read_text() != first_csv
     assert json.loads(second_sub.with_suffix(".json").read_text())["summary"]["runs"] == [second_run.label]
     index = pd.read_csv(second_sub.parent / "index.csv", dtype=str)
-    assert index["runs"].tolist() == [first_run.label, second_run.label] and (index["submission"] == second_sub.name).all()
+    assert (
+        index["runs"].tolist() == [first_run.label, second_run.label] and (index["submission"] == second_sub.name).all()
+    )
     stamped = second_sub.parent / index["copy"].iloc[-1]
     assert stamped.name.startswith("sample_cv0.") and stamped.read_text() == second_sub.read_text()
 
@@ -129,7 +145,9 @@ def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
     run = latest(cfg)
     old_probs, _ = read_test_probs(run, 0)
     swap_eval(root, other_eval)
-    with pytest.raises(MaskcompError, match=r"crops were made from other images or settings \(eval\); run `make crop` first"):
+    with pytest.raises(
+        MaskcompError, match=r"crops were made from other images or settings \(eval\); run `make crop` first"
+    ):
         infer(cfg)
     crop_faces(cfg)
     train(cfg)  # the eval side is not part of a training run: nothing is retrained
@@ -152,8 +170,10 @@ def test_ensemble_refuses_predictions_older_than_the_model(tiny):
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, best)  # as a retraining of fold 1 would leave it, with the digest it records
     done = json.loads((best.parent / "done.json").read_text())
-    (best.parent / "done.json").write_text(json.dumps({**done, "best_digest": manifest.file_digest(best)}))
-    with pytest.raises(MaskcompError, match=r"fold1: predictions do not match fold 1's current model.*\(model\); run `make infer`"):
+    (best.parent / "done.json").write_text(json.dumps({**done, "best_digest": stages.file_digest(best)}))
+    with pytest.raises(
+        MaskcompError, match=r"fold1: predictions do not match fold 1's current model.*\(model\); run `make infer`"
+    ):
         ensemble(cfg)
     infer(cfg)
     assert ensemble(cfg).exists()
@@ -166,12 +186,12 @@ def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny, caplog
     train(cfg)
     first = latest(cfg)
     files = {p: p.read_bytes() for p in first.dir.rglob("*") if p.is_file() and p.name != ".lock"}
-    longer = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    longer = updated(cfg, {"train.epochs": 2})
     train(longer)
     assert latest(cfg).run_id != first.run_id
     assert all(p.read_bytes() == data for p, data in files.items())
-    with caplog.at_level("INFO", logger="maskcomp.inference"):
-        infer({**cfg, "run": first.run_id})
+    with caplog.at_level("INFO", logger="maskcomp.predict.infer"):
+        infer(updated(cfg, {"run": first.run_id}))
     assert (first.fold_dir(0) / "test_probs.npy").exists()
     assert sum("without TTA" in r.getMessage() for r in caplog.records) == 2  # one line per fold
     assert not (latest(cfg).fold_dir(0) / "test_probs.npy").exists()
@@ -184,7 +204,7 @@ def test_changing_workers_keeps_the_trained_run(tiny):
     train(cfg)
     first = latest(cfg)
     mtime = (first.fold_dir(0) / "best.pt").stat().st_mtime_ns
-    train({**cfg, "crop": {**cfg["crop"], "workers": 1}, "train": {**cfg["train"], "workers": 1}})
+    train(updated(cfg, {"crop.workers": 1, "train.workers": 1}))
     assert latest(cfg).run_id == first.run_id
     assert (first.fold_dir(0) / "best.pt").stat().st_mtime_ns == mtime
 
@@ -194,7 +214,7 @@ def test_second_training_of_the_same_run_stops_naming_the_holder(tiny):
     crop_faces(cfg)
     make_folds(cfg)
     from maskcomp.runs import open_run
-    from maskcomp.trainer import run_manifest
+    from maskcomp.train.trainer import run_manifest
 
     ref = open_run(cfg, run_manifest(cfg))
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ref.dir)], stdout=subprocess.PIPE, text=True)
@@ -225,10 +245,10 @@ def test_a_moved_data_folder_keeps_its_crops_and_cache(tiny, tmp_path):
     images by their place under the root), and the decoded crop cache must serve the new paths, not the old ones."""
     root, cfg = tiny
     crop_faces(cfg)
-    size = tuple(cfg["train"]["img_size"])
+    size = tuple(cfg.train.img_size)
     first = build_cache(cfg, size)
     moved = copy_data(root, tmp_path / "moved")
-    cfg2 = {**cfg, "paths": {**cfg["paths"], "data_root": str(moved)}}
+    cfg2 = updated(cfg, {"paths.data_root": str(moved)})
     crop_faces(cfg2)
     second = build_cache(cfg2, size)
     old_paths, new_paths = load_train(cfg)["image_path"], load_train(cfg2)["image_path"]
@@ -239,7 +259,7 @@ def test_a_moved_data_folder_keeps_its_crops_and_cache(tiny, tmp_path):
 
 def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
     root, cfg = tiny
-    cfg = {**cfg, "crop": {**cfg["crop"], "mode": "mtcnn", "workers": 0}}
+    cfg = updated(cfg, {"crop.mode": "mtcnn", "crop.workers": 0})
     crop_faces(cfg)
     first = load_crops(cfg)
     images = sorted((root / "train" / "images").rglob("mask1.*"))
@@ -259,8 +279,7 @@ def test_image_replaced_in_place_is_detected_and_cut_again(tiny, monkeypatch):
 
 def test_unreadable_image_replaced_by_a_good_one_gets_a_crop(tiny):
     root, cfg = tiny
-    cfg = {**cfg, "crop": {**cfg["crop"], "mode": "mtcnn", "workers": 0},
-           "data": {**cfg["data"], "image_check": "none", "skip_bad": True}}
+    cfg = updated(cfg, {"crop.mode": "mtcnn", "crop.workers": 0, "data.image_check": "none", "data.skip_bad": True})
     victim = sorted((root / "train" / "images").rglob("normal.*"))[0]
     good = victim.read_bytes()
     victim.write_bytes(b"")
@@ -279,8 +298,8 @@ def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
     first = cache.digests(files)
     cache.save()
     hashed = []
-    original = manifest.file_digest
-    monkeypatch.setattr(manifest, "file_digest", lambda p: hashed.append(p) or original(p))
+    original = stages.file_digest
+    monkeypatch.setattr(stages, "file_digest", lambda p: hashed.append(p) or original(p))
     again = DigestCache(tmp_path / "digests.json")
     assert again.digests(files) == first and hashed == []
     stat = files[1].stat()
@@ -291,7 +310,7 @@ def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
 
 
 def test_submission_and_sidecar_are_never_mismatched(tmp_path, monkeypatch):
-    from maskcomp.ensemble import write_submission
+    from maskcomp.ensemble.stage import write_submission
 
     out = tmp_path / "sub.csv"
     write_submission(pd.DataFrame({"ImageID": ["a"], "ans": [1]}), {"run": "old"}, out)
@@ -325,7 +344,10 @@ def test_temporaries_of_killed_writers_are_swept(tmp_path):
 def test_artifacts_get_the_umask_permissions(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        paths = [fileio.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "x.csv"), fileio.write_json({}, tmp_path / "x.json")]
+        paths = [
+            fileio.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "x.csv"),
+            fileio.write_json({}, tmp_path / "x.json"),
+        ]
     finally:
         os.umask(old)
     assert [p.stat().st_mode & 0o777 for p in paths] == [mode, mode]

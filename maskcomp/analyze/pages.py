@@ -1,0 +1,538 @@
+"""Offline fold-level analysis from run files alone: reports/analysis/<exp>/index.html."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..core import labels
+from ..core.config import Config
+from ..core.fileio import write_csv
+from ..core.metrics import confusion, f1_per_class, macro_f1, scores
+from ..core.paths import Paths
+from ..core.stages import read_manifest
+from ..report import htmlpage, plots
+from ..runs import RunRef, list_runs, read_failure, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
+from . import noise
+from .noise import NoiseSettings
+
+log = logging.getLogger(__name__)
+
+
+def read_runs(cfg: Config, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
+    """All folds' OOF rows (TTA re-scored where present) and metrics of the experiment's chosen run."""
+    paths = Paths.from_config(cfg)
+    ref = resolve_run(paths, spec, cfg.run if spec == cfg.experiment else "latest")
+    return read_oof(ref, paths, tta=True), read_metrics(ref), ref
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, pd.DataFrame]:
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table = (
+        pd.DataFrame({"bin": idx, "conf": conf, "correct": correct})
+        .groupby("bin")
+        .agg(conf=("conf", "mean"), acc=("correct", "mean"), n=("conf", "size"))
+    )
+    ece = float((table["n"] / len(conf) * (table["acc"] - table["conf"]).abs()).sum())
+    return ece, table
+
+
+LEVERS = {
+    "age": "oversample >=60 (folds.oversample.targets={2: 0.15}), train.age_old_threshold=58 with "
+    "train.drop_age_bands, a soft-F1 loss term (loss.terms), model.head=ordinal, infer.person_grouping",
+    "gender": "data.known_label_fixes=true and the label-noise candidates below, infer.person_grouping",
+    "mask": "the crop report (reports/crop/: fallback crops), swap_incorrect_normal label fixes, augment settings",
+}
+HEADLINE_CLASSES = 3
+
+
+def head_at_fault(y: np.ndarray, pred: np.ndarray, cls: int) -> str:
+    """The head whose error most often turns images of class `cls` into another class."""
+    wrong = (y == cls) & (pred != cls)
+    if not wrong.any():
+        return "none"
+    true_h, pred_h = labels.head_labels(y[wrong]), labels.head_labels(pred[wrong])
+    return max(labels.HEADS, key=lambda h: int((true_h[h] != pred_h[h]).sum()))
+
+
+def headline(y: np.ndarray, pred: np.ndarray, per_class: pd.DataFrame) -> list[str]:
+    """Where the macro F1 is lost: the weakest and never-predicted classes, the head responsible for each, its share
+    of the macro F1 loss, and the config levers for that head."""
+    present = per_class[per_class["support"] > 0]
+    loss = 1 - present["f1"]
+    weakest = present.assign(share=loss / max(loss.sum(), 1e-9)).sort_values("f1").head(HEADLINE_CLASSES)
+    never = [labels.class_name(c) for c in present["class"] if not (pred == c).any()]
+    rows, heads = [], []
+    for r in weakest.itertuples():
+        head = head_at_fault(y, pred, r._1)
+        heads.append(head)
+        rows.append(
+            f"<li><b>{html.escape(r.name)}</b> (class {r._1}): F1 {r.f1:.2f}, {r.share:.0%} of the macro F1 lost; "
+            f"mostly the <b>{head}</b> head is wrong</li>"
+        )
+    levers = [f"<li>{head}: {html.escape(LEVERS[head])}</li>" for head in dict.fromkeys(heads) if head in LEVERS]
+    return [
+        "<div class='headline'><h2>Where the score is lost</h2>",
+        f"<p>OOF macro F1 is {1 - loss.mean():.4f}: every class weighs 1/{len(present)}.</p><ul>",
+        *rows,
+        "</ul>",
+        f"<p>Never predicted: {html.escape(', '.join(never)) if never else 'none'}.</p>",
+        "<p>Levers to try:</p><ul>",
+        *levers,
+        "</ul></div>",
+    ]
+
+
+@dataclass
+class Analysis:
+    """What the page shows, computed from run files alone (rendering is apart)."""
+
+    experiment: str
+    run: RunRef
+    oof: pd.DataFrame
+    metrics: dict[int, pd.DataFrame]
+    folds: pd.DataFrame
+    overall: dict
+    per_class: pd.DataFrame
+    ece: float
+    reliability: pd.DataFrame
+    candidates: pd.DataFrame
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.oof["label"].to_numpy()
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.oof[labels.PROB_COLUMNS].to_numpy()
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def fold_table(oof: pd.DataFrame, metrics: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for fold, grp in oof.groupby("fold"):
+        s = scores(grp["label"].to_numpy(), grp[labels.PROB_COLUMNS].to_numpy())
+        m = metrics[fold]
+        rows.append(
+            {
+                "fold": fold,
+                **{k: round(v, 4) for k, v in s.items()},
+                "best_epoch": int(m.loc[m["f1"].idxmax(), "epoch"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def per_class_table(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    cm = confusion(y, pred, labels.NUM_CLASSES)
+    out = pd.DataFrame(
+        {
+            "class": range(labels.NUM_CLASSES),
+            "name": [labels.class_name(c) for c in range(labels.NUM_CLASSES)],
+            "support": np.bincount(y, minlength=labels.NUM_CLASSES),
+            "f1": f1_per_class(y, pred, labels.NUM_CLASSES).round(4),
+        }
+    )
+    out["precision"] = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(len(cm)), where=cm.sum(0) > 0).round(4)
+    out["recall"] = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(len(cm)), where=cm.sum(1) > 0).round(4)
+    return out
+
+
+def compute(cfg: Config, experiment: str) -> Analysis:
+    oof, metrics, run = read_runs(cfg, experiment)
+    y, probs = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy()
+    pred = probs.argmax(1)
+    ece, reliability = expected_calibration_error(probs.max(1), pred == y)
+    return Analysis(
+        experiment,
+        run,
+        oof,
+        metrics,
+        fold_table(oof, metrics),
+        scores(y, probs),
+        per_class_table(y, pred),
+        ece,
+        reliability,
+        noise.candidates(oof, NoiseSettings.from_config(cfg)),
+    )
+
+
+def write_plots(a: Analysis, cfg: Config, out: Path) -> None:
+    y, pred = a.y, a.pred
+    plots.confusion(
+        confusion(y, pred, 18),
+        [labels.short_name(c) for c in range(18)],
+        "OOF confusion (18 classes)",
+        out / "confusion_18.png",
+    )
+    true_h, pred_h = labels.head_labels(y), labels.head_labels(pred)
+    names = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
+    for head, n in labels.HEADS.items():
+        plots.confusion(
+            confusion(true_h[head], pred_h[head], n),
+            names[head],
+            f"OOF confusion: {head}",
+            out / f"confusion_{head}.png",
+        )
+    plots.curves(a.metrics, read_learning_rates(a.run), out / "curves.png")
+    plots.reliability(a.reliability, a.ece, out / "reliability.png")
+    crops = _crop_paths(cfg)
+    wrong = a.oof.assign(conf=a.probs.max(1), pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
+    images = [_thumb(crops.get(p, p)) for p in wrong["image_path"]]
+    captions = [
+        f"true {labels.short_name(t)}\npred {labels.short_name(p)} (p={c:.2f})\n{pid} {Path(path).stem}"
+        for t, p, c, pid, path in zip(
+            wrong["label"], wrong["pred"], wrong["conf"], wrong["person_id"], wrong["image_path"]
+        )
+    ]
+    plots.image_grid(
+        images, captions, "most confidently wrong (W/I/N: mask worn, incorrect, not worn)", out / "wrong_gallery.png"
+    )
+    candidate_strips(a, crops, out / "label_noise.png")
+
+
+STRIPS_PER_KIND = 4  # persons shown as thumbnails per kind of fix, from the top of the candidate list
+
+
+def candidate_strips(a: Analysis, crops: dict[str, str], path: Path) -> None:
+    """The top candidates of each kind (systematic ones left out), each person's 7 images in a row; the first
+    caption says the fix, its confidence and whether it is automatic, the others name the image."""
+    found = a.candidates[~a.candidates["systematic"].astype(bool)]
+    shown = found.groupby("fix", sort=False).head(STRIPS_PER_KIND)
+    images, captions = [], []
+    for r in shown.itertuples():
+        rows = a.oof[a.oof["person_id"] == r.person_id]
+        rows = rows.assign(order=[labels.IMAGE_STEMS.index(Path(p).stem) for p in rows["image_path"]]).sort_values(
+            "order"
+        )
+        head = f"{r.person_id}: {r.fix}\n{r.current} -> {r.suggested}\nconf {r.confidence:.2f}, " + (
+            "automatic" if r.auto else "review"
+        )
+        for i, p in enumerate(rows["image_path"]):
+            images.append(_thumb(crops.get(p, p)))
+            captions.append(head if i == 0 else Path(p).stem)
+    if images:
+        plots.image_grid(
+            images,
+            captions,
+            "label-noise candidates: the most likely of each kind (one person per row)",
+            path,
+            cols=len(labels.IMAGE_STEMS),
+            fontsize=9,
+        )
+
+
+def analyze_experiment(cfg: Config, experiment: str) -> Path:
+    out = Paths.from_config(cfg).reports / "analysis" / experiment.replace("@", "-")
+    a = compute(cfg, experiment)
+    write_csv(a.per_class, out / "per_class.csv")
+    write_csv(a.candidates, out / "label_fix_candidates.csv")
+    write_plots(a, cfg, out)
+    index = render_page(a, cfg, out)
+    log.info("wrote %s", index)
+    return index
+
+
+def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
+    paths = Paths.from_config(cfg)
+    info = run_info(a.run)
+    summary = a.folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4).reset_index(names="")
+    links = [
+        htmlpage.link(a.run.dir / "config.yaml", out, "config"),
+        htmlpage.link(a.run.dir / "oof.csv", out, "OOF"),
+        htmlpage.link(out / "per_class.csv", out, "per-class CSV"),
+        htmlpage.link(out / "label_fix_candidates.csv", out, "candidates CSV"),
+    ]
+    submission = paths.submissions / f"{a.experiment.replace('@', '-')}.csv"
+    links += [
+        htmlpage.link(p, out, name)
+        for name, p in (
+            ("submission", submission),
+            ("EDA", paths.reports / "eda" / "index.html"),
+            ("crop report", paths.reports / "crop" / "index.html"),
+            ("all runs", paths.reports / "index.html"),
+        )
+        if p.exists() or name == "all runs"
+    ]
+    manifest = read_manifest(a.run.dir)
+    data = ", ".join(f"{k} {v[:12]}" for k, v in (manifest or {}).get("inputs", {}).items() if k != "folds_csv")
+    meta = [
+        f"Run <b>{html.escape(a.run.label)}</b> created {html.escape(str(info.get('created', '?')))}, code "
+        f"{html.escape(str(info.get('git_commit') or 'unknown'))}; data digests: {html.escape(data or 'unknown')} "
+        f"({htmlpage.link(a.run.dir / 'manifest.json', out, 'manifest')})",
+        "Files: " + " · ".join(links),
+    ]
+    lead = [
+        *headline(a.y, a.pred, a.per_class),
+        f"<p>OOF macro F1 (all {len(a.oof)} images): <b>{a.overall['f1']:.4f}</b>; accuracy "
+        f"{a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
+    ]
+    sections = [
+        htmlpage.Section("Folds", [htmlpage.table(a.folds), htmlpage.table(summary)]),
+        htmlpage.Section(
+            "Per class",
+            [htmlpage.table(a.per_class)]
+            + [
+                htmlpage.image(f"{n}.png", n)
+                for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")
+            ],
+        ),
+        htmlpage.Section("Training curves", [htmlpage.image("curves.png", "loss, F1 and learning rate per fold")]),
+        htmlpage.Section("Calibration", [htmlpage.image("reliability.png", "reliability diagram")]),
+        htmlpage.Section(
+            "Most confidently wrong", [htmlpage.image("wrong_gallery.png", "most confidently wrong images")]
+        ),
+        noise_section(a, cfg, out),
+        *group_strips(cfg, a.experiment, out),
+    ]
+    return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
+
+
+def noise_section(a: Analysis, cfg: Config, out: Path) -> htmlpage.Section:
+    settings = NoiseSettings.from_config(cfg)
+    found = a.candidates
+    body = [
+        f"<p>{len(found)} suspects: {int(found['auto'].sum())} confident enough to apply automatically "
+        f"(estimated precision >= {settings.auto_min_confidence}; <code>make relabel</code> writes them as a "
+        f"label-fixes "
+        f"file), {int((~found['auto'] & ~found['systematic']).sum())} to review, {int(found['systematic'].sum())} "
+        "systematic (a class the model rarely gets right: its failure, not label noise; listed last). Confidence is "
+        "the estimated share of real errors among persons at least this suspicious.</p>"
+    ]
+    if (out / "label_noise.png").exists() and len(found):
+        body.append(htmlpage.image("label_noise.png", "top label-noise candidates"))
+    shown = found.head(settings.top)
+    body.append(htmlpage.table(shown) if len(shown) else "<p>No candidate.</p>")
+    return htmlpage.Section("Label-noise candidates", body)
+
+
+STRIP_GROUPS = 3  # groups shown from each end of the confidence order
+
+
+def group_strips(cfg: Config, experiment: str, out: Path) -> list[htmlpage.Section]:
+    """The eval person groups of this experiment's submission (if grouping was applied): the least and the most
+    confident groups, one strip of thumbnails each, captioned with each image's similarity to its group."""
+    paths = Paths.from_config(cfg)
+    groups_csv = paths.submissions / f"{experiment.replace('@', '-')}.groups.csv"
+    if not groups_csv.exists():
+        return []
+    groups = pd.read_csv(groups_csv, dtype={"ImageID": str, "group": str})
+    grouped = groups[groups["grouped"]]
+    if grouped.empty:
+        return []
+    order = grouped.groupby("group")["confidence"].min().sort_values()
+    chosen = list(dict.fromkeys([*order.index[:STRIP_GROUPS], *order.index[-STRIP_GROUPS:]]))
+    images, captions = [], []
+    for g in chosen:
+        members = grouped[grouped["group"] == g].head(len(labels.IMAGE_STEMS))
+        for image_id, conf in zip(members["ImageID"], members["confidence"]):
+            images.append(_thumb(str(paths.eval_images / image_id)))
+            captions.append(f"group {g[:8]}: sim {conf:.2f}")
+        images += [np.full((128, 96, 3), 255, np.uint8)] * (len(labels.IMAGE_STEMS) - len(members))
+        captions += [""] * (len(labels.IMAGE_STEMS) - len(members))
+    plots.image_grid(
+        images,
+        captions,
+        "eval person groups: least (top) and most confident",
+        out / "groups.png",
+        cols=len(labels.IMAGE_STEMS),
+    )
+    share = groups["grouped"].mean()
+    return [
+        htmlpage.Section(
+            "Person groups (eval)",
+            [
+                f"<p>{share:.0%} of the eval images were grouped into persons "
+                f"({htmlpage.link(groups_csv, out, groups_csv.name)}); "
+                "each caption is the image's thumbnail similarity to its group's unmasked photo (1.00: the anchor "
+                "itself).</p>",
+                htmlpage.image("groups.png", "eval person groups"),
+            ],
+        )
+    ]
+
+
+def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
+    paths = Paths.from_config(cfg)
+    out = paths.reports / "analysis" / "compare"
+    table, errors = [], {}
+    for exp in experiments:
+        oof, _, _ = read_runs(cfg, exp)
+        oof = oof.sort_values("image_path").reset_index(drop=True)
+        y, pred = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)
+        table.append(
+            {
+                "experiment": exp,
+                "oof_macro_f1": round(macro_f1(y, pred), 4),
+                **{f"f1_{c}": round(v, 3) for c, v in enumerate(f1_per_class(y, pred, 18))},
+            }
+        )
+        errors[exp] = (pred != y).astype(float)
+    table = pd.DataFrame(table)
+    corr = pd.DataFrame(errors).corr().round(3)
+    write_csv(table, out / "experiments.csv")
+    sections = [
+        htmlpage.Section("OOF macro F1 and per-class F1", [htmlpage.table(table)]),
+        htmlpage.Section("Correlation of errors (lower: better ensemble partners)", [corr.to_html(border=0)]),
+    ]
+    return htmlpage.render(
+        "Experiments side by side", [", ".join(map(html.escape, experiments))], sections, out / "index.html"
+    )
+
+
+def _crop_paths(cfg: Config) -> dict[str, str]:
+    from ..crop.stage import crop_dir
+
+    records = crop_dir(cfg) / "records.csv"
+    if not records.exists():
+        return {}
+    df = pd.read_csv(records, keep_default_na=False)
+    paths = Paths.from_config(cfg)
+    return {paths.image_file(key): crop for key, crop in zip(df["key"], df["crop_path"])}
+
+
+def _thumb(path: str) -> np.ndarray:
+    img = cv2.imread(path) if Path(path).is_file() else None
+    if img is None:  # a picture only: the page says so and shows a grey tile, no number on it changes
+        log.warning("%s: cannot read this image for a thumbnail; a grey tile stands in its place", path)
+        return np.full((128, 96, 3), 128, np.uint8)
+    return cv2.cvtColor(cv2.resize(img, (96, 128)), cv2.COLOR_BGR2RGB)
+
+
+def analyze(cfg: Config) -> list[Path]:
+    experiments = cfg.ensemble.experiments or [cfg.experiment]
+    pages = [analyze_experiment(cfg, e) for e in experiments]
+    if len(experiments) > 1:
+        pages.append(compare_experiments(cfg, experiments))
+    pages.append(runs_index(cfg))
+    return pages
+
+
+def _submission_scores(paths: Paths) -> dict[str, list[dict]]:
+    """Each run's submissions: file, nested CV, and the eval score where eval answers exist."""
+    truth = (
+        pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+        if paths.eval_answers.exists()
+        else None
+    )
+    by_run: dict[str, list[dict]] = {}
+    for sidecar in sorted(paths.submissions.glob("*.json")):
+        summary = json.loads(sidecar.read_text()).get("summary")
+        csv = sidecar.with_suffix(".csv")
+        if not summary or not csv.exists():
+            continue
+        row = {"submission": csv, "cv": summary["cv_macro_f1"], "eval": None}
+        if truth is not None:
+            sub = pd.read_csv(csv, dtype={"ImageID": str})
+            if set(sub["ImageID"]) <= set(truth.index):
+                row["eval"] = macro_f1(truth.loc[sub["ImageID"]].to_numpy(), sub["ans"].to_numpy())
+        for label in summary["runs"]:
+            by_run.setdefault(label, []).append(row)
+    return by_run
+
+
+def _unfinished_run_row(ref: RunRef) -> dict:
+    """A run folder whose training never finished a fold: listed as such, with the error that stopped it."""
+    failure = read_failure(ref)
+    return {
+        "experiment": ref.experiment,
+        "run": ref.run_id,
+        "created": run_info(ref).get("created", ""),
+        "folds": 0,
+        "OOF macro F1": None,
+        "submission": "",
+        "CV (nested)": None,
+        "eval macro F1": None,
+        "pages": "",
+        "note": html.escape(f"no finished fold; training stopped at {failure}" if failure else "no finished fold"),
+    }
+
+
+def runs_index(cfg: Config) -> Path:
+    """reports/index.html: every run of every experiment with its OOF score, submissions (nested CV, eval score when
+    answers exist), date and links — the leaderboard of your own runs."""
+    paths = Paths.from_config(cfg)
+    subs = _submission_scores(paths)
+    rows = []
+    for ref in list_runs(paths):
+        if not ref.trained_folds():
+            rows.append(_unfinished_run_row(ref))
+            continue
+        oof = read_oof(ref, paths, tta=True)
+        page = paths.reports / "analysis" / ref.experiment / "index.html"
+        link = htmlpage.link(page, paths.reports, "analysis") if page.exists() else ""
+        for sub in subs.get(ref.label) or [None]:
+            rows.append(
+                {
+                    "experiment": ref.experiment,
+                    "run": ref.run_id,
+                    "created": run_info(ref).get("created", ""),
+                    "folds": len(ref.trained_folds()),
+                    "OOF macro F1": round(
+                        macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)), 4
+                    ),
+                    "submission": htmlpage.link(sub["submission"], paths.reports, sub["submission"].name)
+                    if sub
+                    else "",
+                    "CV (nested)": round(sub["cv"], 4) if sub else None,
+                    "eval macro F1": round(sub["eval"], 4) if sub and sub["eval"] is not None else None,
+                    "pages": link,
+                    "note": "",
+                }
+            )
+    table = pd.DataFrame(rows).sort_values("created", ascending=False) if rows else pd.DataFrame()
+    body = htmlpage.table(table, escape=False) if rows else "<p>No trained run yet.</p>"
+    reports = [
+        htmlpage.link(p, paths.reports, name)
+        for name, p in (
+            ("EDA", paths.reports / "eda" / "index.html"),
+            ("crop report", paths.reports / "crop" / "index.html"),
+        )
+        if p.exists()
+    ]
+    meta = [
+        f"Every trained run under {html.escape(str(paths.models))}, newest first; OOF macro F1 is the folds' TTA OOF "
+        "argmax, CV (nested) the submission's honest estimate.",
+        "Reports: " + (" · ".join(reports) or "none yet"),
+    ]
+    return htmlpage.render("Your runs", meta, [htmlpage.Section("Runs", [body])], paths.reports / "index.html")
+
+
+WEAKEST = 3
+
+
+def closing_summary(cfg: Config, pages: list[Path]) -> str:
+    """What `make all` produced, in a few lines: submission, CV (nested), eval score when answers exist, the report
+    pages and the weakest classes of the OOF predictions."""
+    paths = Paths.from_config(cfg)
+    name = cfg.ensemble.name or "+".join(e.replace("@", "-") for e in (cfg.ensemble.experiments or [cfg.experiment]))
+    submission = paths.submissions / f"{name}.csv"
+    lines = ["", "== summary"]
+    if submission.exists():
+        side = json.loads(submission.with_suffix(".json").read_text())
+        lines.append(f"submission: {submission} (CV macro F1, nested: {side['cv_macro_f1']:.4f})")
+        if paths.eval_answers.exists():
+            sub = pd.read_csv(submission, dtype={"ImageID": str})
+            truth = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
+            lines.append(
+                f"eval macro F1 against {paths.eval_answers.name}: "
+                f"{macro_f1(truth.loc[sub['ImageID']].to_numpy(), sub['ans'].to_numpy()):.4f}"
+            )
+    else:
+        lines.append(f"submission: none yet at {submission} (run `make ensemble`)")
+    lines += [f"report: {page}" for page in pages]
+    per_class = pd.read_csv(pages[0].parent / "per_class.csv").sort_values("f1")
+    weak = per_class[per_class["support"] > 0].head(WEAKEST)
+    lines.append("weakest classes (OOF F1): " + ", ".join(f"{r.name} {r.f1:.2f}" for r in weak.itertuples()))
+    return "\n".join(lines)

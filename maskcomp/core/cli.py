@@ -1,0 +1,51 @@
+"""Shared command-line handling for the stage scripts: --config, dotted overrides, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import Config, load_config
+from .errors import MaskcompError
+from .settings import leaves
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config", default="configs/default.yaml", help="YAML config (merged onto configs/default.yaml)"
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 paths.data_root=/data")
+    return parser
+
+
+def _unknown_flag(flag: str, value: str | None) -> MaskcompError:
+    """`--epochs 3` (a timm/argparse habit) -> the dotted override that means it."""
+    name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+    value = flag.split("=", 1)[1] if "=" in flag else value
+    matches = [k for k, _, _ in leaves() if k.split(".")[-1] == name or k == name]
+    if matches:
+        hint = " or ".join(f"{k}={value if value is not None else '...'}" for k in matches)
+        return MaskcompError(f"unknown option {flag}: settings are dotted overrides here; write {hint}")
+    return MaskcompError(
+        f"unknown option {flag}; settings are dotted overrides such as train.epochs=3 (see configs/default.yaml)"
+    )
+
+
+def _check_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    for i, token in enumerate(argv):
+        if token.startswith("-") and token.split("=", 1)[0] not in known:
+            after = argv[i + 1] if i + 1 < len(argv) else None
+            value = after if after is not None and not after.startswith("-") and "=" not in after else None
+            raise _unknown_flag(token, value)
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    _check_flags(parser, sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    return load_config(args.config, args.overrides), args

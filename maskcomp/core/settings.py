@@ -1,0 +1,404 @@
+"""Every setting, declared once: its type, default, choices or range, a one-line doc, and which stages' outputs it
+changes (their identity: a stage redoes its work when one of its settings changes). Validation (config.py), the
+stage manifests (stages.config_keys) and configs/default.yaml (render_default_yaml; a test checks the file equals
+it) all come from here. Code reads typed settings: `cfg.train.lr`.
+
+A section's settings change the stages in its `stages` class variable unless declared `speed=True` (they change how
+fast or where a stage runs, never what it writes); `stages=(...)` on a setting adds stages of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple | None = None,
+    low=None,
+    high=None,
+    length: int | None = None,
+    items: tuple | None = None,
+    stages: tuple[str, ...] = (),
+    speed: bool = False,
+) -> Any:
+    """One setting's declaration (a pydantic Field carrying what validation and the manifests need)."""
+    extra = {
+        "choices": choices,
+        "range": (low, high) if (low, high) != (None, None) else None,
+        "length": length,
+        "items": items,
+        "stages": stages,
+        "speed": speed,
+    }
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda: _copy(default), description=doc, json_schema_extra=extra)
+    return Field(default=default, description=doc, json_schema_extra=extra)
+
+
+def _copy(value: Any) -> Any:
+    return (
+        [_copy(v) for v in value]
+        if isinstance(value, list)
+        else ({k: _copy(v) for k, v in value.items()} if isinstance(value, dict) else value)
+    )
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are an error; validation happens in config.py with one-line messages."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    stages: ClassVar[tuple[str, ...]] = ()
+    doc: ClassVar[str] = ""
+
+
+class PathsSettings(Section):
+    data_root: str = setting(
+        "input/data", "competition layout: train/train.csv, train/images, eval/info.csv, eval/images"
+    )
+    crops: str = setting("preprocess/crops", "face crops and detection records, keyed by the crop config's hash")
+    folds: str = setting("folds/folds.csv", "the fold of every person")
+    models: str = setting("models", "trained runs: models/<experiment>/<run-id>/fold<K>/")
+    reports: str = setting("reports", "report pages and plots")
+    submissions: str = setting("submissions", "submission CSVs with their JSON sidecars")
+    cache: str = setting("cache", "decoded crops at training resolution (uint8 memmaps)")
+
+
+class DataSettings(Section):
+    stages: ClassVar = ("train",)
+    image_check: str = setting(
+        "header",
+        "how hard to look at every image when loading",
+        choices=("header", "decode", "none"),
+        stages=("crop",),
+        speed=True,
+    )
+    skip_bad: bool = setting(
+        False,
+        "true: list bad persons/images in reports/skipped_<split>.csv instead of failing",
+        stages=("crop", "folds"),
+    )
+    label_fixes: list[str] = setting(
+        [], "CSV files in the label-fixes format (see README), applied in order", stages=("folds",)
+    )
+    known_label_fixes: bool = setting(
+        False, "true: also apply configs/label_fixes_known.csv (public write-ups' fixes)", stages=("folds",)
+    )
+
+
+class SampleSettings(Section):
+    doc: ClassVar = "the generated dataset of `make sample`"
+    persons: int = setting(150, "training persons", low=2)
+    eval_persons: int = setting(40, "eval persons", low=1)
+    seed: int = setting(0, "the generator's seed")
+
+
+class CropSettings(Section):
+    mode: str = setting(
+        "mtcnn",
+        "face boxes from MTCNN, a fixed centre box, or the whole image",
+        choices=("mtcnn", "center", "none"),
+        stages=("crop",),
+    )
+    device: str = setting("auto", "auto | cpu | cuda")
+    batch_size: int = setting(16, "images per MTCNN call", low=1)
+    detect_scale: float = setting(
+        0.5,
+        "detect on a downscaled copy; faces here are large, so this is ~4x faster",
+        low=0.05,
+        high=1.0,
+        stages=("crop",),
+    )
+    min_face_size: int = setting(40, "in pixels of the full-size image", low=12, stages=("crop",))
+    thresholds: list[float] = setting(
+        [0.6, 0.7, 0.7], "MTCNN's three stage thresholds", low=0.0, high=1.0, length=3, stages=("crop",)
+    )
+    relaxed_thresholds: list[float] = setting(
+        [0.4, 0.5, 0.5], "the retry's thresholds on an equalised copy", low=0.0, high=1.0, length=3, stages=("crop",)
+    )
+    margin: float = setting(
+        0.25, "box grows by this fraction of its size on each side", low=0.0, high=2.0, stages=("crop",)
+    )
+    aspect: float = setting(0.75, "crop width / height, matching the model input", low=0.1, high=10.0, stages=("crop",))
+    center_box: list[float] = setting(
+        [0.15, 0.12, 0.85, 0.75],
+        "x1, y1, x2, y2 as image fractions, for mode center and the last fallback",
+        low=0.0,
+        high=1.0,
+        length=4,
+        stages=("crop",),
+    )
+    workers: int = setting(2, "decoding processes beside the detector", low=0)
+
+
+class OversampleSettings(Section):
+    strategy: str = setting(
+        "none", "repeat rare persons in training splits, or a weighted sampler", choices=("none", "repeat", "sampler")
+    )
+    head: str = setting("age", "whose classes the targets name", choices=("label", "mask", "gender", "age"))
+    targets: dict = setting({}, "class -> target share in the training split, e.g. {2: 0.2}")
+
+
+class FoldsSettings(Section):
+    stages: ClassVar = ("train",)
+    k: int = setting(5, "folds over persons, stratified by gender x age group", low=2, stages=("folds",))
+    seed: int = setting(42, "the split's seed", stages=("folds",))
+    oversample: OversampleSettings = Field(default_factory=OversampleSettings, description="training splits only")
+
+
+class ModelSettings(Section):
+    stages: ClassVar = ("train",)
+    backbone: str = setting("efficientnet_lite0", "any timm model name")
+    pretrained: bool | str = setting("pypi", "false | pypi | hub | path to a weights file")
+    head: str = setting(
+        "multi",
+        "single (18-way) | multi (mask 3, gender 2, age 3) | ordinal (age as P(age >= k))",
+        choices=("single", "multi", "ordinal"),
+    )
+    drop_rate: float = setting(0.2, "dropout before the heads", low=0.0, high=0.99)
+    freeze_backbone_epochs: int = setting(0, "epochs that train the heads alone", low=0)
+
+
+class HeadWeights(Section):
+    mask: float = setting(1.0, "the mask head's loss weight")
+    gender: float = setting(1.0, "the gender head's loss weight")
+    age: float = setting(1.0, "the age head's loss weight")
+
+
+class LossSettings(Section):
+    stages: ClassVar = ("train",)
+    terms: list[dict] = setting([{"name": "ce", "weight": 1.0}], "weighted sum of: ce, focal, f1")
+    label_smoothing: float = setting(0.0, "label smoothing of ce", low=0.0, high=0.99)
+    focal_gamma: float = setting(2.0, "focal loss gamma", low=0.0)
+    class_weights: str = setting("none", "none | balanced", choices=("none", "balanced"))
+    head_weights: HeadWeights = Field(default_factory=HeadWeights, description="per-head loss weights")
+
+
+class AugmentSettings(Section):
+    stages: ClassVar = ("train",)
+    hflip: float = setting(0.5, "probability of a horizontal flip", low=0.0, high=1.0)
+    color_jitter: float = setting(0.3, "probability of colour jitter", low=0.0, high=1.0)
+    shift_scale_rotate: float = setting(0.5, "probability of an affine jitter", low=0.0, high=1.0)
+    coarse_dropout: float = setting(0.0, "probability of coarse dropout", low=0.0, high=1.0)
+    mixup_alpha: float = setting(0.0, "timm Mixup (single head only)", low=0.0)
+    cutmix_alpha: float = setting(0.0, "timm CutMix (single head only)", low=0.0)
+    mix_prob: float = setting(0.0, "probability of Mixup/CutMix per batch", low=0.0, high=1.0)
+    half_cutmix: float = setting(
+        0.0, "probability of label-preserving left/right half CutMix per sample", low=0.0, high=1.0
+    )
+    half_cutmix_rare_only: bool = setting(False, "mix only age >= 60 images")
+
+
+class TrainSettings(Section):
+    stages: ClassVar = ("train",)
+    img_size: list[int] = setting([256, 192], "height, width", low=32, high=4096, length=2)
+    epochs: int = setting(10, "epochs per fold", low=1)
+    batch_size: int = setting(32, "training batch", low=1)
+    val_batch_size: int = setting(
+        64, "the validation loader's batch (speed only: scores do not depend on it)", low=1, speed=True
+    )
+    optimizer: str = setting("adamw", "any timm optimizer name (timm.optim.create_optimizer_v2)")
+    scheduler: str = setting(
+        "cosine", "timm.scheduler.create_scheduler_v2, stepped every update", choices=("cosine", "tanh", "poly")
+    )
+    lr: float = setting(0.001, "peak learning rate", low=1e-8, high=10.0)
+    weight_decay: float = setting(0.01, "decoupled weight decay", low=0.0)
+    warmup_epochs: float = setting(1.0, "linear warm-up, in epochs", low=0)
+    grad_clip: float = setting(1.0, "gradient norm clip (0: none)", low=0.0)
+    ema: bool = setting(False, "validate and keep an exponential moving average of the weights")
+    ema_decay: float = setting(0.999, "cap of the warmed-up decay (timm ModelEmaV3 use_warmup)", low=0.0, high=0.99999)
+    patience: int = setting(5, "epochs without a better macro F1 before stopping", low=1)
+    amp: str = setting("bf16", "bf16 | fp16 | none (CUDA only; CPU always runs fp32)", choices=("bf16", "fp16", "none"))
+    channels_last: bool = setting(True, "channels-last memory format")
+    compile: bool = setting(False, "torch.compile the network", speed=True)
+    workers: int = setting(2, "DataLoader workers", low=0, speed=True)
+    threads: int = setting(
+        0,
+        "torch intra-op threads of the training process; 0: chosen from the CPUs it may use",
+        low=0,
+        high=1024,
+        speed=True,
+    )
+    cudnn_benchmark: bool = setting(True, "CUDA only: let cuDNN pick the fastest convolution algorithms", speed=True)
+    tf32: bool = setting(True, "CUDA only: TF32 matmul/convolutions on Ampere and newer")
+    age_old_threshold: int = setting(60, "training labels only; scoring always uses 60", low=31, high=100)
+    drop_age_bands: list[list[int]] = setting(
+        [], "e.g. [[27, 29], [57, 59]]: drop these ages from training splits only", low=0, high=150
+    )
+    folds: list[int] = setting([], "folds to train; empty: all folds", low=0, speed=True)
+    deterministic: bool = setting(True, "deterministic algorithms on the CPU")
+    tensorboard: bool = setting(False, "TensorBoard events in each fold's tb/", speed=True)
+    device: str = setting("auto", "auto | cpu | cuda", speed=True)
+
+
+class InferSettings(Section):
+    tta: list[str] = setting(["identity", "hflip"], "identity | hflip | scale:<factor>", stages=("infer",))
+    tta_reduce: str = setting(
+        "mean_probs",
+        "average the views' probabilities or logits",
+        choices=("mean_probs", "mean_logits"),
+        stages=("infer",),
+    )
+    batch_size: int = setting(64, "images per forward pass", low=1)
+    person_grouping: bool | str = setting(
+        "auto",
+        "auto | on | off: group eval images into persons and decide "
+        "gender/age per person (transductive; auto: only when the nested OOF gain "
+        "is positive; see README)",
+        choices=("auto", True, False),
+    )
+    group_min_similarity: float = setting(
+        0.4, "thumbnail cosine similarity below which an image is not joined to a person", low=-1.0, high=1.0
+    )
+
+
+class EnsembleSettings(Section):
+    experiments: list[str] = setting([], "empty: this config's experiment; entries may name a run: experiment@run-id")
+    weights: str = setting("equal", "equal | fit", choices=("equal", "fit"))
+    tune_biases: bool | str = setting(
+        "auto",
+        "true | false | auto: tune, but apply only if the nested (held-out fold) gain is positive",
+        choices=(True, False, "auto"),
+    )
+    bias_mode: str = setting(
+        "class",
+        "class (18 biases) | head (mask 3 + gender 2 + age 3, for multi-head models)",
+        choices=("class", "head"),
+    )
+    bias_rounds: int = setting(3, "coordinate-ascent rounds", low=0)
+    tune_age_cuts: bool | str = setting(
+        "auto",
+        "true | false | auto: with model.head=ordinal, tune the age groups' cut points (not 30/60)",
+        choices=(True, False, "auto"),
+    )
+    name: str = setting("", "submission name; empty: the experiment(s) joined")
+    stamped_copy: bool = setting(True, "also write <name>_cv<CV>_<date>.csv (+ .json): an upload you can tell apart")
+
+
+class RelabelSettings(Section):
+    doc: ClassVar = 'label-noise candidates (make analyze, make relabel); see README "Label noise"'
+    prior: float = setting(
+        0.03, "share of persons with one kind of label error (2-3 % in the competition)", low=1e-4, high=0.5
+    )
+    auto_min_confidence: float = setting(
+        0.8, "estimated precision at which a fix is applied without review", low=0.0, high=1.0
+    )
+    systematic_rate: float = setting(
+        0.3, 'the model says "labelled A looks B" for this share of A: its failure, not noise', low=0.0, high=1.0
+    )
+    top: int = setting(50, "candidates shown on the analysis page", low=1)
+    auto_kinds: list[str] = setting(
+        ["gender", "swap_incorrect_normal"],
+        "kinds applied automatically; age fixes go to review by default",
+        items=("gender", "age", "swap_incorrect_normal"),
+    )
+
+
+class Settings(Section):
+    """A whole config."""
+
+    stages: ClassVar = ("train",)
+    experiment: str = setting("default", "the experiment's name: models/<experiment>/", speed=True)
+    seed: int = setting(42, "seed of training (each fold adds its number)", low=0)
+    run: str = setting(
+        "latest",
+        "the training run infer/ensemble/analyze use: latest, or a run id under models/<experiment>/",
+        speed=True,
+    )
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    crop: CropSettings = Field(default_factory=CropSettings)
+    folds: FoldsSettings = Field(default_factory=FoldsSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    loss: LossSettings = Field(default_factory=LossSettings)
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
+    ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
+    relabel: RelabelSettings = Field(default_factory=RelabelSettings)
+
+
+def setting_info(field) -> dict:
+    """The declaration's extras of a field (empty for a nested section)."""
+    return field.json_schema_extra or {}
+
+
+def is_section(field) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+
+
+def leaves(
+    model: type[Section] = Settings, prefix: str = "", parent_stages: tuple = ()
+) -> list[tuple[str, Any, tuple]]:
+    """(dotted name, field, stages whose identity it enters) of every setting; a section nested inside a section
+    (folds.oversample, loss.head_weights) counts as one setting of its parent, whole."""
+    out = []
+    for name, field in model.model_fields.items():
+        dotted = prefix + name
+        if is_section(field) and model is Settings:
+            out += leaves(field.annotation, dotted + ".", field.annotation.stages)
+            continue
+        info = setting_info(field)
+        own = () if info.get("speed") else (parent_stages if model is not Settings else Settings.stages)
+        out.append((dotted, field, tuple(dict.fromkeys(own + tuple(info.get("stages", ()))))))
+    return out
+
+
+def identity_keys(stage: str) -> list[str]:
+    """The settings whose values are part of `stage`'s identity (its manifest)."""
+    return [name for name, _, stages in leaves() if stage in stages]
+
+
+def value_of(cfg: Settings, dotted: str) -> Any:
+    """A setting by its dotted name, for code that names settings in tables (infer's input-shaping keys)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def _yaml_lines(model: type[Section], indent: str) -> list[str]:
+    lines = []
+    for name, field in model.model_fields.items():
+        if is_section(field):
+            sub = field.annotation
+            note = sub.doc or (field.description or "")
+            lines.append(
+                f"{indent}{name}:" + (f"{' ' * max(1, 35 - len(indent) - len(name) - 1)}# {note}" if note else "")
+            )
+            lines += _yaml_lines(sub, indent + "  ")
+            if model is Settings:
+                lines.append("")
+            continue
+        text = f"{indent}{name}: {_yaml_value(field.get_default(call_default_factory=True))}"
+        doc, choices = field.description or "", setting_info(field).get("choices")
+        if choices and "|" not in doc:
+            doc = " | ".join(str(c).lower() if isinstance(c, bool) else c for c in choices) + ": " + doc
+        lines.append(f"{text.ljust(34)} # {doc}" if doc else text)
+    return lines
+
+
+def render_default_yaml() -> str:
+    """configs/default.yaml: every key with its default and doc, made from the declarations above."""
+    head = [
+        "# Every key a config may set, with its default; generated from maskcomp/core/settings.py (the one",
+        "# declaration of each setting: `python -m maskcomp.core.settings > configs/default.yaml`). Other configs",
+        "# override these (a config may name a parent with `base: <file>`); a key not listed here is an error.",
+        "",
+    ]
+    return "\n".join(head + _yaml_lines(Settings, "")).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render_default_yaml(), end="")

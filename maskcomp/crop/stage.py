@@ -1,0 +1,184 @@
+"""Face crops for every train and eval image (facenet-pytorch MTCNN), cached, resumable, with fallbacks.
+
+Layout under paths.crops:
+  det-<hash>/detections.jsonl   raw MTCNN boxes per image content (SHA-256 of the file; appended per batch,
+                                a torn last line is ignored)
+  crop-<hash>/<split>/<name>-<digest>.jpg  the crops; crop-<hash>/records.csv one record per image;
+                                crop-<hash>/manifest.json what they were made from
+The detection hash covers the detector settings only, the crop hash also margin/aspect/mode, so
+changing the margin re-crops from cached detections without running the detector again. Detections
+and crop files are keyed by the image's content, so an image replaced in place is detected and cut anew.
+
+The stage's jobs live in four modules: the images to crop (items.py), detection with resume (detect.py), the box
+policy and fallbacks (boxes.py), crop writing and the stage itself (here); its report is report/crop_page.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..core.config import Config
+from ..core.errors import MaskcompError
+from ..core.fileio import atomic_path, write_csv
+from ..core.paths import Paths
+from ..core.progress import progress
+from ..core.stages import (
+    MANIFEST,
+    Manifest,
+    config_keys,
+    digest_of,
+    require_current,
+    write_manifest,
+)
+from .boxes import expand_box, fixed_box, resolve_boxes
+from .detect import DETECTOR_KEYS, detector_hash, read_image_rgb, run_detection, settings_hash
+from .items import Item, list_items
+
+log = logging.getLogger(__name__)
+
+CROP_KEYS = ("mode", "margin", "aspect", "center_box")
+DIGEST_CHARS = 16
+
+
+def crop_hash(crop_cfg: dict) -> str:
+    keys = CROP_KEYS + (DETECTOR_KEYS if crop_cfg.mode == "mtcnn" else ())
+    return settings_hash({k: getattr(crop_cfg, k) for k in keys})
+
+
+def crop_dir(cfg: Config) -> Path:
+    return Paths.from_config(cfg).crops / f"crop-{crop_hash(cfg.crop)}"
+
+
+def crop_manifest(cfg: Config, items: list[Item]) -> Manifest:
+    """What the crops depend on: every image's place, person and content per split, and the crop settings."""
+    inputs = {
+        split: digest_of([(it.key, it.person_id, it.digest) for it in items if it.split == split])
+        for split in ("train", "eval")
+    }
+    return Manifest("crop", inputs, config_keys(cfg, "crop"))
+
+
+def train_crops_digest(crops: dict) -> str:
+    """What the training crops depend on (training images and crop settings; eval images never enter them)."""
+    return digest_of([crops["inputs"]["train"], crops["config"]])
+
+
+def require_current_crops(cfg: Config) -> dict:
+    """The crop manifest on disk, after checking that it matches the current images and crop settings."""
+    folder = crop_dir(cfg)
+    manifest = crop_manifest(cfg, list_items(cfg))
+    require_current(
+        folder, manifest, str(folder), "crops were made from other images or settings", "run `make crop` first"
+    )
+    return manifest.as_dict()
+
+
+def crop_name(key: str, digest: str) -> str:
+    return f"{key.replace('/', '__').rsplit('.', 1)[0]}-{digest[:DIGEST_CHARS]}.jpg"
+
+
+def write_crops(records: pd.DataFrame, crop_cfg: dict, out_dir: Path) -> pd.DataFrame:
+    """Cut and save every crop not yet on disk; fill crop box and path columns (an image found unreadable now gets
+    unreadable=True)."""
+    out = records.copy()
+    out["x1"] = out["y1"] = out["x2"] = out["y2"] = -1
+    out["crop_path"] = ""
+    for i in progress(out.index, "write crops", unit="img"):
+        if out.at[i, "unreadable"]:
+            continue
+        target = out_dir / out.at[i, "split"] / crop_name(out.at[i, "key"], out.at[i, "digest"])
+        img = None
+        if out.at[i, "box"] is None or not target.exists():
+            img = read_image_rgb(out.at[i, "image_path"])
+            if img is None:
+                out.at[i, "unreadable"] = True
+                continue
+        if out.at[i, "box"] is None:
+            height, width = img.shape[:2]
+            out.at[i, "box"] = fixed_box(crop_cfg, width, height)
+            out.at[i, "source"] = "none" if crop_cfg.mode == "none" else "center"
+        width, height = _image_size(out.at[i, "image_path"], img)
+        aspect = crop_cfg.aspect
+        margin = crop_cfg.margin if out.at[i, "source"] not in ("center", "none") else 0.0
+        x1, y1, x2, y2 = (
+            map(int, out.at[i, "box"])
+            if out.at[i, "source"] == "none"
+            else expand_box(out.at[i, "box"], width, height, margin, aspect)
+        )
+        out.loc[i, ["x1", "y1", "x2", "y2"]] = [x1, y1, x2, y2]
+        out.at[i, "crop_path"] = str(target)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:  # the temporary name keeps the .jpg suffix that cv2 needs
+                if not cv2.imwrite(
+                    str(tmp), cv2.cvtColor(img[y1:y2, x1:x2], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+                ):
+                    raise MaskcompError(f"{target}: could not write the crop; check free disk space and permissions")
+    return out
+
+
+def _image_size(path: str, img: np.ndarray | None) -> tuple[int, int]:
+    if img is not None:
+        return img.shape[1], img.shape[0]
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def crop_faces(cfg: Config) -> pd.DataFrame:
+    """Run the crop stage; returns the per-image records (also in crop-<hash>/records.csv)."""
+    crop_cfg = cfg.crop
+    paths = Paths.from_config(cfg)
+    start = time.perf_counter()
+    items = list_items(cfg)
+    out_dir = crop_dir(cfg)
+    if crop_cfg.mode == "mtcnn":
+        det_path = paths.crops / f"det-{detector_hash(crop_cfg)}" / "detections.jsonl"
+        detections = run_detection(items, crop_cfg, det_path)
+    else:
+        detections = {}
+    (out_dir / MANIFEST).unlink(
+        missing_ok=True
+    )  # records.csv is about to change; no manifest may vouch for it meanwhile
+    records = write_crops(resolve_boxes(items, detections, crop_cfg), crop_cfg, out_dir)
+    bad = records.loc[records["unreadable"], "image_path"].tolist()
+    columns = [
+        "key",
+        "digest",
+        "split",
+        "image_path",
+        "person_id",
+        "source",
+        "score",
+        "x1",
+        "y1",
+        "x2",
+        "y2",
+        "crop_path",
+    ]
+    write_csv(records.loc[~records["unreadable"], columns], out_dir / "records.csv")
+    write_manifest(out_dir, crop_manifest(cfg, items))
+    if bad:
+        write_csv(pd.DataFrame({"image_path": bad}), paths.reports / "crop" / "unreadable_images.csv")
+        log.warning(
+            "%d unreadable image(s) got no crop; list in %s", len(bad), paths.reports / "crop" / "unreadable_images.csv"
+        )
+    log.info("crops and records.csv in %s (%.0f s)", out_dir, time.perf_counter() - start)
+    return records
+
+
+def load_crops(cfg: Config) -> pd.DataFrame:
+    """The crop records for the current crop config, indexed by original image path."""
+    path = crop_dir(cfg) / "records.csv"
+    if not path.exists():
+        raise MaskcompError(
+            f"{path}: no crops for this crop config; run `make crop` (or preprocess/crop_faces.py) first"
+        )
+    return pd.read_csv(path, dtype={"person_id": str}, keep_default_na=False).set_index("image_path")

@@ -1,0 +1,285 @@
+"""Prediction with test-time augmentation, and the infer stage: each fold's best.pt scores the eval set
+(test_probs.npy + test_ids.csv) and re-scores its validation images with the same TTA (oof_tta.csv).
+infer.json in the fold directory is the predictions' manifest: the checkpoint's digest, the run, the
+eval crops and ids, the TTA; predictions are remade whenever any of them changes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from ..core import labels
+from ..core.config import Config, settings_from
+from ..core.device import amp_dtype_of, resolve_device
+from ..core.errors import MaskcompError
+from ..core.fileio import atomic_path, write_csv
+from ..core.metrics import macro_f1
+from ..core.paths import Paths
+from ..core.progress import progress
+from ..core.settings import value_of
+from ..core.stages import (
+    Manifest,
+    config_keys,
+    digest_cache,
+    digest_of,
+    is_current,
+    read_manifest,
+    require_current,
+    write_manifest,
+)
+from ..data.folds import load_folds
+from ..data.tables import load_eval, load_train
+from ..runs import RunRef, damaged_checkpoint, read_oof, resolve_run
+from ..train.augment import eval_transform
+from ..train.dataset import CropCache, LoaderSpec, build_cache, crop_loader, existing_crops_only
+from ..train.evaluate import oof_table, predict, probability_table, tta_view
+from ..train.models import create_model, normalisation
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_MANIFEST = "infer.json"
+
+
+# what shapes a model's input: predicting with other values than its checkpoint's silently mis-preprocesses it
+INPUT_KEYS = ("model.backbone", "train.img_size", "crop.mode", "crop.margin", "crop.aspect")
+
+
+def require_intact_checkpoint(run: RunRef, fold: int) -> Path:
+    """The fold's best.pt, after checking that it is the file training wrote; else one line and the way forward."""
+    path = run.best(fold)
+    reason = damaged_checkpoint(run, fold)
+    if reason == "missing":
+        raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+    if reason:
+        raise MaskcompError(
+            f"{path}: damaged checkpoint ({reason}); run `make train`, which keeps it as "
+            f"best.pt.damaged and trains fold {fold} again"
+        )
+    return path
+
+
+def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Config | None = None) -> torch.nn.Module:
+    """The fold's best model, built from the config saved in its checkpoint; with `expected` (the config the
+    predictions will be preprocessed with), every input-shaping key must agree with the checkpoint's."""
+    path = require_intact_checkpoint(run, fold)
+    state = torch.load(path, map_location=device, weights_only=False)
+    # the checkpoint keeps its config as plain values; where files go is not part of it
+    trained = settings_from({**state["config"], "paths": {}}, str(path))
+    for key in INPUT_KEYS if expected is not None else ():
+        if value_of(trained, key) != value_of(expected, key):
+            raise MaskcompError(
+                f"{path}: trained with {key}={value_of(trained, key)!r}, "
+                f"but {run.dir / 'config.yaml'} says {value_of(expected, key)!r}; "
+                "restore that file or train the run again"
+            )
+    model = create_model(trained.model.model_copy(update={"pretrained": False}), trained.train.img_size)
+    model.load_state_dict(state["model"])
+    return model.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def run_config(cfg: Config, run: RunRef) -> Config:
+    """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input),
+    with this invocation's paths, devices, workers and infer/ensemble settings."""
+    path = run.dir / "config.yaml"
+    if not path.exists():
+        raise MaskcompError(f"{path}: missing; this run was not made by `make train`; train it again")
+    saved, now = yaml.safe_load(path.read_text()), cfg.model_dump()
+    out = {**saved, **{k: now[k] for k in ("paths", "infer", "ensemble", "run")}}
+    out["train"] = {**saved["train"], **{k: now["train"][k] for k in ("device", "workers")}}
+    out["data"] = {**saved["data"], "skip_bad": cfg.data.skip_bad}
+    return settings_from(out, str(path))
+
+
+def say_inputs_from_run(cfg: Config, rcfg: Config, run: RunRef) -> None:
+    """One info line naming the config's input-shaping keys that the run's own values replace."""
+    taken = [
+        f"{key}={value_of(rcfg, key)!r} (config: {value_of(cfg, key)!r})"
+        for key in INPUT_KEYS
+        if value_of(cfg, key) != value_of(rcfg, key)
+    ]
+    if taken:
+        log.info("run %s predicts with its own %s: its checkpoints were trained with them", run.label, ", ".join(taken))
+
+
+def require_current_run(cfg: Config, run: RunRef) -> None:
+    """A run is used only while the labels, folds and training crops it was trained on still hold."""
+    from ..train.trainer import run_manifest
+
+    expected = run_manifest(cfg)
+    require_current(
+        run.dir,
+        expected,
+        str(run.dir),
+        f"run {run.label} was trained on other data or labels than the current ones",
+        "run `make train` to train on them, or pick another run with run=<id>",
+    )
+
+
+@dataclass
+class EvalSide:
+    """What every fold of a run predicts on: the run's config, the eval rows with crops, and their crop array."""
+
+    cfg: Config
+    evals: pd.DataFrame
+    cache: CropCache
+    size: tuple[int, int]
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.from_config(self.cfg)
+
+    @property
+    def eval_digest(self) -> str:
+        return digest_of([self.cache.manifest["digest"], self.evals["ImageID"].tolist()])
+
+
+def eval_side(cfg: Config, run: RunRef) -> EvalSide:
+    rcfg = run_config(cfg, run)
+    require_current_run(rcfg, run)
+    size = tuple(rcfg.train.img_size)
+    cache = build_cache(rcfg, size)
+    evals = existing_crops_only(load_eval(rcfg), cache, rcfg.data.skip_bad, "eval set")
+    return EvalSide(rcfg, evals, cache, size)
+
+
+def prediction_manifest(side: EvalSide, run: RunRef, fold: int) -> Manifest:
+    """What one fold's predictions depend on: its checkpoint by content, its run, the eval crops and ids, the TTA."""
+    best = run.fold_dir(fold) / "best.pt"
+    if not best.exists():
+        raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+    cache = digest_cache(side.cfg)
+    model = cache.digest(best)
+    cache.save()
+    return Manifest(
+        "infer",
+        {"model": model, "run": read_manifest(run.dir)["digest"], "eval": side.eval_digest},
+        config_keys(side.cfg, "infer"),
+    )
+
+
+def require_current_predictions(cfg: Config, run: RunRef) -> None:
+    """Every trained fold's test predictions were made by its current best.pt on the current eval set."""
+    side = eval_side(cfg, run)
+    for fold in run.trained_folds():
+        place = run.fold_dir(fold) / PREDICTIONS_MANIFEST
+        manifest = prediction_manifest(side, run, fold)
+        require_current(
+            place,
+            manifest,
+            str(run.fold_dir(fold)),
+            f"predictions do not match fold {fold}'s current model, eval set or TTA",
+            "run `make infer`",
+        )
+
+
+def write_test_predictions(out: Path, ids: pd.DataFrame, probs: np.ndarray, heads: dict) -> None:
+    with atomic_path(out / "test_probs.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, probs.astype(np.float32))
+    write_csv(pd.concat([ids, probability_table(probs, heads)], axis=1), out / "test_probs.csv")
+    write_csv(ids, out / "test_ids.csv")
+
+
+def write_run_oof(run: RunRef, paths: Paths) -> None:
+    """One OOF file for the whole training set (`<run>/oof.csv`, TTA re-scored where present), with image paths
+    relative to the data root (their keys), as Kaggle notebooks share them."""
+    oof = read_oof(run, paths, tta=True)
+    oof["image_path"] = [paths.image_key(p) for p in oof["image_path"]]
+    write_csv(oof, run.dir / "oof.csv")
+    log.info("all folds' OOF predictions in %s", run.dir / "oof.csv")
+
+
+def report_tta(
+    run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...], paths: Paths
+) -> None:
+    """Fold macro F1 of the validation images without TTA (training's best epoch) and with it; warn when TTA hurts."""
+    plain_path = run.fold_dir(fold) / "oof.csv"
+    if not plain_path.exists():
+        return
+    plain = pd.read_csv(plain_path)
+    plain.index = [paths.image_key(p) for p in plain["image_path"]]
+    plain = plain.loc[[paths.image_key(p) for p in val["image_path"]]]
+    y = val["label"].to_numpy()
+    without, with_tta = macro_f1(y, plain[labels.PROB_COLUMNS].to_numpy().argmax(1)), macro_f1(y, tta_probs.argmax(1))
+    line = (
+        f"fold {fold}: OOF macro F1 {without:.4f} without TTA, {with_tta:.4f} with {'+'.join(tta)} "
+        f"({with_tta - without:+.4f})"
+    )
+    if with_tta < without:
+        log.warning("%s: this TTA lowers the score; consider infer.tta=[identity]", line)
+    else:
+        log.info(line)
+
+
+@dataclass(frozen=True)
+class FoldPrediction:
+    """How every fold of the run is predicted: device, preprocessing, loader sizes, TTA."""
+
+    side: EvalSide
+    device: torch.device
+    transform: object
+    spec: LoaderSpec
+    tta: tuple[str, ...]
+    reduce: str
+
+    @classmethod
+    def of(cls, cfg: Config, side: EvalSide) -> FoldPrediction:
+        rcfg = side.cfg
+        device = resolve_device(rcfg.train.device)
+        mean, std = normalisation(rcfg.model.backbone)
+        spec = LoaderSpec(rcfg.infer.batch_size, rcfg.train.workers, pin_memory=device.type == "cuda")
+        return cls(side, device, eval_transform(side.size, mean, std), spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce)
+
+    def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
+        """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
+        side, out, amp = self.side, run.fold_dir(fold), amp_dtype_of(self.side.cfg.train.amp)
+        model = load_fold_model(run, fold, self.device, side.cfg)
+        loader = crop_loader(side.cache, val, self.transform, self.spec)
+        probs, heads = predict(model, progress(loader, f"{step}: validation"), self.device, amp, self.tta, self.reduce)
+        write_csv(oof_table(val, fold, probs, heads, side.paths), out / "oof_tta.csv")
+        report_tta(run, fold, val, probs, self.tta, side.paths)
+        loader = crop_loader(side.cache, side.evals, self.transform, self.spec, with_targets=False)
+        probs, heads = predict(model, progress(loader, f"{step}: eval"), self.device, amp, self.tta, self.reduce)
+        write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), probs, heads)
+
+
+def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
+    """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
+    predictions do not match its current checkpoint, eval set and TTA (infer.json)."""
+    run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
+    for op in cfg.infer.tta:
+        tta_view(torch.zeros(1, 3, 8, 8), op)
+    side = eval_side(cfg, run)
+    say_inputs_from_run(cfg, side.cfg, run)
+    images = load_train(side.cfg)
+    fold_of = load_folds(side.cfg, images)
+    how = FoldPrediction.of(cfg, side)
+    todo = folds or run.trained_folds()
+    for i, fold in enumerate(todo):
+        out = run.fold_dir(fold)
+        require_intact_checkpoint(run, fold)
+        manifest = prediction_manifest(side, run, fold)
+        if is_current(out / PREDICTIONS_MANIFEST, manifest):
+            log.info("fold %d: predictions up to date in %s", fold, out)
+            continue
+        (out / PREDICTIONS_MANIFEST).unlink(missing_ok=True)
+        val = existing_crops_only(
+            images[fold_of == fold].reset_index(drop=True), side.cache, side.cfg.data.skip_bad, "validation"
+        )
+        how.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(how.tta)}")
+        write_manifest(out / PREDICTIONS_MANIFEST, manifest)
+        log.info(
+            "fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s",
+            fold,
+            len(side.evals),
+            "+".join(how.tta),
+            out,
+        )
+    write_run_oof(run, side.paths)
+    return run

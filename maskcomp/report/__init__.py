@@ -1,0 +1,2 @@
+"""What a person reads: the pages' one look (htmlpage), labelled plots (plots) and the crop stage's report
+(crop_page)."""
