@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from maskcomp.core import labels
 from maskcomp.core.metrics import macro_f1
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import RECIPES, _cell, recipe_config, uncertainty  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains or runs whole stages
 
 
 def test_absent_data_is_a_skip_message(tmp_path):

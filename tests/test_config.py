@@ -129,3 +129,12 @@ def test_stage_identities_come_from_the_declarations():
     assert not {"train.workers", "train.device", "train.threads", "data.image_check", "crop.mode"} & set(train)
     assert set(identity_keys("crop")) >= {"crop.mode", "crop.margin", "data.image_check"}
     assert identity_keys("infer") == ["infer.tta", "infer.tta_reduce"]
+
+
+def test_numbers_keep_the_type_they_were_written_with():
+    """Stage manifests digest setting values: `warmup_epochs: 1` must stay 1 (not 1.0), or every run id of such a
+    config would change with the settings schema."""
+    from maskcomp.core.stages import config_keys
+
+    keys = config_keys(load_config(None, ["train.warmup_epochs=1", "train.lr=0.001"]), "train")
+    assert type(keys["train.warmup_epochs"]) is int and type(keys["train.lr"]) is float

@@ -72,6 +72,7 @@ def test_expanded_box_has_aspect_and_stays_inside(box):
     assert (x2 - x1) / (y2 - y1) == pytest.approx(0.75, abs=0.02)
 
 
+@pytest.mark.slow
 def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeypatch):
     cfg = config_for(tiny_root, tmp_path, "crop.workers=0")
     records = crop_faces(cfg)

@@ -28,6 +28,8 @@ from maskcomp.train.trainer import train
 from conftest import config_for, fold_dir
 from pagecheck import broken_references, browser, images_broken_in_browser
 
+pytestmark = pytest.mark.slow  # trains or runs whole stages
+
 PLANTED_GENDER_FLIPS = 5
 
 

@@ -17,6 +17,8 @@ from maskcomp.core.settings import LossSettings
 from maskcomp.gpucheck import run_check, table
 from maskcomp.train.losses import Criterion
 
+pytestmark = pytest.mark.slow  # trains or runs whole stages
+
 ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -54,6 +54,7 @@ def with_keys(cfg, **sections):
 # 1. the same data under another folder
 
 
+@pytest.mark.slow
 def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tmp_path):
     root, cfg = tiny
     cfg = with_keys(cfg, infer={"person_grouping": True})
@@ -80,6 +81,7 @@ def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tm
     assert stored.str.startswith("train/images/").all()
 
 
+@pytest.mark.slow
 def test_oof_files_written_with_absolute_paths_of_another_root_still_read(tiny, tmp_path):
     root, cfg = tiny
     crop_faces(cfg)
@@ -163,6 +165,7 @@ def test_two_swaps_of_one_person_stop(tiny, tmp_path):
 # 3. a damaged checkpoint
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(tiny):
     _, cfg = tiny
     run_pipeline(cfg)
@@ -180,6 +183,7 @@ def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(tiny):
     infer(cfg)
 
 
+@pytest.mark.slow
 def test_a_changed_byte_of_the_same_size_is_caught_by_the_digest(tiny):
     _, cfg = tiny
     crop_faces(cfg)
@@ -216,6 +220,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_is_one_line_and_resume_finishes(tiny, small_disk):
     _, cfg = tiny
     mount, grow = small_disk
@@ -239,6 +244,7 @@ def test_disk_full_while_saving_is_one_line_and_resume_finishes(tiny, small_disk
 # 5. transformer backbones at any size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
 def test_transformers_train_and_predict_at_a_non_square_size(tiny, backbone):
     _, cfg = tiny
@@ -256,6 +262,7 @@ def test_transformers_train_and_predict_at_a_non_square_size(tiny, backbone):
     assert len(probs) == 14 and probs.filter(regex=r"^p\d+$").sum(axis=1).round(4).eq(1).all()
 
 
+@pytest.mark.slow
 def test_a_backbone_that_cannot_take_the_size_stops_before_any_run_folder(tiny):
     _, cfg = tiny
     cfg = with_keys(cfg, model={"backbone": "inception_v3"})
@@ -280,6 +287,7 @@ def test_a_backbone_that_cannot_take_the_size_stops_before_any_run_folder(tiny):
 # 6. a training that failed at once
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_latest_alone_and_says_why(tiny, tmp_path):
     _, cfg = tiny
     crop_faces(cfg)
@@ -328,6 +336,7 @@ def test_invisible_characters_in_a_path_are_named(tiny, suffix, exists, said):
 # 8. infer follows the checkpoint, and says so
 
 
+@pytest.mark.slow
 def test_infer_names_the_keys_it_takes_from_the_run(tiny, caplog):
     _, cfg = tiny
     crop_faces(cfg)

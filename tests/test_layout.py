@@ -92,6 +92,7 @@ def test_a_planted_cycle_and_upward_import_are_seen():
     assert "maskcomp.core.zz_planted -> maskcomp.train.trainer -> maskcomp.core.zz_planted" in cycles_of(edges)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, absent", [("maskcomp.train.trainer", "matplotlib"), ("maskcomp.predict.infer", "matplotlib")]
 )
@@ -101,6 +102,7 @@ def test_the_training_stack_does_not_import_plotting(module, absent):
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter():
     modules = sorted(graph())
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\nprint('ok')"

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from maskcomp.core import labels
@@ -66,6 +67,7 @@ def test_held_out_labels_never_choose_their_own_cut_points():
     assert first["per_fold"][0]["cuts"] == second["per_fold"][0]["cuts"]
 
 
+@pytest.mark.slow
 def test_ordinal_run_end_to_end(tiny_root, tmp_path):
     cfg = config_for(
         tiny_root,

@@ -108,6 +108,7 @@ def test_pypi_weights_map_every_tensor(backbone, params):
     assert sum(t.numel() for t in source.values()) == params
 
 
+@pytest.mark.slow
 def test_competition_recipe_builds_and_learns_on_a_tiny_batch():
     """configs/competition.yaml as trained on a GPU: efficientnet_lite2 with the PyPI weights at 352x264, three
     heads, focal + soft-F1; a few steps on one batch must lower its loss."""

@@ -21,6 +21,8 @@ from maskcomp.train.trainer import train
 
 from conftest import config_for, fold_dir
 
+pytestmark = pytest.mark.slow  # trains or runs whole stages
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (
     "train.img_size=[48, 36]",

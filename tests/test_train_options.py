@@ -16,6 +16,8 @@ from maskcomp.train.trainer import FoldTrainer, run_manifest, train
 
 from conftest import config_for, fold_dir
 
+pytestmark = pytest.mark.slow  # trains or runs whole stages
+
 
 def _cfg(tiny_root, tmp_path, *overrides):
     cfg = config_for(tiny_root, tmp_path, *TINY, *overrides)

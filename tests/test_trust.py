@@ -33,6 +33,8 @@ from maskcomp.train.trainer import train
 
 from conftest import config_for
 
+pytestmark = pytest.mark.slow  # trains or runs whole stages
+
 TINY = (
     "train.img_size=[48, 36]",
     "train.batch_size=16",

@@ -244,58 +244,61 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     return index
 
 
-def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
-    paths = Paths.from_config(cfg)
-    info = run_info(a.run)
-    summary = a.folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4).reset_index(names="")
-    links = [
-        htmlpage.link(a.run.dir / "config.yaml", out, "config"),
-        htmlpage.link(a.run.dir / "oof.csv", out, "OOF"),
-        htmlpage.link(out / "per_class.csv", out, "per-class CSV"),
-        htmlpage.link(out / "label_fix_candidates.csv", out, "candidates CSV"),
+def page_links(a: Analysis, paths: Paths, out: Path) -> list[str]:
+    """The run's files and the other report pages, as relative links (the pages work after reports/ is moved)."""
+    own = [
+        (a.run.dir / "config.yaml", "config"),
+        (a.run.dir / "oof.csv", "OOF"),
+        (out / "per_class.csv", "per-class CSV"),
+        (out / "label_fix_candidates.csv", "candidates CSV"),
     ]
-    submission = paths.submissions / f"{a.experiment.replace('@', '-')}.csv"
-    links += [
-        htmlpage.link(p, out, name)
-        for name, p in (
-            ("submission", submission),
-            ("EDA", paths.reports / "eda" / "index.html"),
-            ("crop report", paths.reports / "crop" / "index.html"),
-            ("all runs", paths.reports / "index.html"),
-        )
-        if p.exists() or name == "all runs"
+    others = [
+        (paths.submissions / f"{a.experiment.replace('@', '-')}.csv", "submission"),
+        (paths.reports / "eda" / "index.html", "EDA"),
+        (paths.reports / "crop" / "index.html", "crop report"),
     ]
-    manifest = read_manifest(a.run.dir)
+    found = [(p, name) for p, name in others if p.exists()] + [(paths.reports / "index.html", "all runs")]
+    return [htmlpage.link(p, out, name) for p, name in own + found]
+
+
+def page_meta(a: Analysis, paths: Paths, out: Path) -> list[str]:
+    """The header lines: run, creation, code, data digests, files."""
+    info, manifest = run_info(a.run), read_manifest(a.run.dir)
     data = ", ".join(f"{k} {v[:12]}" for k, v in (manifest or {}).get("inputs", {}).items() if k != "folds_csv")
-    meta = [
+    return [
         f"Run <b>{html.escape(a.run.label)}</b> created {html.escape(str(info.get('created', '?')))}, code "
         f"{html.escape(str(info.get('git_commit') or 'unknown'))}; data digests: {html.escape(data or 'unknown')} "
         f"({htmlpage.link(a.run.dir / 'manifest.json', out, 'manifest')})",
-        "Files: " + " · ".join(links),
+        "Files: " + " · ".join(page_links(a, paths, out)),
     ]
-    lead = [
-        *headline(a.y, a.pred, a.per_class),
-        f"<p>OOF macro F1 (all {len(a.oof)} images): <b>{a.overall['f1']:.4f}</b>; accuracy "
-        f"{a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
+
+
+def score_sections(a: Analysis) -> list[htmlpage.Section]:
+    """Folds, per class with the confusions, curves, calibration and the most confident errors."""
+    summary = a.folds.drop(columns=["fold", "best_epoch"]).agg(["mean", "std"]).round(4).reset_index(names="")
+    confusions = [
+        htmlpage.image(f"{n}.png", n) for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")
     ]
-    sections = [
+    return [
         htmlpage.Section("Folds", [htmlpage.table(a.folds), htmlpage.table(summary)]),
-        htmlpage.Section(
-            "Per class",
-            [htmlpage.table(a.per_class)]
-            + [
-                htmlpage.image(f"{n}.png", n)
-                for n in ("confusion_18", "confusion_mask", "confusion_gender", "confusion_age")
-            ],
-        ),
+        htmlpage.Section("Per class", [htmlpage.table(a.per_class), *confusions]),
         htmlpage.Section("Training curves", [htmlpage.image("curves.png", "loss, F1 and learning rate per fold")]),
         htmlpage.Section("Calibration", [htmlpage.image("reliability.png", "reliability diagram")]),
         htmlpage.Section(
             "Most confidently wrong", [htmlpage.image("wrong_gallery.png", "most confidently wrong images")]
         ),
-        noise_section(a, cfg, out),
-        *group_strips(cfg, a.experiment, out),
     ]
+
+
+def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
+    """The experiment's analysis page: where the score is lost first, then every section."""
+    lead = [
+        *headline(a.y, a.pred, a.per_class),
+        f"<p>OOF macro F1 (all {len(a.oof)} images): "
+        f"<b>{a.overall['f1']:.4f}</b>; accuracy {a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
+    ]
+    sections = [*score_sections(a), noise_section(a, cfg, out), *group_strips(cfg, a.experiment, out)]
+    meta = page_meta(a, Paths.from_config(cfg), out)
     return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
 
 

@@ -150,8 +150,8 @@ def _problem(field, value: Any) -> str | None:
     if info.get("items"):
         ok = isinstance(value, list) and all(v in info["items"] for v in value)
         return None if ok else "a list of " + ", ".join(info["items"])
-    if get_origin(field.annotation) in (Union, UnionType):  # model.pretrained: bool | str
-        kinds = get_args(field.annotation)
+    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else ()
+    if str in kinds:  # model.pretrained: bool | str
         return None if isinstance(value, kinds) else " or ".join(_type_name(k()) for k in kinds)
     length = info.get("length")
     if not _same_type(value, default) or (length and len(value) != length):

@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A number keeps the type it was written with (1 stays 1, 1.0 stays 1.0): stage manifests digest the values, so a
+# float conversion would change every run id of a config that writes `warmup_epochs: 1`.
+Number = float | int
+
 
 def setting(
     default: Any,
@@ -106,7 +110,7 @@ class CropSettings(Section):
     )
     device: str = setting("auto", "auto | cpu | cuda")
     batch_size: int = setting(16, "images per MTCNN call", low=1)
-    detect_scale: float = setting(
+    detect_scale: Number = setting(
         0.5,
         "detect on a downscaled copy; faces here are large, so this is ~4x faster",
         low=0.05,
@@ -114,17 +118,19 @@ class CropSettings(Section):
         stages=("crop",),
     )
     min_face_size: int = setting(40, "in pixels of the full-size image", low=12, stages=("crop",))
-    thresholds: list[float] = setting(
+    thresholds: list[Number] = setting(
         [0.6, 0.7, 0.7], "MTCNN's three stage thresholds", low=0.0, high=1.0, length=3, stages=("crop",)
     )
-    relaxed_thresholds: list[float] = setting(
+    relaxed_thresholds: list[Number] = setting(
         [0.4, 0.5, 0.5], "the retry's thresholds on an equalised copy", low=0.0, high=1.0, length=3, stages=("crop",)
     )
-    margin: float = setting(
+    margin: Number = setting(
         0.25, "box grows by this fraction of its size on each side", low=0.0, high=2.0, stages=("crop",)
     )
-    aspect: float = setting(0.75, "crop width / height, matching the model input", low=0.1, high=10.0, stages=("crop",))
-    center_box: list[float] = setting(
+    aspect: Number = setting(
+        0.75, "crop width / height, matching the model input", low=0.1, high=10.0, stages=("crop",)
+    )
+    center_box: list[Number] = setting(
         [0.15, 0.12, 0.85, 0.75],
         "x1, y1, x2, y2 as image fractions, for mode center and the last fallback",
         low=0.0,
@@ -159,35 +165,35 @@ class ModelSettings(Section):
         "single (18-way) | multi (mask 3, gender 2, age 3) | ordinal (age as P(age >= k))",
         choices=("single", "multi", "ordinal"),
     )
-    drop_rate: float = setting(0.2, "dropout before the heads", low=0.0, high=0.99)
+    drop_rate: Number = setting(0.2, "dropout before the heads", low=0.0, high=0.99)
     freeze_backbone_epochs: int = setting(0, "epochs that train the heads alone", low=0)
 
 
 class HeadWeights(Section):
-    mask: float = setting(1.0, "the mask head's loss weight")
-    gender: float = setting(1.0, "the gender head's loss weight")
-    age: float = setting(1.0, "the age head's loss weight")
+    mask: Number = setting(1.0, "the mask head's loss weight")
+    gender: Number = setting(1.0, "the gender head's loss weight")
+    age: Number = setting(1.0, "the age head's loss weight")
 
 
 class LossSettings(Section):
     stages: ClassVar = ("train",)
     terms: list[dict] = setting([{"name": "ce", "weight": 1.0}], "weighted sum of: ce, focal, f1")
-    label_smoothing: float = setting(0.0, "label smoothing of ce", low=0.0, high=0.99)
-    focal_gamma: float = setting(2.0, "focal loss gamma", low=0.0)
+    label_smoothing: Number = setting(0.0, "label smoothing of ce", low=0.0, high=0.99)
+    focal_gamma: Number = setting(2.0, "focal loss gamma", low=0.0)
     class_weights: str = setting("none", "none | balanced", choices=("none", "balanced"))
     head_weights: HeadWeights = Field(default_factory=HeadWeights, description="per-head loss weights")
 
 
 class AugmentSettings(Section):
     stages: ClassVar = ("train",)
-    hflip: float = setting(0.5, "probability of a horizontal flip", low=0.0, high=1.0)
-    color_jitter: float = setting(0.3, "probability of colour jitter", low=0.0, high=1.0)
-    shift_scale_rotate: float = setting(0.5, "probability of an affine jitter", low=0.0, high=1.0)
-    coarse_dropout: float = setting(0.0, "probability of coarse dropout", low=0.0, high=1.0)
-    mixup_alpha: float = setting(0.0, "timm Mixup (single head only)", low=0.0)
-    cutmix_alpha: float = setting(0.0, "timm CutMix (single head only)", low=0.0)
-    mix_prob: float = setting(0.0, "probability of Mixup/CutMix per batch", low=0.0, high=1.0)
-    half_cutmix: float = setting(
+    hflip: Number = setting(0.5, "probability of a horizontal flip", low=0.0, high=1.0)
+    color_jitter: Number = setting(0.3, "probability of colour jitter", low=0.0, high=1.0)
+    shift_scale_rotate: Number = setting(0.5, "probability of an affine jitter", low=0.0, high=1.0)
+    coarse_dropout: Number = setting(0.0, "probability of coarse dropout", low=0.0, high=1.0)
+    mixup_alpha: Number = setting(0.0, "timm Mixup (single head only)", low=0.0)
+    cutmix_alpha: Number = setting(0.0, "timm CutMix (single head only)", low=0.0)
+    mix_prob: Number = setting(0.0, "probability of Mixup/CutMix per batch", low=0.0, high=1.0)
+    half_cutmix: Number = setting(
         0.0, "probability of label-preserving left/right half CutMix per sample", low=0.0, high=1.0
     )
     half_cutmix_rare_only: bool = setting(False, "mix only age >= 60 images")
@@ -205,12 +211,12 @@ class TrainSettings(Section):
     scheduler: str = setting(
         "cosine", "timm.scheduler.create_scheduler_v2, stepped every update", choices=("cosine", "tanh", "poly")
     )
-    lr: float = setting(0.001, "peak learning rate", low=1e-8, high=10.0)
-    weight_decay: float = setting(0.01, "decoupled weight decay", low=0.0)
-    warmup_epochs: float = setting(1.0, "linear warm-up, in epochs", low=0)
-    grad_clip: float = setting(1.0, "gradient norm clip (0: none)", low=0.0)
+    lr: Number = setting(0.001, "peak learning rate", low=1e-8, high=10.0)
+    weight_decay: Number = setting(0.01, "decoupled weight decay", low=0.0)
+    warmup_epochs: Number = setting(1.0, "linear warm-up, in epochs", low=0)
+    grad_clip: Number = setting(1.0, "gradient norm clip (0: none)", low=0.0)
     ema: bool = setting(False, "validate and keep an exponential moving average of the weights")
-    ema_decay: float = setting(0.999, "cap of the warmed-up decay (timm ModelEmaV3 use_warmup)", low=0.0, high=0.99999)
+    ema_decay: Number = setting(0.999, "cap of the warmed-up decay (timm ModelEmaV3 use_warmup)", low=0.0, high=0.99999)
     patience: int = setting(5, "epochs without a better macro F1 before stopping", low=1)
     amp: str = setting("bf16", "bf16 | fp16 | none (CUDA only; CPU always runs fp32)", choices=("bf16", "fp16", "none"))
     channels_last: bool = setting(True, "channels-last memory format")
@@ -251,7 +257,7 @@ class InferSettings(Section):
         "is positive; see README)",
         choices=("auto", True, False),
     )
-    group_min_similarity: float = setting(
+    group_min_similarity: Number = setting(
         0.4, "thumbnail cosine similarity below which an image is not joined to a person", low=-1.0, high=1.0
     )
 
@@ -281,13 +287,13 @@ class EnsembleSettings(Section):
 
 class RelabelSettings(Section):
     doc: ClassVar = 'label-noise candidates (make analyze, make relabel); see README "Label noise"'
-    prior: float = setting(
+    prior: Number = setting(
         0.03, "share of persons with one kind of label error (2-3 % in the competition)", low=1e-4, high=0.5
     )
-    auto_min_confidence: float = setting(
+    auto_min_confidence: Number = setting(
         0.8, "estimated precision at which a fix is applied without review", low=0.0, high=1.0
     )
-    systematic_rate: float = setting(
+    systematic_rate: Number = setting(
         0.3, 'the model says "labelled A looks B" for this share of A: its failure, not noise', low=0.0, high=1.0
     )
     top: int = setting(50, "candidates shown on the analysis page", low=1)

@@ -11,13 +11,11 @@ of the training images (`median`); the configured centre box (`center`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from .items import Item
+from ..core.settings import CropSettings
+from .items import Item
 
 
 def choose_box(boxes: np.ndarray, probs: np.ndarray, width: int, height: int) -> int:
@@ -43,7 +41,7 @@ def expand_box(box, width: int, height: int, margin: float, aspect: float) -> tu
     return int(round(left)), int(round(top)), int(round(left + w)), int(round(top + h))
 
 
-def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: dict) -> pd.DataFrame:
+def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: CropSettings) -> pd.DataFrame:
     """One record per item: the chosen raw box, its source and score (fallbacks applied)."""
     rows = []
     for it in items:
@@ -85,7 +83,7 @@ def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: dict
     return df
 
 
-def fixed_box(crop_cfg: dict, width: int, height: int) -> list[float]:
+def fixed_box(crop_cfg: CropSettings, width: int, height: int) -> list[float]:
     if crop_cfg.mode == "none":
         return [0, 0, width, height]
     x1, y1, x2, y2 = crop_cfg.center_box

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.device import resolve_device
 from ..core.progress import progress
+from ..core.settings import CropSettings
 
 if TYPE_CHECKING:
     from .items import Item
@@ -29,7 +30,7 @@ def settings_hash(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def detector_hash(crop_cfg: dict) -> str:
+def detector_hash(crop_cfg: CropSettings) -> str:
     return settings_hash({k: getattr(crop_cfg, k) for k in DETECTOR_KEYS})
 
 
@@ -67,7 +68,7 @@ def _equalise(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def make_detectors(crop_cfg: dict):
+def make_detectors(crop_cfg: CropSettings):
     from facenet_pytorch import MTCNN
 
     device = resolve_device(crop_cfg.device, "crop.device")
@@ -111,44 +112,51 @@ def read_detections(path: Path) -> dict[str, dict]:
     return done
 
 
-def run_detection(items: list[Item], crop_cfg: dict, det_path: Path, one_at_a_time: bool = False) -> dict[str, dict]:
-    """Detect faces in every item not yet in det_path; append results batch by batch."""
+def detect_batch(strict, relaxed, batch: list[tuple], todo: list[Item], scale: float) -> list[dict]:
+    """The detection records of one decoded batch: MTCNN at strict thresholds, then the misses (mostly masked
+    faces) together at relaxed thresholds on an equalised copy; boxes in full-size pixels."""
+    records = [{"key": todo[i].digest, "unreadable": True} for i, img, _ in batch if img is None]
+    good = [(i, img, size) for i, img, size in batch if img is not None]
+    found = _detect_batch(strict, [img for _, img, _ in good]) if good else []
+    missed = [j for j, (boxes, _) in enumerate(found) if boxes is None]
+    for j, result in zip(missed, _detect_batch(relaxed, [_equalise(good[j][1]) for j in missed])):
+        found[j] = result
+    for j, ((i, _, size), (boxes, probs)) in enumerate(zip(good, found)):
+        stage = None if boxes is None else "mtcnn_relaxed" if j in missed else "mtcnn"
+        records.append(
+            {
+                "key": todo[i].digest,
+                "size": list(size),
+                "stage": stage,
+                "boxes": [] if boxes is None else (np.asarray(boxes, dtype=float) / scale).round(1).tolist(),
+                "probs": [] if probs is None else np.asarray(probs, dtype=float).round(4).tolist(),
+            }
+        )
+    return records
+
+
+def run_detection(
+    items: list[Item], crop_cfg: CropSettings, det_path: Path, one_at_a_time: bool = False
+) -> dict[str, dict]:
+    """Detect faces in every item not yet in det_path; each batch's records are appended (and synced) as it ends,
+    so an interrupted run resumes after its last whole batch."""
     done = read_detections(det_path)
     todo = list({it.digest: it for it in items if it.digest not in done}.values())
     if not todo:
         return done
     strict, relaxed = make_detectors(crop_cfg)
-    scale = crop_cfg.detect_scale
-    batch_size = 1 if one_at_a_time else crop_cfg.batch_size
-    workers = 0 if one_at_a_time else crop_cfg.workers
-    loader = DataLoader(DecodeDataset(todo, scale), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    batch_size, workers = (1, 0) if one_at_a_time else (crop_cfg.batch_size, crop_cfg.workers)
+    loader = DataLoader(
+        DecodeDataset(todo, crop_cfg.detect_scale), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+    )
     det_path.parent.mkdir(parents=True, exist_ok=True)
     with open(det_path, "a") as out, torch.inference_mode():
         if out.tell() and not det_path.read_bytes().endswith(b"\n"):
             out.write("\n")  # end a line torn by an interrupted run, so the next record starts clean
         for batch in progress(loader, "detect faces", unit="batch", disable=one_at_a_time):
-            good = [(i, img, size) for i, img, size in batch if img is not None]
-            lines = [json.dumps({"key": todo[i].digest, "unreadable": True}) for i, img, _ in batch if img is None]
-            found = _detect_batch(strict, [img for _, img, _ in good]) if good else []
-            # the misses (mostly masked faces) get the relaxed pass together, as one more batch
-            missed = [j for j, (boxes, _) in enumerate(found) if boxes is None]
-            for j, result in zip(missed, _detect_batch(relaxed, [_equalise(good[j][1]) for j in missed])):
-                found[j] = result
-            missed = set(missed)
-            for j, ((i, img, size), (boxes, probs)) in enumerate(zip(good, found)):
-                stage = "mtcnn_relaxed" if j in missed else "mtcnn"
-                rec = {
-                    "key": todo[i].digest,
-                    "size": list(size),
-                    "stage": stage if boxes is not None else None,
-                    "boxes": [] if boxes is None else (np.asarray(boxes, dtype=float) / scale).round(1).tolist(),
-                    "probs": [] if probs is None else np.asarray(probs, dtype=float).round(4).tolist(),
-                }
-                lines.append(json.dumps(rec))
-            out.write("".join(line + "\n" for line in lines))
+            records = detect_batch(strict, relaxed, batch, todo, crop_cfg.detect_scale)
+            out.write("".join(json.dumps(rec) + "\n" for rec in records))
             out.flush()
             os.fsync(out.fileno())
-            for line in lines:
-                rec = json.loads(line)
-                done[rec["key"]] = rec
+            done.update((rec["key"], rec) for rec in records)
     return done

@@ -28,6 +28,7 @@ from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.paths import Paths
 from ..core.progress import progress
+from ..core.settings import CropSettings
 from ..core.stages import (
     MANIFEST,
     Manifest,
@@ -46,7 +47,7 @@ CROP_KEYS = ("mode", "margin", "aspect", "center_box")
 DIGEST_CHARS = 16
 
 
-def crop_hash(crop_cfg: dict) -> str:
+def crop_hash(crop_cfg: CropSettings) -> str:
     keys = CROP_KEYS + (DETECTOR_KEYS if crop_cfg.mode == "mtcnn" else ())
     return settings_hash({k: getattr(crop_cfg, k) for k in keys})
 
@@ -83,7 +84,7 @@ def crop_name(key: str, digest: str) -> str:
     return f"{key.replace('/', '__').rsplit('.', 1)[0]}-{digest[:DIGEST_CHARS]}.jpg"
 
 
-def write_crops(records: pd.DataFrame, crop_cfg: dict, out_dir: Path) -> pd.DataFrame:
+def write_crops(records: pd.DataFrame, crop_cfg: CropSettings, out_dir: Path) -> pd.DataFrame:
     """Cut and save every crop not yet on disk; fill crop box and path columns (an image found unreadable now gets
     unreadable=True)."""
     out = records.copy()

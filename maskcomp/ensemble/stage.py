@@ -297,20 +297,50 @@ def tune_age_cuts(
     return nested["pooled"], with_age_cuts(test_blend, test_ord, young, old), {**summary, "applied": True}
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """The OOF and eval blends after a decision step, and what the step did (for the sidecar; None: skipped)."""
+
+    oof: np.ndarray
+    test: np.ndarray
+    summary: dict | None
+
+
+def grouping_mode(cfg: Config) -> str:
+    """infer.person_grouping as auto | on | off (YAML reads on/off as true/false)."""
+    return {True: "on", False: "off"}.get(cfg.infer.person_grouping, cfg.infer.person_grouping)
+
+
+def write_groups(eval_ids: list[str], groups, out: Path) -> Path:
+    """<name>.groups.csv: each eval image's group (the ImageID of its anchor), similarity and whether it joined."""
+    table = pd.DataFrame(
+        {
+            "ImageID": eval_ids,
+            "group": [eval_ids[g] for g in groups.group],
+            "confidence": groups.confidence.round(4),
+            "grouped": groups.grouped,
+        }
+    )
+    return write_csv(table, out.with_name(out.stem + ".groups.csv"))
+
+
 def person_grouping(
-    cfg: Config, oof: pd.DataFrame, eval_ids: list[str], oof_blend: np.ndarray, test_blend: np.ndarray, out: Path
-) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """Group images into persons on both sides (infer.person_grouping); returns the blends to decide on (the OOF
-    one pooled with weights fitted on the other folds) and what the grouping did, for the sidecar."""
-    mode = {True: "on", False: "off"}.get(cfg.infer.person_grouping, cfg.infer.person_grouping)
-    min_sim = cfg.infer.group_min_similarity
-    y, folds = oof["label"].to_numpy(), oof["fold"].to_numpy()
-    if mode == "off" or len(np.unique(folds)) < 2:
+    cfg: Config, first: Experiment, oof_blend: np.ndarray, test_blend: np.ndarray, out: Path
+) -> StepResult:
+    """Group images into persons on both sides (infer.person_grouping); the OOF blend comes back pooled with view
+    weights fitted on the other folds, the eval blend grouped when the nested gain allows it."""
+    mode, min_sim, oof = grouping_mode(cfg), cfg.infer.group_min_similarity, first.oof
+    if mode == "off" or oof["fold"].nunique() < 2:
         if mode != "off":
             log.info("person grouping skipped: measuring it needs OOF of 2 or more folds")
-        return oof_blend, test_blend, None
+        return StepResult(oof_blend, test_blend, None)
     result = nested_grouping(
-        oof_blend, folds, thumbnails(oof["image_path"].tolist()), oof["person_id"].to_numpy(), y, min_sim
+        oof_blend,
+        oof["fold"].to_numpy(),
+        thumbnails(oof["image_path"].tolist()),
+        oof["person_id"].to_numpy(),
+        oof["label"].to_numpy(),
+        min_sim,
     )
     summary = {
         "mode": mode,
@@ -322,30 +352,19 @@ def person_grouping(
     }
     if mode == "auto" and result.gain <= 0:
         log.info("person grouping not applied: on held-out folds it changes macro F1 by %+.4f", result.gain)
-        return oof_blend, test_blend, summary
-    eval_paths = [str(Paths.from_config(cfg).eval_images / i) for i in eval_ids]
+        return StepResult(oof_blend, test_blend, summary)
+    eval_paths = [str(Paths.from_config(cfg).eval_images / i) for i in first.ids]
     test_blend, groups = apply_grouping(test_blend, thumbnails(eval_paths), result.weights, min_sim)
-    table = pd.DataFrame(
-        {
-            "ImageID": eval_ids,
-            "group": [eval_ids[g] for g in groups.group],
-            "confidence": groups.confidence.round(4),
-            "grouped": groups.grouped,
-        }
-    )
-    groups_csv = write_csv(table, out.with_name(out.stem + ".groups.csv"))
+    groups_csv = write_groups(first.ids, groups, out)
     log.info(
         "person grouping applied (nested gain %+.4f): %d of %d eval images in groups; groups in %s",
         result.gain,
         int(groups.grouped.sum()),
-        len(eval_ids),
+        len(first.ids),
         groups_csv,
     )
-    return (
-        result.oof_probs,
-        test_blend,
-        {**summary, "applied": True, "groups_csv": str(groups_csv), "eval_grouped_share": float(groups.grouped.mean())},
-    )
+    summary.update(applied=True, groups_csv=str(groups_csv), eval_grouped_share=float(groups.grouped.mean()))
+    return StepResult(result.oof_probs, test_blend, summary)
 
 
 @dataclass
@@ -368,8 +387,8 @@ def blend(cfg: Config, loaded: list[Experiment], out: Path) -> Blend:
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
     oof_blend, test_blend, age_cuts = tune_age_cuts(ec, loaded, weights, y, folds, oof_blend, test_blend)
-    oof_blend, test_blend, grouping = person_grouping(cfg, loaded[0].oof, loaded[0].ids, oof_blend, test_blend, out)
-    return Blend(oof_blend, test_blend, weights, age_cuts, grouping)
+    grouped = person_grouping(cfg, loaded[0], oof_blend, test_blend, out)
+    return Blend(grouped.oof, grouped.test, weights, age_cuts, grouped.summary)
 
 
 @dataclass(frozen=True)

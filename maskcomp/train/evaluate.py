@@ -31,6 +31,31 @@ def tta_view(images: torch.Tensor, op: str) -> torch.Tensor:
     raise MaskcompError(f"infer.tta: unknown view '{op}'; use identity, hflip or scale:<factor> (e.g. scale:1.1)")
 
 
+def view_outputs(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp_dtype, tta: tuple[str, ...]
+) -> list[dict[str, torch.Tensor]]:
+    """The model's outputs (fp32) on each TTA view of a batch."""
+    views = []
+    for op in tta:
+        with autocast(device, amp_dtype):
+            views.append({k: v.float() for k, v in model(tta_view(images, op)).items()})
+    return views
+
+
+def reduce_views(views: list[dict[str, torch.Tensor]], reduce: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """18-class and per-head probabilities of one batch from its views: the mean of the views' probabilities, or
+    the probabilities of the views' mean logits; the ordinal head's P(age >= k) is always a mean of probabilities."""
+    if reduce == "mean_logits":
+        mean = {k: torch.stack([v[k] for v in views]).mean(0) for k in views[0]}
+        p18, heads = probs18(mean), {h: mean[h].softmax(1) for h in labels.HEADS if h in mean}
+    else:
+        p18 = torch.stack([probs18(v) for v in views]).mean(0)
+        heads = {h: torch.stack([v[h].softmax(1) for v in views]).mean(0) for h in labels.HEADS if h in views[0]}
+    if "age_ord" in views[0]:
+        heads["age_ord"] = torch.stack([v["age_ord"].sigmoid() for v in views]).mean(0)
+    return p18, heads
+
+
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
@@ -40,34 +65,20 @@ def predict(
     tta: tuple[str, ...] = ("identity",),
     reduce: str = "mean_probs",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(N, 18) probabilities and per-head probabilities in loader order, averaged over the TTA views."""
+    """(N, 18) probabilities and per-head probabilities in loader order, over the TTA views; a single-head model's
+    heads are read off its 18 classes."""
     model.eval()
     all18, all_heads = [], {h: [] for h in (*labels.HEADS, "age_ord")}
     for images, _, _ in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        views = []
-        for op in tta:
-            with autocast(device, amp_dtype):
-                views.append({k: v.float() for k, v in model(tta_view(images, op)).items()})
-        if reduce == "mean_logits":
-            mean = {k: torch.stack([v[k] for v in views]).mean(0) for k in views[0]}
-            p18 = probs18(mean)
-            heads = {h: mean[h].softmax(1) for h in labels.HEADS if h in mean}
-        else:
-            p18 = torch.stack([probs18(v) for v in views]).mean(0)
-            heads = {h: torch.stack([v[h].softmax(1) for v in views]).mean(0) for h in labels.HEADS if h in views[0]}
-        if "age_ord" in views[0]:
-            heads["age_ord"] = torch.stack([v["age_ord"].sigmoid() for v in views]).mean(0)
+        p18, heads = reduce_views(view_outputs(model, images, device, amp_dtype, tta), reduce)
         all18.append(p18.cpu())
         for h in heads:
             all_heads[h].append(heads[h].cpu())
     probs = torch.cat(all18).numpy()
-    head_probs = (
-        {h: torch.cat(v).numpy() for h, v in all_heads.items() if v}
-        if all(all_heads[h] for h in labels.HEADS)
-        else labels.head_probs_from_18(probs)
-    )
-    return probs, head_probs
+    if not all(all_heads[h] for h in labels.HEADS):
+        return probs, labels.head_probs_from_18(probs)
+    return probs, {h: torch.cat(v).numpy() for h, v in all_heads.items() if v}
 
 
 def probability_table(probs: np.ndarray, head_probs: dict) -> pd.DataFrame:
