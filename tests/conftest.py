@@ -12,6 +12,17 @@ from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
 from maskcomp.runs import resolve_run
 
+# the smallest model and input that exercise a whole stage: the tests' common settings (train.device=cpu comes
+# from config_for)
+TINY_MODEL = (
+    "train.img_size=[48, 36]",
+    "train.batch_size=16",
+    "train.workers=0",
+    "folds.k=2",
+    "model.pretrained=false",
+    "model.backbone=mobilenetv3_small_050",
+    "crop.mode=center",
+)
 SAMPLE_PERSONS = 40
 SAMPLE_EVAL_PERSONS = 8
 

@@ -20,20 +20,10 @@ from maskcomp.data.folds import make_folds
 from maskcomp.data.tables import load_eval, load_train
 from maskcomp.train.trainer import train
 
-from conftest import config_for
+from conftest import TINY_MODEL, config_for
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = (
-    "train.img_size=[48, 36]",
-    "train.batch_size=16",
-    "train.workers=0",
-    "folds.k=2",
-    "model.pretrained=false",
-    "model.backbone=mobilenetv3_small_050",
-    "crop.mode=center",
-    "train.epochs=1",
-    "train.device=cpu",
-)
+TINY = (*TINY_MODEL, "train.epochs=1")
 
 
 @pytest.fixture

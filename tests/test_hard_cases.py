@@ -47,6 +47,13 @@ def with_root(cfg: dict, root: Path) -> dict:
     return updated(cfg, {"paths.data_root": str(root)})
 
 
+def train_fold0(cfg) -> None:
+    """Crops, folds and fold 0 of the run: what a test of the later stages needs first."""
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(with_keys(cfg, train={"folds": [0]}))
+
+
 def with_keys(cfg, **sections):
     return updated(cfg, {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()})
 
@@ -84,9 +91,7 @@ def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tm
 @pytest.mark.slow
 def test_oof_files_written_with_absolute_paths_of_another_root_still_read(tiny, tmp_path):
     root, cfg = tiny
-    crop_faces(cfg)
-    make_folds(cfg)
-    train(with_keys(cfg, train={"folds": [0]}))
+    train_fold0(cfg)
     run = latest(cfg)
     oof_csv = run.fold_dir(0) / "oof.csv"
     old = pd.read_csv(oof_csv)
@@ -339,9 +344,7 @@ def test_invisible_characters_in_a_path_are_named(tiny, suffix, exists, said):
 @pytest.mark.slow
 def test_infer_names_the_keys_it_takes_from_the_run(tiny, caplog):
     _, cfg = tiny
-    crop_faces(cfg)
-    make_folds(cfg)
-    train(with_keys(cfg, train={"folds": [0]}))
+    train_fold0(cfg)
     with caplog.at_level(logging.INFO, logger="maskcomp.predict.infer"):
         infer(with_keys(cfg, model={"backbone": "resnet18"}))
     assert "predicts with its own model.backbone='mobilenetv3_small_050' (config: 'resnet18')" in caplog.text

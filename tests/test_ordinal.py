@@ -21,7 +21,7 @@ from maskcomp.runs import read_oof, read_test_table, resolve_run
 from maskcomp.train.losses import Criterion
 from maskcomp.train.trainer import train
 
-from conftest import config_for
+from conftest import TINY_MODEL, config_for
 
 CUTS = np.array(labels.AGE_CUTS)
 
@@ -73,13 +73,7 @@ def test_ordinal_run_end_to_end(tiny_root, tmp_path):
         tiny_root,
         tmp_path,
         "model.head=ordinal",
-        "train.img_size=[48, 36]",
-        "train.batch_size=16",
-        "train.workers=0",
-        "folds.k=2",
-        "model.pretrained=false",
-        "model.backbone=mobilenetv3_small_050",
-        "crop.mode=center",
+        *TINY_MODEL,
         "train.epochs=1",
         "ensemble.tune_age_cuts=true",
     )

@@ -19,22 +19,12 @@ from maskcomp.data.folds import make_folds
 from maskcomp.train.models import create_model, probs18
 from maskcomp.train.trainer import train
 
-from conftest import config_for, fold_dir
+from conftest import TINY_MODEL, config_for, fold_dir
 
 pytestmark = pytest.mark.slow  # trains or runs whole stages
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = (
-    "train.img_size=[48, 36]",
-    "train.batch_size=16",
-    "train.workers=0",
-    "folds.k=2",
-    "model.pretrained=false",
-    "model.backbone=mobilenetv3_small_050",
-    "crop.mode=center",
-    "infer.batch_size=32",
-    "train.device=cpu",
-)
+TINY = (*TINY_MODEL, "infer.batch_size=32")
 
 
 @pytest.fixture

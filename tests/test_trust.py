@@ -31,23 +31,11 @@ from maskcomp.runs import read_oof, read_test_probs, resolve_run
 from maskcomp.train.dataset import build_cache
 from maskcomp.train.trainer import train
 
-from conftest import config_for
+from conftest import TINY_MODEL, config_for
 
 pytestmark = pytest.mark.slow  # trains or runs whole stages
 
-TINY = (
-    "train.img_size=[48, 36]",
-    "train.batch_size=16",
-    "train.workers=0",
-    "folds.k=2",
-    "model.pretrained=false",
-    "model.backbone=mobilenetv3_small_050",
-    "crop.mode=center",
-    "infer.batch_size=32",
-    "train.epochs=1",
-    "train.device=cpu",
-    "infer.tta=[identity]",
-)
+TINY = (*TINY_MODEL, "infer.batch_size=32", "train.epochs=1", "infer.tta=[identity]")
 
 
 def copy_data(src: Path, dst: Path) -> Path:
