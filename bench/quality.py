@@ -34,7 +34,8 @@ from maskcomp.core.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, sc
 from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
-from maskcomp.ensemble.stage import ensemble, load_experiment
+from maskcomp.ensemble.blend import load_experiment
+from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.grouping import purity_completeness
 from maskcomp.predict.infer import infer
 from maskcomp.runs import RunRef, read_oof, read_test_probs

@@ -9,8 +9,10 @@ from torch.utils.data import DataLoader
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.metrics import bootstrap_macro_f1, macro_f1, scores
 from maskcomp.core.settings import EnsembleSettings
-from maskcomp.ensemble import stage as ensemble_stage
-from maskcomp.ensemble.stage import fit_weights, nested_bias_gain, tune_biases, validate_submission
+from maskcomp.ensemble import decide as ensemble_decide
+from maskcomp.ensemble.blend import fit_weights
+from maskcomp.ensemble.decide import nested_bias_gain, tune_biases
+from maskcomp.ensemble.submission import validate_submission
 from maskcomp.train.dataset import CropDataset
 from maskcomp.train.evaluate import predict, tta_view
 
@@ -112,13 +114,13 @@ def test_a_held_out_fold_never_tunes_its_own_biases(monkeypatch):
     logp = np.log(p)
     logp[:, 0] = -100.0 - folds  # marker: the fold of each row
     seen = []
-    original = ensemble_stage.tune_biases
+    original = ensemble_decide.tune_biases
     monkeypatch.setattr(
-        ensemble_stage,
+        ensemble_decide,
         "tune_biases",
         lambda lp, yy, rounds, mode: seen.append(set(np.unique(-100.0 - lp[:, 0]))) or original(lp, yy, rounds, mode),
     )
-    out = ensemble_stage.nested_bias_gain(logp, y, folds, rounds=1, mode="class")
+    out = ensemble_decide.nested_bias_gain(logp, y, folds, rounds=1, mode="class")
     every = set(np.unique(folds).astype(float))
     assert sorted(tuple(every - s) for s in seen) == [(f,) for f in sorted(every)]
     assert len(out["per_fold_before"]) == len(out["per_fold_after"]) == 4
@@ -180,7 +182,7 @@ def test_one_fold_gets_no_unmeasured_biases():
     reports the plain OOF score (before, nested tuning on zero rows gave NaN warnings and a meaningless gain)."""
     import warnings
 
-    from maskcomp.ensemble.stage import decide
+    from maskcomp.ensemble.decide import decide
 
     y, p, _ = _noisy_oof(5)
     logp = np.log(p)

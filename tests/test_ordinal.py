@@ -15,7 +15,8 @@ from maskcomp.core.paths import Paths
 from maskcomp.core.settings import LossSettings
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
-from maskcomp.ensemble.stage import ensemble, nested_age_cuts, with_age_cuts
+from maskcomp.ensemble.blend import nested_age_cuts, with_age_cuts
+from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.infer import infer
 from maskcomp.runs import read_oof, read_test_table, resolve_run
 from maskcomp.train.losses import Criterion

@@ -300,7 +300,7 @@ def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
 
 
 def test_submission_and_sidecar_are_never_mismatched(tmp_path, monkeypatch):
-    from maskcomp.ensemble.stage import write_submission
+    from maskcomp.ensemble.submission import write_submission
 
     out = tmp_path / "sub.csv"
     write_submission(pd.DataFrame({"ImageID": ["a"], "ans": [1]}), {"run": "old"}, out)

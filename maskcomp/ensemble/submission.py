@@ -1,0 +1,168 @@
+"""The submission: validated against info.csv, written with its JSON sidecar as one artifact, and listed in
+submissions/index.csv."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import labels
+from ..core.config import Config
+from ..core.errors import MaskcompError
+from ..core.fileio import atomic_pair, json_default, write_csv
+from ..runs import git_commit
+from .blend import Blend, Experiment
+from .decide import Decision
+
+log = logging.getLogger(__name__)
+
+
+def validate_submission(sub: pd.DataFrame, info: pd.DataFrame, source: str) -> None:
+    """Refuse a submission the leaderboard would reject or misread."""
+    if list(sub.columns) != ["ImageID", "ans"]:
+        raise MaskcompError(f"{source}: columns must be ImageID,ans, got {','.join(map(str, sub.columns))}")
+    if len(sub) != len(info):
+        raise MaskcompError(f"{source}: {len(sub)} rows but info.csv has {len(info)}; predict every eval image")
+    if set(sub["ImageID"]) != set(info["ImageID"]):
+        raise MaskcompError(f"{source}: ImageIDs differ from info.csv; predict exactly the listed images")
+    if sub["ImageID"].tolist() != info["ImageID"].tolist():
+        raise MaskcompError(f"{source}: rows are not in info.csv order; keep info.csv's row order")
+    ans = pd.to_numeric(sub["ans"], errors="coerce")
+    if ans.isna().any():
+        raise MaskcompError(f"{source}: ans has missing or non-numeric values; every row needs a class 0..17")
+    if (ans != ans.round()).any() or not ans.between(0, labels.NUM_CLASSES - 1).all():
+        raise MaskcompError(f"{source}: ans must be whole numbers 0..17")
+
+
+def submission_table(info: pd.DataFrame, ids: list[str], pred: np.ndarray, source: str) -> pd.DataFrame:
+    by_id = dict(zip(ids, pred.tolist()))
+    missing = [i for i in info["ImageID"] if i not in by_id]
+    if missing:
+        raise MaskcompError(
+            f"{missing[0]}: eval image without a prediction ({len(missing)} in all); it has no crop because it "
+            "is unreadable (data.skip_bad): replace the image, then run `make crop infer ensemble`"
+        )
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": [int(by_id[i]) for i in info["ImageID"]]})
+    validate_submission(sub, info, source)
+    return sub
+
+
+def write_submission(sub: pd.DataFrame, sidecar: dict, path: Path) -> None:
+    """The CSV and its JSON sidecar as one artifact (fileio.atomic_pair)."""
+    with atomic_pair(path, path.with_suffix(".json")) as (csv_tmp, json_tmp):
+        sub.to_csv(csv_tmp, index=False)
+        json_tmp.write_text(json.dumps(sidecar, indent=2, default=json_default) + "\n")
+
+
+@dataclass(frozen=True)
+class SidecarSummary:
+    """The sidecar's first block: when, which code and runs, the CV a leaderboard score is compared with."""
+
+    written: str
+    git_commit: str | None
+    runs: list[str]
+    folds: dict[str, list[int]]
+    cv_macro_f1: float
+    eval_rows: int
+    person_grouping_applied: bool
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """The submission's JSON (<name>.json): the summary, then every decision's details. This is its schema."""
+
+    summary: SidecarSummary
+    person_grouping: dict | None
+    age_cuts: dict | None
+    experiments: list[str]
+    weights: list[float]
+    weights_note: str
+    biases: list[float]
+    bias_mode: str
+    tta: list[str]
+    oof_before_decision: dict
+    oof_macro_f1_after_decision: float
+    nested_bias_gain: dict
+    biases_applied: bool
+    cv_macro_f1: float
+    class_distribution: dict[str, list[float]]
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def class_shares(labels_: np.ndarray) -> list[float]:
+    return (np.bincount(labels_, minlength=labels.NUM_CLASSES) / len(labels_)).round(4).tolist()
+
+
+def sidecar_of(
+    cfg: Config, loaded: list[Experiment], mix: Blend, decision: Decision, sub: pd.DataFrame, y: np.ndarray
+) -> Sidecar:
+    runs, ec = [e.ref for e in loaded], cfg.ensemble
+    summary = SidecarSummary(
+        time.strftime("%Y-%m-%d %H:%M:%S"),
+        git_commit(),
+        [r.label for r in runs],
+        {r.label: r.trained_folds() for r in runs},
+        decision.cv_f1,
+        len(sub),
+        bool(mix.grouping["applied"]) if mix.grouping else False,
+    )
+    return Sidecar(
+        summary,
+        mix.grouping,
+        mix.age_cuts,
+        ec.experiments or [cfg.experiment],
+        mix.weights.tolist(),
+        WEIGHTS_NOTE if ec.weights == "fit" else "equal weights",
+        decision.biases.round(3).tolist(),
+        ec.bias_mode,
+        cfg.infer.tta,
+        decision.before,
+        decision.after_f1,
+        decision.nested,
+        bool(decision.biases.any()),
+        decision.cv_f1,
+        {"train_oof": class_shares(y), "submission": class_shares(sub["ans"].to_numpy())},
+    )
+
+
+# ensemble.weights=fit chooses the weights on all OOF rows, and the CV is then measured on those same rows
+WEIGHTS_NOTE = "weights fitted on all OOF rows (not nested): the CV estimate is optimistic by the weights' fit"
+
+
+def warn_never_predicted(sub: pd.DataFrame, y: np.ndarray) -> None:
+    share = np.bincount(sub["ans"], minlength=labels.NUM_CLASSES)
+    never = [labels.class_name(c) for c in range(labels.NUM_CLASSES) if not share[c] and (y == c).any()]
+    if never:
+        log.warning(
+            "the submission never predicts %d class(es) that the training data has: %s", len(never), ", ".join(never)
+        )
+
+
+def append_index(index: Path, written: list[Path], sidecar: dict) -> None:
+    """One row per submission ever written: when, which file (and its stamped copy), runs, CV, and what the
+    decision applied."""
+    summary = sidecar["summary"]
+    row = pd.DataFrame(
+        [
+            {
+                "written": summary["written"],
+                "submission": written[0].name,
+                "copy": written[1].name if len(written) > 1 else "",
+                "runs": " ".join(summary["runs"]),
+                "cv_macro_f1": round(summary["cv_macro_f1"], 4),
+                "git_commit": summary["git_commit"],
+                "biases_applied": sidecar["biases_applied"],
+                "person_grouping": summary["person_grouping_applied"],
+            }
+        ]
+    )
+    table = pd.concat([pd.read_csv(index, dtype=str), row.astype(str)], ignore_index=True) if index.exists() else row
+    write_csv(table, index)
