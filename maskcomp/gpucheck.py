@@ -97,7 +97,7 @@ def _config(work: Path, device: str, *extra: str) -> Config:
 
 def _train_rate(cfg: Config) -> float:
     train(cfg)
-    metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg.experiment).fold_dir(0) / "metrics.csv")
+    metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg.experiment).fold(0).metrics)
     return float(metrics["images_per_s"].iloc[-1])
 
 
@@ -129,7 +129,7 @@ def _ddp(work: Path, device: str, processes: int) -> float:
     if proc.returncode:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"torchrun exited {proc.returncode}")
-    metrics = resolve_run(Paths.from_config(cfg), "gpucheck_ddp").fold_dir(1) / "metrics.csv"
+    metrics = resolve_run(Paths.from_config(cfg), "gpucheck_ddp").fold(1).metrics
     return float(pd.read_csv(metrics)["images_per_s"].iloc[-1])
 
 

@@ -1,13 +1,14 @@
-"""Training runs on disk, and the one reader of their artifacts.
+"""Training runs on disk, the names of their artifacts (RunRef, FoldFiles: spelled here only), and the one reader
+of them.
 
-    models/<experiment>/<run-id>/      one training run; the id is the start of its manifest's digest, so the
+    models/<experiment>/<run-id>/    one training run; the id is the start of its manifest's digest, so the
         manifest.json                same data, labels, folds and training config always land in the same run,
         run.json                     and anything else in a new one (a trained model is never overwritten)
-        config.yaml
-        fold<K>/                     best.pt last.pt config.yaml env.json metrics.csv oof.csv done.json, and from
-                                     `make infer`: test_probs.npy test_probs.csv test_ids.csv oof_tta.csv infer.json
+        config.yaml  oof.csv         (all folds' OOF, image keys), failed.json (a training that stopped)
+        fold<K>/                     best.pt last.pt config.yaml env.json metrics.csv lr.csv oof.csv done.json, and
+                                     from `make infer`: test_probs.npy/.csv test_ids.csv oof_tta.csv infer.json
         .lock                        held while a process trains this run
-    models/<experiment>/latest         the id of the run that `make train` trained (or found done) last
+    models/<experiment>/latest       the id of the last run of which `make train` finished (or found) a fold
 
 infer, ensemble and analyze take `run: latest` (default) or a run id; `ensemble.experiments` entries may
 name a run as `experiment@run-id`.
@@ -36,7 +37,7 @@ from .core.config import PROJECT_ROOT, Config, dump_config
 from .core.errors import MaskcompError
 from .core.fileio import write_json, write_text
 from .core.paths import Paths
-from .core.stages import Manifest, file_digest, read_manifest, write_manifest
+from .core.stages import MANIFEST, Manifest, file_digest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,57 @@ DAMAGED = ".damaged"  # suffix of a checkpoint found damaged: kept beside the fo
 
 
 @dataclass(frozen=True)
+class FoldFiles:
+    """Every artifact of one fold of a run, by name: the one place these names are spelled."""
+
+    dir: Path
+
+    best = property(lambda self: self.dir / BEST)  # the best epoch's weights and config
+    last = property(lambda self: self.dir / "last.pt")  # everything --resume needs
+    done = property(lambda self: self.dir / DONE)  # summary and best.pt's digest: the fold is finished
+    config = property(lambda self: self.dir / "config.yaml")
+    env = property(lambda self: self.dir / "env.json")  # seed, versions, device, threads, sizes
+    metrics = property(lambda self: self.dir / "metrics.csv")  # one row per epoch
+    learning_rates = property(lambda self: self.dir / "lr.csv")  # one row per step
+    tensorboard = property(lambda self: self.dir / "tb")
+    oof = property(lambda self: self.dir / "oof.csv")  # validation predictions of the best epoch
+    oof_tta = property(lambda self: self.dir / "oof_tta.csv")  # the same images re-scored by make infer with TTA
+    test_probs = property(lambda self: self.dir / "test_probs.npy")  # (eval images, 18)
+    test_table = property(lambda self: self.dir / "test_probs.csv")  # every head's probabilities
+    test_ids = property(lambda self: self.dir / "test_ids.csv")  # the ImageIDs of test_probs' rows
+    predictions_manifest = property(lambda self: self.dir / "infer.json")
+
+
+@dataclass(frozen=True)
 class RunRef:
-    """One training run of one experiment."""
+    """One training run of one experiment, and the names of its run-level artifacts."""
 
     experiment: str
     run_id: str
     dir: Path
 
+    config = property(lambda self: self.dir / "config.yaml")
+    info = property(lambda self: self.dir / "run.json")  # created, git commit, host
+    manifest = property(lambda self: self.dir / MANIFEST)
+    failed = property(lambda self: self.dir / FAILED)
+    oof = property(lambda self: self.dir / "oof.csv")  # every fold's OOF, image keys relative to the data root
+    fix_candidates = property(lambda self: self.dir / "label_fix_candidates.csv")
+    auto_fixes = property(lambda self: self.dir / "label_fixes_auto.csv")
+
     def fold_dir(self, fold: int) -> Path:
         return self.dir / f"fold{fold}"
+
+    def fold(self, fold: int) -> FoldFiles:
+        return FoldFiles(self.fold_dir(fold))
 
     def trained_folds(self) -> list[int]:
         return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob(f"fold*/{BEST}"))
 
     def best(self, fold: int) -> Path:
-        return self.fold_dir(fold) / BEST
+        return self.fold(fold).best
 
     def done(self, fold: int) -> Path:
-        return self.fold_dir(fold) / DONE
+        return self.fold(fold).done
 
     def no_folds_error(self) -> MaskcompError:
         """What to say of a run without a trained fold: its failed start, when one was recorded."""
@@ -107,7 +141,7 @@ def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
     if not write:
         return ref
     if read_manifest(ref.dir) is None:
-        write_text(dump_config(cfg), ref.dir / "config.yaml")
+        write_text(dump_config(cfg), ref.config)
         write_json(
             {
                 "experiment": ref.experiment,
@@ -116,7 +150,7 @@ def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
                 "git_commit": git_commit(),
                 "host": socket.gethostname(),
             },
-            ref.dir / "run.json",
+            ref.info,
         )
         write_manifest(ref.dir, manifest)
     return ref
@@ -130,18 +164,18 @@ def record_failure(ref: RunRef, fold: int, err: BaseException) -> None:
     first_line = (str(err).splitlines() or [""])[0][:300]
     message = first_line if isinstance(err, MaskcompError) else f"{type(err).__name__}: {first_line}"
     try:
-        write_json({"fold": fold, "error": message, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, ref.dir / FAILED)
+        write_json({"fold": fold, "error": message, "time": time.strftime("%Y-%m-%d %H:%M:%S")}, ref.failed)
     except OSError as err:  # a full disk that stopped the training: the error itself must reach the user
-        log.warning("%s: could not record the failure (%s)", ref.dir / FAILED, err.strerror)
+        log.warning("%s: could not record the failure (%s)", ref.failed, err.strerror)
 
 
 def clear_failure(ref: RunRef) -> None:
-    (ref.dir / FAILED).unlink(missing_ok=True)
+    ref.failed.unlink(missing_ok=True)
 
 
 def read_failure(ref: RunRef) -> str | None:
     """`fold K: <error>` of the run's last failed training, or None."""
-    path = ref.dir / FAILED
+    path = ref.failed
     if not path.exists():
         return None
     info = json.loads(path.read_text())
@@ -195,7 +229,7 @@ def list_runs(paths: Paths) -> list[RunRef]:
 
 
 def run_info(ref: RunRef) -> dict:
-    path = ref.dir / "run.json"
+    path = ref.info
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -236,8 +270,8 @@ def read_oof(ref: RunRef, paths: Paths, tta: bool = True) -> pd.DataFrame:
         raise ref.no_folds_error()
     tables = []
     for fold in folds:
-        d = ref.fold_dir(fold)
-        path = d / "oof_tta.csv" if tta and (d / "oof_tta.csv").exists() else d / "oof.csv"
+        d = ref.fold(fold)
+        path = d.oof_tta if tta and d.oof_tta.exists() else d.oof
         if not path.exists():
             raise MaskcompError(f"{path}: missing; finish the run with `train.py --resume`")
         tables.append(pd.read_csv(path, dtype={"person_id": str}))
@@ -254,14 +288,14 @@ def read_oof(ref: RunRef, paths: Paths, tta: bool = True) -> pd.DataFrame:
 def read_learning_rates(ref: RunRef) -> dict[int, pd.DataFrame]:
     """Each fold's learning rate per step (epoch as a fraction, lr); folds trained before it was logged are absent."""
     return {
-        f: pd.read_csv(ref.fold_dir(f) / "lr.csv") for f in ref.trained_folds() if (ref.fold_dir(f) / "lr.csv").exists()
+        f: pd.read_csv(ref.fold(f).learning_rates) for f in ref.trained_folds() if ref.fold(f).learning_rates.exists()
     }
 
 
 def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
     out = {}
     for fold in ref.trained_folds():
-        path = ref.fold_dir(fold) / "metrics.csv"
+        path = ref.fold(fold).metrics
         if not path.exists():
             raise MaskcompError(f"{path}: missing; finish the run with `train.py --resume`")
         out[fold] = pd.read_csv(path)
@@ -270,21 +304,21 @@ def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
 
 def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
     """One fold's eval probabilities (N, 18) and the ImageIDs of their rows."""
-    d = ref.fold_dir(fold)
-    for name in ("test_probs.npy", "test_ids.csv"):
-        if not (d / name).exists():
-            raise MaskcompError(f"{d / name}: missing; run `make infer` for experiment '{ref.experiment}'")
-    probs = np.load(d / "test_probs.npy")
+    d = ref.fold(fold)
+    for path in (d.test_probs, d.test_ids):
+        if not path.exists():
+            raise MaskcompError(f"{path}: missing; run `make infer` for experiment '{ref.experiment}'")
+    probs = np.load(d.test_probs)
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise MaskcompError(
-            f"{d / 'test_probs.npy'}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again"
+            f"{d.test_probs}: shape {probs.shape}, expected (N, {labels.NUM_CLASSES}); run `make infer` again"
         )
-    return probs, pd.read_csv(d / "test_ids.csv", dtype=str, keep_default_na=False)["ImageID"].tolist()
+    return probs, pd.read_csv(d.test_ids, dtype=str, keep_default_na=False)["ImageID"].tolist()
 
 
 def read_test_table(ref: RunRef, fold: int) -> pd.DataFrame:
     """One fold's eval predictions with every head's probabilities (test_probs.csv), in test_ids.csv's order."""
-    path = ref.fold_dir(fold) / "test_probs.csv"
+    path = ref.fold(fold).test_table
     if not path.exists():
         raise MaskcompError(f"{path}: missing; run `make infer` for experiment '{ref.experiment}'")
     return pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)

@@ -222,7 +222,7 @@ def relabel(cfg: Config) -> RelabelResult:
     paths = Paths.from_config(cfg)
     run = resolve_run(paths, cfg.experiment, cfg.run)
     found = candidates(read_oof(run, paths, tta=True), NoiseSettings.from_config(cfg))
-    all_path = write_csv(found, run.dir / "label_fix_candidates.csv")
-    fixes = write_csv(fix_file_rows(found), run.dir / "label_fixes_auto.csv")
+    all_path = write_csv(found, run.fix_candidates)
+    fixes = write_csv(fix_file_rows(found), run.auto_fixes)
     review = ~found["auto"].astype(bool) & ~found["systematic"]
     return RelabelResult(all_path, fixes, int(found["auto"].sum()), int(review.sum()))

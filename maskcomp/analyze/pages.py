@@ -247,8 +247,8 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
 def page_links(a: Analysis, paths: Paths, out: Path) -> list[str]:
     """The run's files and the other report pages, as relative links (the pages work after reports/ is moved)."""
     own = [
-        (a.run.dir / "config.yaml", "config"),
-        (a.run.dir / "oof.csv", "OOF"),
+        (a.run.config, "config"),
+        (a.run.oof, "OOF"),
         (out / "per_class.csv", "per-class CSV"),
         (out / "label_fix_candidates.csv", "candidates CSV"),
     ]
@@ -268,7 +268,7 @@ def page_meta(a: Analysis, paths: Paths, out: Path) -> list[str]:
     return [
         f"Run <b>{html.escape(a.run.label)}</b> created {html.escape(str(info.get('created', '?')))}, code "
         f"{html.escape(str(info.get('git_commit') or 'unknown'))}; data digests: {html.escape(data or 'unknown')} "
-        f"({htmlpage.link(a.run.dir / 'manifest.json', out, 'manifest')})",
+        f"({htmlpage.link(a.run.manifest, out, 'manifest')})",
         "Files: " + " · ".join(page_links(a, paths, out)),
     ]
 

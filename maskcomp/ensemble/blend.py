@@ -53,15 +53,13 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
     for fold in folds:
-        if not (ref.fold_dir(fold) / "oof_tta.csv").exists():
+        if not ref.fold(fold).oof_tta.exists():
             raise MaskcompError(
-                f"{ref.fold_dir(fold) / 'oof_tta.csv'}: missing; run `make infer` for experiment '{ref.experiment}'"
+                f"{ref.fold(fold).oof_tta}: missing; run `make infer` for experiment '{ref.experiment}'"
             )
         probs, fold_ids = read_test_probs(ref, fold)
         if ids is not None and fold_ids != ids:
-            raise MaskcompError(
-                f"{ref.fold_dir(fold) / 'test_ids.csv'}: eval images differ between folds; run `make infer` again"
-            )
+            raise MaskcompError(f"{ref.fold(fold).test_ids}: eval images differ between folds; run `make infer` again")
         ids = fold_ids
         tests.append(probs)
         if ordinal:

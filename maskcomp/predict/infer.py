@@ -35,15 +35,13 @@ from ..core.stages import (
 )
 from ..data.folds import load_folds
 from ..data.tables import load_eval, load_train
-from ..runs import RunRef, damaged_checkpoint, read_oof, resolve_run
+from ..runs import FoldFiles, RunRef, damaged_checkpoint, read_oof, resolve_run
 from ..train.augment import eval_transform
 from ..train.dataset import CropCache, LoaderSpec, build_cache, crop_loader, existing_crops_only
 from ..train.evaluate import oof_table, predict, probability_table, tta_view
 from ..train.models import create_model, normalisation
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_MANIFEST = "infer.json"
 
 
 # what shapes a model's input: predicting with other values than its checkpoint's silently mis-preprocesses it
@@ -75,7 +73,7 @@ def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Conf
         if value_of(trained, key) != value_of(expected, key):
             raise MaskcompError(
                 f"{path}: trained with {key}={value_of(trained, key)!r}, "
-                f"but {run.dir / 'config.yaml'} says {value_of(expected, key)!r}; "
+                f"but {run.config} says {value_of(expected, key)!r}; "
                 "restore that file or train the run again"
             )
     model = create_model(trained.model.model_copy(update={"pretrained": False}), trained.train.img_size)
@@ -86,7 +84,7 @@ def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Conf
 def run_config(cfg: Config, run: RunRef) -> Config:
     """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input),
     with this invocation's paths, devices, workers and infer/ensemble settings."""
-    path = run.dir / "config.yaml"
+    path = run.config
     if not path.exists():
         raise MaskcompError(f"{path}: missing; this run was not made by `make train`; train it again")
     saved, now = yaml.safe_load(path.read_text()), cfg.model_dump()
@@ -150,7 +148,7 @@ def eval_side(cfg: Config, run: RunRef) -> EvalSide:
 
 def prediction_manifest(side: EvalSide, run: RunRef, fold: int) -> Manifest:
     """What one fold's predictions depend on: its checkpoint by content, its run, the eval crops and ids, the TTA."""
-    best = run.fold_dir(fold) / "best.pt"
+    best = run.best(fold)
     if not best.exists():
         raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
     cache = digest_cache(side.cfg)
@@ -167,7 +165,7 @@ def require_current_predictions(cfg: Config, run: RunRef) -> None:
     """Every trained fold's test predictions were made by its current best.pt on the current eval set."""
     side = eval_side(cfg, run)
     for fold in run.trained_folds():
-        place = run.fold_dir(fold) / PREDICTIONS_MANIFEST
+        place = run.fold(fold).predictions_manifest
         manifest = prediction_manifest(side, run, fold)
         require_current(
             place,
@@ -178,12 +176,12 @@ def require_current_predictions(cfg: Config, run: RunRef) -> None:
         )
 
 
-def write_test_predictions(out: Path, ids: pd.DataFrame, probs: np.ndarray, heads: dict) -> None:
-    with atomic_path(out / "test_probs.npy") as tmp:
+def write_test_predictions(out: FoldFiles, ids: pd.DataFrame, probs: np.ndarray, heads: dict) -> None:
+    with atomic_path(out.test_probs) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, probs.astype(np.float32))
-    write_csv(pd.concat([ids, probability_table(probs, heads)], axis=1), out / "test_probs.csv")
-    write_csv(ids, out / "test_ids.csv")
+    write_csv(pd.concat([ids, probability_table(probs, heads)], axis=1), out.test_table)
+    write_csv(ids, out.test_ids)
 
 
 def write_run_oof(run: RunRef, paths: Paths) -> None:
@@ -191,15 +189,15 @@ def write_run_oof(run: RunRef, paths: Paths) -> None:
     relative to the data root (their keys), as Kaggle notebooks share them."""
     oof = read_oof(run, paths, tta=True)
     oof["image_path"] = [paths.image_key(p) for p in oof["image_path"]]
-    write_csv(oof, run.dir / "oof.csv")
-    log.info("all folds' OOF predictions in %s", run.dir / "oof.csv")
+    write_csv(oof, run.oof)
+    log.info("all folds' OOF predictions in %s", run.oof)
 
 
 def report_tta(
     run: RunRef, fold: int, val: pd.DataFrame, tta_probs: np.ndarray, tta: tuple[str, ...], paths: Paths
 ) -> None:
     """Fold macro F1 of the validation images without TTA (training's best epoch) and with it; warn when TTA hurts."""
-    plain_path = run.fold_dir(fold) / "oof.csv"
+    plain_path = run.fold(fold).oof
     if not plain_path.exists():
         return
     plain = pd.read_csv(plain_path)
@@ -238,11 +236,11 @@ class FoldPrediction:
 
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
-        side, out, amp = self.side, run.fold_dir(fold), amp_dtype_of(self.side.cfg.train.amp)
+        side, out, amp = self.side, run.fold(fold), amp_dtype_of(self.side.cfg.train.amp)
         model = load_fold_model(run, fold, self.device, side.cfg)
         loader = crop_loader(side.cache, val, self.transform, self.spec)
         probs, heads = predict(model, progress(loader, f"{step}: validation"), self.device, amp, self.tta, self.reduce)
-        write_csv(oof_table(val, fold, probs, heads, side.paths), out / "oof_tta.csv")
+        write_csv(oof_table(val, fold, probs, heads, side.paths), out.oof_tta)
         report_tta(run, fold, val, probs, self.tta, side.paths)
         loader = crop_loader(side.cache, side.evals, self.transform, self.spec, with_targets=False)
         probs, heads = predict(model, progress(loader, f"{step}: eval"), self.device, amp, self.tta, self.reduce)
@@ -262,24 +260,24 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     how = FoldPrediction.of(cfg, side)
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
-        out = run.fold_dir(fold)
+        out = run.fold(fold)
         require_intact_checkpoint(run, fold)
         manifest = prediction_manifest(side, run, fold)
-        if is_current(out / PREDICTIONS_MANIFEST, manifest):
-            log.info("fold %d: predictions up to date in %s", fold, out)
+        if is_current(out.predictions_manifest, manifest):
+            log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
-        (out / PREDICTIONS_MANIFEST).unlink(missing_ok=True)
+        out.predictions_manifest.unlink(missing_ok=True)
         val = existing_crops_only(
             images[fold_of == fold].reset_index(drop=True), side.cache, side.cfg.data.skip_bad, "validation"
         )
         how.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(how.tta)}")
-        write_manifest(out / PREDICTIONS_MANIFEST, manifest)
+        write_manifest(out.predictions_manifest, manifest)
         log.info(
             "fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s",
             fold,
             len(side.evals),
             "+".join(how.tta),
-            out,
+            out.dir,
         )
     write_run_oof(run, side.paths)
     return run

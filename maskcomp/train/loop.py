@@ -17,7 +17,7 @@ from ..core.config import Config, dump_config
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv, write_json, write_text
 from ..core.stages import file_digest
-from ..runs import BEST, set_aside
+from ..runs import FoldFiles, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,17 @@ def save_checkpoint(state: dict, path: Path) -> str:
 class Checkpointer:
     """best.pt (the best epoch's weights with the config that shaped them) and last.pt (everything to resume)."""
 
-    fold_dir: Path
+    files: FoldFiles
     run_id: str
 
     @property
     def last(self) -> Path:
-        return self.fold_dir / "last.pt"
+        return self.files.last
 
     def save_best(self, model: torch.nn.Module, cfg: Config, state: TrainState) -> None:
         state.best_digest = save_checkpoint(
             {"model": model.state_dict(), "config": cfg.model_dump(), "epoch": state.best_epoch, "f1": state.best_f1},
-            self.fold_dir / BEST,
+            self.files.best,
         )
 
     def save_last(self, objects: dict[str, object], state: TrainState) -> None:
@@ -134,17 +134,17 @@ class MetricSinks:
     """Where each epoch's row goes: metrics.csv and lr.csv (every step's learning rate), the console, and
     TensorBoard when train.tensorboard is on. Only the main process makes one."""
 
-    def __init__(self, fold_dir: Path, fold: int, epochs: int, tensorboard: bool):
-        self.fold_dir, self.fold, self.epochs = fold_dir, fold, epochs
+    def __init__(self, files: FoldFiles, fold: int, epochs: int, tensorboard: bool):
+        self.files, self.fold, self.epochs = files, fold, epochs
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(fold_dir / "tb")
+            self.writer = SummaryWriter(files.tensorboard)
 
     def epoch(self, row: dict, state: TrainState, improved: bool) -> None:
-        write_csv(pd.DataFrame(state.history), self.fold_dir / "metrics.csv")
-        write_csv(pd.DataFrame(state.learning_rates), self.fold_dir / "lr.csv")
+        write_csv(pd.DataFrame(state.history), self.files.metrics)
+        write_csv(pd.DataFrame(state.learning_rates), self.files.learning_rates)
         if self.writer is not None:
             for key, value in row.items():
                 self.writer.add_scalar(key, value, row["epoch"])
@@ -162,7 +162,7 @@ class MetricSinks:
             self.writer.close()
 
 
-def write_fold_info(fold_dir: Path, cfg: Config, info: dict) -> None:
+def write_fold_info(files: FoldFiles, cfg: Config, info: dict) -> None:
     """config.yaml and env.json of a fold: the resolved config, seed, versions, device and sizes."""
-    write_text(dump_config(cfg), fold_dir / "config.yaml")
-    write_json(info, fold_dir / "env.json")
+    write_text(dump_config(cfg), files.config)
+    write_json(info, files.env)

@@ -93,13 +93,13 @@ class FoldTrainer:
         if self.amp_note and self.rank == 0:
             log.warning(self.amp_note)
         self.cuda_settings = configure_cuda(tc, self.device)
-        self.dir = run.fold_dir(fold)
+        self.files = run.fold(fold)
         self.seed = cfg.seed + fold
         if tc.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(self.seed)
         self.stopper = EarlyStopping(tc.patience)
-        self.checkpoints = Checkpointer(self.dir, run.run_id)
+        self.checkpoints = Checkpointer(self.files, run.run_id)
         self.lr_log: list[dict] = []
         self._build_data(images)
         self._build_model()
@@ -307,9 +307,7 @@ class FoldTrainer:
         improved = self.stopper.update(state, val["f1"], epoch + 1)
         if improved:
             self.checkpoints.save_best(self.eval_model, self.cfg, state)
-            write_csv(
-                oof_table(self.val_df, self.fold, probs, head_probs, Paths.from_config(self.cfg)), self.dir / "oof.csv"
-            )
+            write_csv(oof_table(self.val_df, self.fold, probs, head_probs, Paths.from_config(self.cfg)), self.files.oof)
         sinks.epoch(row, state, improved)
         self.checkpoints.save_last(self._resumable(), state)
 
@@ -324,9 +322,9 @@ class FoldTrainer:
         tc = self.cfg.train
         state = self._resume()
         self.lr_log = state.learning_rates  # _train_epoch appends each step's rate to the state it is saved with
-        sinks = MetricSinks(self.dir, self.fold, tc.epochs, tc.tensorboard) if self.rank == 0 else None
+        sinks = MetricSinks(self.files, self.fold, tc.epochs, tc.tensorboard) if self.rank == 0 else None
         if self.rank == 0:
-            write_fold_info(self.dir, self.cfg, self._env())
+            write_fold_info(self.files, self.cfg, self._env())
         while state.epochs_done < tc.epochs and not self.stopper.should_stop(state):
             epoch = state.epochs_done
             train_loss, images_per_s = self._train_epoch(epoch)
@@ -350,7 +348,7 @@ class FoldTrainer:
                 self.fold,
                 state.best_f1,
                 state.best_epoch,
-                self.dir,
+                self.files.dir,
             )
         return summary
 
