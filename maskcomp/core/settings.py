@@ -282,6 +282,11 @@ class EnsembleSettings(Section):
         choices=(True, False, "auto"),
     )
     name: str = setting("", "submission name; empty: the experiment(s) joined")
+    vote: list[str] = setting(
+        [],
+        "submission CSVs to hard-vote instead of blending experiments (ties: the file with "
+        "the higher CV in its sidecar)",
+    )
     stamped_copy: bool = setting(True, "also write <name>_cv<CV>_<date>.csv (+ .json): an upload you can tell apart")
 
 

@@ -14,13 +14,17 @@ from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
 from .submission import append_index, sidecar_of, submission_table, warn_never_predicted, write_submission
+from .vote import vote
 
 log = logging.getLogger(__name__)
 
 
 def ensemble(cfg: Config) -> Path:
-    """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row; with
+    """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row (or, with
+    ensemble.vote, hard-vote submission files: vote.py); with
     ensemble.stamped_copy also <name>_cv<CV>_<date>.csv, a file name a leaderboard upload can be told apart by."""
+    if cfg.ensemble.vote:
+        return vote(cfg)
     paths = Paths.from_config(cfg)
     ec = cfg.ensemble
     experiments = ec.experiments or [cfg.experiment]

@@ -157,9 +157,9 @@ def append_index(index: Path, written: list[Path], sidecar: dict) -> None:
                 "submission": written[0].name,
                 "copy": written[1].name if len(written) > 1 else "",
                 "runs": " ".join(summary["runs"]),
-                "cv_macro_f1": round(summary["cv_macro_f1"], 4),
+                "cv_macro_f1": "" if summary["cv_macro_f1"] is None else round(summary["cv_macro_f1"], 4),
                 "git_commit": summary["git_commit"],
-                "biases_applied": sidecar["biases_applied"],
+                "biases_applied": sidecar.get("biases_applied", False),
                 "person_grouping": summary["person_grouping_applied"],
             }
         ]
