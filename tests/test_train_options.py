@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_train import TINY
@@ -158,3 +159,28 @@ def test_weighted_sampler_with_skip_bad_leaves_out_the_missing_crop(tiny_root, t
     trainer.sampler.set_epoch(0)
     drawn = [i for i, _ in trainer.sampler]
     assert np.mean(incorrect[drawn]) > 2 * incorrect.mean(), "the sampler does not favour the oversampled class"
+
+
+def test_overfit_batches_drives_the_training_loss_near_zero(tiny_root, tmp_path):
+    """train.overfit_batches: the same batch every epoch, unaugmented; a wired-up model and loss memorise it."""
+    cfg = _cfg(
+        tiny_root,
+        tmp_path,
+        "train.overfit_batches=1",
+        "train.epochs=30",
+        "train.lr=0.01",
+        "train.warmup_epochs=0",
+        "train.patience=100",
+        "model.drop_rate=0.0",
+    )
+    train(cfg, folds=[0])
+    losses = pd.read_csv(fold_dir(cfg, 0) / "metrics.csv")["train_loss"]
+    assert losses.iloc[0] > 1.0 and losses.iloc[-1] < 0.05
+
+
+def test_limit_batches_trains_that_many_steps_per_epoch(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "train.batch_size=4", "train.limit_batches=2", "train.epochs=2")
+    assert len(_trainer(cfg).train_loader) > 2
+    train(cfg, folds=[0])
+    steps = pd.read_csv(fold_dir(cfg, 0) / "lr.csv")
+    assert len(steps) == 4 and steps["epoch"].tolist() == [0.0, 0.5, 1.0, 1.5]

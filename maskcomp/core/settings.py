@@ -236,6 +236,13 @@ class TrainSettings(Section):
         [], "e.g. [[27, 29], [57, 59]]: drop these ages from training splits only", low=0, high=150
     )
     folds: list[int] = setting([], "folds to train; empty: all folds", low=0, speed=True)
+    limit_batches: int = setting(0, "debug: train on the first N batches of each epoch only (0: all)", low=0)
+    overfit_batches: int = setting(
+        0,
+        "wiring check: train on the same N batches every epoch, unaugmented; the "
+        "training loss must then go near 0 (0: off)",
+        low=0,
+    )
     deterministic: bool = setting(True, "deterministic algorithms on the CPU")
     tensorboard: bool = setting(False, "TensorBoard events in each fold's tb/", speed=True)
     device: str = setting("auto", "auto | cpu | cuda", speed=True)

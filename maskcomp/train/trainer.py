@@ -120,6 +120,10 @@ class FoldTrainer:
         self.train_df = existing_crops_only(train, cache, skip, "train split")
         self.val_df = existing_crops_only(val, cache, skip, "validation split")
         mean, std = normalisation(cfg.model.backbone)
+        augment = train_transform(cfg.augment, size, mean, std)
+        if tc.overfit_batches:  # a wiring check: the same few images every epoch, as the model sees them at eval
+            self.train_df = self.train_df.iloc[: tc.overfit_batches * tc.batch_size].reset_index(drop=True)
+            weights, augment = None, eval_transform(size, mean, std)
         self.sampler = EpochSampler(len(self.train_df), self.seed, weights, self.rank, self.world)
         pin = self.device.type == "cuda"
         # each loader draws its workers' base seed from its own generator, never from the global RNG: a resumed run
@@ -127,7 +131,7 @@ class FoldTrainer:
         self.train_loader = crop_loader(
             cache,
             self.train_df,
-            train_transform(cfg.augment, size, mean, std),
+            augment,
             LoaderSpec(tc.batch_size, tc.workers, pin, self.seed, drop_last=len(self.train_df) > tc.batch_size),
             sampler=self.sampler,
         )
@@ -170,7 +174,7 @@ class FoldTrainer:
     def _build_optimisation(self) -> None:
         tc = self.cfg.train
         self.optimizer = create_optimizer(self.model, tc)
-        self.scheduler = create_scheduler(self.optimizer, tc, len(self.train_loader))
+        self.scheduler = create_scheduler(self.optimizer, tc, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
@@ -191,6 +195,12 @@ class FoldTrainer:
             label_smoothing=self.cfg.loss.label_smoothing,
             num_classes=labels.NUM_CLASSES,
         )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """The training loader's batches, or train.limit_batches of them."""
+        limit = self.cfg.train.limit_batches
+        return min(limit, len(self.train_loader)) if limit else len(self.train_loader)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -242,13 +252,15 @@ class FoldTrainer:
         aug = self.cfg.augment
         mix_gen = self._start_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count, start, steps = 0, time.perf_counter(), len(self.train_loader)
+        count, start, steps = 0, time.perf_counter(), self.steps_per_epoch
         bar = progress(
             self.train_loader,
             f"fold {self.fold} (of folds 0-{self.cfg.folds.k - 1}) epoch {epoch + 1}/{self.cfg.train.epochs}",
             self.rank,
         )
         for step, (images, targets, _) in enumerate(bar):
+            if step == steps:  # train.limit_batches
+                break
             if aug.half_cutmix:  # on the CPU batch, before the transfer: no GPU synchronisation
                 images = half_cutmix(
                     images, targets["label"], targets["age"], aug.half_cutmix, aug.half_cutmix_rare_only, mix_gen
