@@ -9,6 +9,7 @@ import torch
 from test_train import TINY
 
 from maskcomp.core.device import Placement
+from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import load_folds, make_folds
 from maskcomp.data.tables import load_train
@@ -184,3 +185,20 @@ def test_limit_batches_trains_that_many_steps_per_epoch(tiny_root, tmp_path):
     train(cfg, folds=[0])
     steps = pd.read_csv(fold_dir(cfg, 0) / "lr.csv")
     assert len(steps) == 4 and steps["epoch"].tolist() == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_out_of_memory_in_a_step_is_one_line_naming_the_batch(tiny_root, tmp_path, monkeypatch):
+    """torch.cuda.OutOfMemoryError, injected on the CPU: the run ends with the batch size that failed and a fix."""
+    cfg = _cfg(tiny_root, tmp_path, "train.batch_size=8")
+    trainer = _trainer(cfg)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "net", out_of_memory)
+    with pytest.raises(
+        MaskcompError,
+        match=r"fold 0: out of CPU memory training a batch of 8 \(train.batch_size=8, "
+        r".*set train.batch_size=4 or a smaller train.img_size",
+    ):
+        trainer._train_epoch(0)

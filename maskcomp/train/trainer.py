@@ -247,6 +247,19 @@ class FoldTrainer:
             self.ema.update(self.model, step=global_step)
         return loss.detach()
 
+    def _guarded_step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
+        """The step, with an out-of-memory turned into one line naming the batch that failed and what to set."""
+        try:
+            return self._step(images, targets, global_step)
+        except torch.cuda.OutOfMemoryError:
+            tc = self.cfg.train
+            raise MaskcompError(
+                f"fold {self.fold}: out of {self.device.type.upper()} memory training a batch of {len(images)} "
+                f"(train.batch_size={tc.batch_size}, train.img_size={tc.img_size}, model.backbone="
+                f"{self.cfg.model.backbone}); set train.batch_size={max(1, tc.batch_size // 2)} or a smaller "
+                "train.img_size, then `make train ARGS=--resume`"
+            ) from None
+
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         """(mean training loss over all ranks, images/s over all ranks)."""
         aug = self.cfg.augment
@@ -268,7 +281,7 @@ class FoldTrainer:
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
             self.lr_log.append({"epoch": epoch + step / steps, "lr": self.optimizer.param_groups[0]["lr"]})
-            total += self._step(images, targets, epoch * steps + step) * len(images)
+            total += self._guarded_step(images, targets, epoch * steps + step) * len(images)
             count += len(images)
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
                 bar.set_postfix(
