@@ -55,9 +55,14 @@ def parse_override(text: str) -> dict:
     value = yaml.safe_load(raw) if raw else ""
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
         value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text; a number is meant
+    return nested_value(key.strip(), value)
+
+
+def nested_value(dotted: str, value: Any) -> dict:
+    """'train.seed', 3 -> {'train': {'seed': 3}}."""
     nested: dict = {}
     node = nested
-    parts = key.strip().split(".")
+    parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -107,13 +112,7 @@ def updated(cfg: Settings, changes: dict[str, Any]) -> Settings:
     """`cfg` with dotted keys changed ({"train.folds": [0]}), validated like an override."""
     values = cfg.model_dump()
     for key, value in changes.items():
-        nested: dict = {}
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-        _merge(values, nested, f"change '{key}'")
+        _merge(values, nested_value(key, value), f"change '{key}'")
     validate(values, Settings)
     return Settings.model_validate(values)
 

@@ -81,9 +81,11 @@ def adopt_legacy_runs(models: Path) -> None:
     """Trained runs of an older checkout sit in runs/ beside models/: moved into models/ when it does not exist yet,
     else named in a warning (never ignored silently, never deleted). Once per process and folder."""
     legacy = models.parent / LEGACY_MODELS
-    if models in _ADOPTED or legacy == models or not any(legacy.glob("*/*/run.json")):
+    if models in _ADOPTED:
         return
-    _ADOPTED.add(models)
+    _ADOPTED.add(models)  # looked at once per process: Paths.from_config runs in every stage, often
+    if legacy == models or not any(legacy.glob("*/*/run.json")):
+        return
     if not models.exists():
         os.replace(legacy, models)
         log.info("moved the trained runs of %s to %s (paths.models): trained runs now live there", legacy, models)

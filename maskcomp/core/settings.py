@@ -9,6 +9,7 @@ fast or where a stage runs, never what it writes); `stages=(...)` on a setting a
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,16 +41,8 @@ def setting(
         "speed": speed,
     }
     if isinstance(default, (list, dict)):
-        return Field(default_factory=lambda: _copy(default), description=doc, json_schema_extra=extra)
+        return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
     return Field(default=default, description=doc, json_schema_extra=extra)
-
-
-def _copy(value: Any) -> Any:
-    return (
-        [_copy(v) for v in value]
-        if isinstance(value, list)
-        else ({k: _copy(v) for k, v in value.items()} if isinstance(value, dict) else value)
-    )
 
 
 class Section(BaseModel):

@@ -261,8 +261,9 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold(fold)
-        require_intact_checkpoint(run, fold)
-        manifest = prediction_manifest(side, run, fold)
+        manifest = prediction_manifest(
+            side, run, fold
+        )  # a damaged best.pt matches no infer.json: load_fold_model names it
         if is_current(out.predictions_manifest, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue

@@ -397,9 +397,12 @@ class FoldTrainer:
 def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
     """done, todo, or damaged: finished, but its best.pt is not the one written; that file is set aside (never
     deleted) so that the fold trains again from its first epoch."""
-    if not run.done(fold).exists():
+    done = run.done(fold).exists()
+    reason = damaged_checkpoint(run, fold) if done else None
+    if place.world > 1:
+        dist.barrier()  # every rank has read the fold's state before rank 0 changes it
+    if not done:
         return "todo"
-    reason = damaged_checkpoint(run, fold)
     if reason is None:
         return "done"
     if place.is_main:
