@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel bench bench-noise bench-quality bench-scale gpu-check clean
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel tune refit bench bench-tune bench-noise bench-quality bench-scale gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -86,6 +86,12 @@ analyze: setup
 # confident label fixes of the trained run (runs/<exp>/<run>/label_fixes_auto.csv); train.csv is never changed
 relabel: setup
 	$(call RUN,relabel.py)
+
+# an Optuna search: TUNE=configs/tune/<name>.yaml (its `tune:` section); ARGS apply to every trial. Workers on
+# other machines join the same study with TUNE_STORAGE=postgresql://user:password@host/db
+TUNE ?= configs/tune/sample.yaml
+tune: setup
+	$(PY) tune.py --config $(TUNE) paths.data_root=$(DATA) $(ARGS)
 
 bench: setup
 	$(PY) bench/run.py $(ARGS)

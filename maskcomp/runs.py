@@ -234,8 +234,9 @@ def run_info(ref: RunRef) -> dict:
 
 
 @contextlib.contextmanager
-def run_lock(ref: RunRef) -> Iterator[None]:
-    """Hold the run's lock while training it; a second process stops with one line naming the holder.
+def run_lock(ref: RunRef, wait: bool = False) -> Iterator[None]:
+    """Hold the run's lock while training it; a second process stops with one line naming the holder, or with
+    `wait` (tune workers that drew the same settings) waits for it and then finds its folds done.
 
     A POSIX record lock (lockf) belongs to this process alone: DataLoader workers forked meanwhile do not hold it,
     so a `kill -9` of the trainer frees the run at once, even while its workers are still winding down."""
@@ -247,9 +248,12 @@ def run_lock(ref: RunRef) -> Iterator[None]:
         except (BlockingIOError, PermissionError):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise MaskcompError(
-                f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it"
-            ) from None
+            if not wait:
+                raise MaskcompError(
+                    f"{ref.dir}: already being trained by {holder}; wait for it to finish or stop it"
+                ) from None
+            log.info("%s: being trained by %s; waiting for it", ref.dir, holder)
+            fcntl.lockf(fh, fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

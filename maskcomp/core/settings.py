@@ -309,6 +309,29 @@ class RelabelSettings(Section):
     )
 
 
+class TuneSettings(Section):
+    doc: ClassVar = 'make tune: an Optuna search; its space and budget (see README "Experiments")'
+    study: str = setting("", "the study's name; empty: the tune file's name")
+    trials: int = setting(20, "trials of the study, all workers together (finished and pruned ones count)", low=1)
+    minutes: Number = setting(0, "this worker stops starting trials after this many minutes (0: no limit)", low=0)
+    pruner: str = setting(
+        "halving",
+        "stop a trial after a fold whose running fold mean is poor: successive halving, median, or never",
+        choices=("halving", "median", "none"),
+    )
+    startup_trials: int = setting(2, "median pruner: trials that are never pruned, for a first reference", low=0)
+    seed: int = setting(0, "the sampler's seed (each worker adds its process id, so workers draw apart)", low=0)
+    heartbeat_s: int = setting(
+        60, "a worker's heartbeat; a trial silent for 2 beats counts as failed and is retried", low=1
+    )
+    retries: int = setting(2, "times a failed (stale) trial is tried again", low=0)
+    space: dict = setting(
+        {},
+        "setting -> {low, high[, log]} (whole numbers: int) or {choices: [...]}, e.g. train.lr: {low: 1e-4, "
+        "high: 1e-2, log: true}",
+    )
+
+
 class Settings(Section):
     """A whole config."""
 
@@ -332,6 +355,7 @@ class Settings(Section):
     infer: InferSettings = Field(default_factory=InferSettings)
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
     relabel: RelabelSettings = Field(default_factory=RelabelSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
 
 
 def setting_info(field) -> dict:

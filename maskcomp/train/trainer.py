@@ -424,7 +424,7 @@ def _train_fold(cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place
         log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, run.done(fold))
         if place.is_main:
             mark_latest(run)
-        return json.loads(run.done(fold).read_text())
+        return {**json.loads(run.done(fold).read_text()), "trained_now": False}
     try:
         summary = FoldTrainer(cfg, fold, images, run, place, resume=resume and status != "damaged").run()
     except Exception as err:
@@ -433,12 +433,13 @@ def _train_fold(cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place
         raise
     if place.is_main:
         mark_latest(run)
-    return summary
+    return {**summary, "trained_now": True}
 
 
-def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> list[dict]:
+def train(cfg: Config, folds: list[int] | None = None, resume: bool = False, wait: bool = False) -> list[dict]:
     """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
-    run already finished are skipped. The run becomes the experiment's `latest`."""
+    run already finished are skipped. The run becomes the experiment's `latest`. With `wait`, a run another process
+    is training is waited for instead of refused."""
     require_input_size(cfg.model.backbone, cfg.train.img_size)
     images = load_train(cfg)
     all_folds = sorted(set(load_folds(cfg, images)))
@@ -448,7 +449,7 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False) -> 
     # every rank computes the same run; rank 0 alone writes its files and holds its lock
     run = open_run(cfg, manifest, write=place.is_main)
     log.info("run %s: %s", run.label, run.dir)
-    lock = run_lock(run) if place.is_main else contextlib.nullcontext()
+    lock = run_lock(run, wait) if place.is_main else contextlib.nullcontext()
     with lock:
         results = [_train_fold(cfg, fold, images, run, place, resume) for fold in todo]
         if place.is_main:

@@ -1,0 +1,127 @@
+"""What a study leaves: reports/tune/<study>/index.html (optimisation history, parameter importances, parallel
+coordinates, a table of trials linking their runs) and configs/tune/<study>_best.yaml, a config to train with."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from ..core.config import nested_value, parse_override  # noqa: E402
+from ..core.fileio import write_text  # noqa: E402
+from ..core.paths import Paths  # noqa: E402
+from ..report import htmlpage  # noqa: E402
+from .space import search_space  # noqa: E402
+from .study import TuneJob, _safe_url  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PLOTS = {
+    "history": ("Optimisation history", optuna.visualization.matplotlib.plot_optimization_history),
+    "importances": ("Parameter importances", optuna.visualization.matplotlib.plot_param_importances),
+    "parallel": ("Parallel coordinates", optuna.visualization.matplotlib.plot_parallel_coordinate),
+}
+
+
+def trials_table(study: optuna.Study, job: TuneJob, out: Path) -> pd.DataFrame:
+    """One row per trial (over-budget placeholders left out), best first, with a link to its run."""
+    paths = Paths.from_config(job.cfg)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("over_budget"):
+            continue
+        exp, run_id = t.user_attrs.get("experiment", ""), t.user_attrs.get("run_id", "")
+        run_dir = paths.models / exp / run_id
+        page = paths.reports / "analysis" / f"{exp}-{run_id}" / "index.html"
+        target = page if page.exists() else run_dir / "config.yaml"
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "CV": round(t.value, 4) if t.value is not None else None,
+                "fold mean": round(max(t.intermediate_values.items())[1], 4) if t.intermediate_values else None,
+                "folds": t.user_attrs.get("folds_done", 0),
+                "trained": t.user_attrs.get("folds_trained", 0),
+                "train s": t.user_attrs.get("train_s"),
+                **{k: v for k, v in t.params.items()},
+                "run": htmlpage.link(target, out, run_id) if run_id else "",
+            }
+        )
+    table = pd.DataFrame(rows)
+    return table.sort_values(["CV", "fold mean"], ascending=False, na_position="last") if rows else table
+
+
+def draw_plots(study: optuna.Study, out: Path) -> list[htmlpage.Section]:
+    """Optuna's matplotlib views; one that cannot be drawn yet (e.g. importances of fewer than 2 finished trials)
+    says why instead."""
+    sections = []
+    for name, (title, plot) in PLOTS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            out.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out / f"{name}.png", dpi=110)
+            plt.close(fig)
+            sections.append(htmlpage.Section(title, [htmlpage.image(f"{name}.png", title)]))
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            sections.append(htmlpage.Section(title, [f"<p>Not drawn: {err}</p>"]))
+    return sections
+
+
+def write_study_page(study: optuna.Study, job: TuneJob) -> Path:
+    out = Paths.from_config(job.cfg).reports / "tune" / job.study
+    table = trials_table(study, job, out)
+    states = table["state"].value_counts().to_dict() if len(table) else {}
+    meta = [
+        f"Storage {_safe_url(job.storage)}; search file {job.tune_file}; "
+        + ", ".join(f"{n} {s}" for s, n in states.items()),
+        "Value: the CV macro F1 the submission would report (nested decision on the run's OOF); fold mean: the "
+        "running mean of the folds' best macro F1, what the pruner compares.",
+    ]
+    sections = [htmlpage.Section("Trials", [htmlpage.table(table, escape=False)]), *draw_plots(study, out)]
+    return htmlpage.render(f"Tuning: {job.study}", meta, sections, out / "index.html")
+
+
+def _deep_merge(into: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def best_config(study: optuna.Study, job: TuneJob) -> Path | None:
+    """configs/tune/<study>_best.yaml: the search file, the ARGS every trial had, and the best trial's settings."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return None
+    best = max(done, key=lambda t: t.value)
+    path = job.tune_file.parent / f"{job.study}_best.yaml"
+    values: dict = {"base": os.path.relpath(job.tune_file.resolve(), path.parent.resolve())}
+    for text in job.overrides:
+        if not text.startswith("tune."):
+            _deep_merge(values, parse_override(text))
+    dims = {d.key: d for d in search_space(job.cfg)}  # the stored parameters back into the settings' values
+    for key, raw in best.params.items():
+        _deep_merge(values, nested_value(key, dims[key].value(raw) if key in dims else raw))
+    head = (
+        f"# Best trial of study {job.study}: trial {best.number}, CV {best.value:.4f}, run "
+        f"{best.user_attrs.get('experiment')}/{best.user_attrs.get('run_id')}.\n"
+        f"# make train CONFIG={path} reuses that run (the same settings give the same run id).\n"
+    )
+    return write_text(head + yaml.safe_dump(values, sort_keys=False), path)

@@ -1,0 +1,224 @@
+"""The study: Optuna storage (SQLite under models/tune/ by default, TUNE_STORAGE for a shared database), pruner,
+and the objective. A trial is an ordinary training run: its settings decide its run id, so a trial that repeats a
+configuration reuses the folds already trained, and a pruned trial's finished folds stay usable. Folds are trained
+one at a time; after each the running fold mean is reported and the pruner may stop the trial. The value is the CV
+the submission would report: the nested decision (ensemble.tune_biases) on the run's OOF."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..core import labels
+from ..core.config import Config, updated
+from ..core.errors import MaskcompError
+from ..core.paths import Paths
+from ..data.folds import load_folds
+from ..data.tables import load_train
+from ..ensemble.decide import decide
+from ..runs import RunRef, open_run, read_oof
+from ..train.trainer import run_manifest, train
+from .space import Dimension, search_space, suggest
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "TUNE_STORAGE"
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """A worker's task: the study, every trial's config before its parameters, and where the search was set."""
+
+    cfg: Config
+    study: str
+    tune_file: Path
+    overrides: tuple[str, ...] = ()
+    storage: str = field(default="")
+
+    @classmethod
+    def from_config(cls, cfg: Config, tune_file: str | Path, overrides: list[str] | None = None) -> TuneJob:
+        study = cfg.tune.study or Path(tune_file).stem
+        return cls(cfg, study, Path(tune_file), tuple(overrides or ()), storage_url(cfg, study))
+
+
+def storage_url(cfg: Config, study: str) -> str:
+    """TUNE_STORAGE (any SQLAlchemy URL, e.g. postgresql://user@host/db) or an SQLite file under models/tune/."""
+    url = os.environ.get(STORAGE_ENV, "").strip()
+    for plain in ("postgresql://", "postgres://"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
+        if url.startswith(plain):
+            return "postgresql+psycopg2://" + url.removeprefix(plain)
+    if url:
+        return url
+    path = (Paths.from_config(cfg).models / "tune" / f"{study}.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_storage(job: TuneJob) -> RDBStorage:
+    """The RDB storage with heartbeats: a trial whose worker died is failed after two missed beats and retried."""
+    tc = job.cfg.tune
+    engine = {"connect_args": {"timeout": 60}} if job.storage.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return RDBStorage(
+                job.storage,
+                engine_kwargs=engine,
+                heartbeat_interval=tc.heartbeat_s,
+                grace_period=2 * tc.heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
+            )
+        except Exception as err:  # SQLAlchemy's OperationalError, a missing driver, a malformed URL
+            first = (str(err).splitlines() or [""])[0][:200]
+            raise MaskcompError(
+                f"tune storage {_safe_url(job.storage)}: cannot open it ({type(err).__name__}: {first}); check "
+                f"{STORAGE_ENV} (e.g. postgresql://user:password@host:5432/db) or unset it for a local SQLite file"
+            ) from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    head, _, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    return f"{head}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    tc = cfg.tune
+    if tc.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
+    if tc.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(job: TuneJob) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=job.cfg.tune.seed + os.getpid())
+    return optuna.create_study(
+        study_name=job.study,
+        storage=open_storage(job),
+        direction="maximize",
+        sampler=sampler,
+        pruner=make_pruner(job.cfg),
+        load_if_exists=True,
+    )
+
+
+def trial_folds(cfg: Config) -> list[int]:
+    """The folds each trial trains, in order: train.folds, or all folds."""
+    return cfg.train.folds or sorted(set(load_folds(cfg, load_train(cfg))))
+
+
+def nested_cv(cfg: Config, ref: RunRef) -> float:
+    """The CV macro F1 the submission would report for this run alone: the nested decision on its pooled OOF."""
+    oof = read_oof(ref, Paths.from_config(cfg), tta=False)
+    logp = np.log(np.clip(oof[labels.PROB_COLUMNS].to_numpy(), 1e-9, None))
+    return decide(logp, oof["label"].to_numpy(), oof["fold"].to_numpy(), cfg.ensemble).cv_f1
+
+
+class OverBudget(Exception):
+    """Raised in a trial that another worker's trials left no room for (its state is FAIL, marked over_budget)."""
+
+
+def counted_trials(study: optuna.Study, before: int | None = None) -> int:
+    """Trials that took a share of the budget (finished, pruned, running); with `before`, those numbered lower, and
+    queued ones (a retried or enqueued trial: some worker will run it) too."""
+    if before is None:
+        return len(study.get_trials(deepcopy=False, states=TAKEN))
+    trials = study.get_trials(deepcopy=False, states=(*TAKEN, TrialState.WAITING))
+    return sum(1 for t in trials if t.number < before)
+
+
+@dataclass
+class Objective:
+    """One trial: its settings, then its run's folds one at a time (reported to the pruner), then the nested CV."""
+
+    job: TuneJob
+    dims: list[Dimension]
+    folds: list[int]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if counted_trials(trial.study, before=trial.number) >= self.job.cfg.tune.trials:
+            trial.set_user_attr("over_budget", True)
+            trial.study.stop()
+            raise OverBudget(f"trial {trial.number}: the study's {self.job.cfg.tune.trials} trials are taken")
+        cfg = updated(self.job.cfg, suggest(trial, self.dims))
+        ref = open_run(cfg, run_manifest(cfg), write=False)
+        trial.set_user_attr("experiment", ref.experiment)
+        trial.set_user_attr("run_id", ref.run_id)
+        values, trained, start = [], 0, time.perf_counter()
+        for step, fold in enumerate(self.folds):
+            summary = train(cfg, folds=[fold], wait=True)[0]
+            values.append(summary["best_f1"])
+            trained += summary["trained_now"]
+            trial.set_user_attr("folds_trained", trained)
+            trial.set_user_attr("folds_done", step + 1)
+            trial.set_user_attr("train_s", round(time.perf_counter() - start, 1))
+            trial.report(float(np.mean(values)), step)
+            if step + 1 < len(self.folds) and trial.should_prune():
+                raise optuna.TrialPruned(f"running fold mean {np.mean(values):.4f} after {step + 1} fold(s)")
+        return nested_cv(cfg, ref)
+
+
+def stop_at_budget(budget: int, study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+    if counted_trials(study) >= budget:
+        study.stop()
+
+
+def say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per trial: what it gave, the best so far, how far the study is."""
+    if trial.user_attrs.get("over_budget"):
+        return
+    folds = f"{trial.user_attrs.get('folds_done', 0)} fold(s), {trial.user_attrs.get('folds_trained', 0)} trained"
+    if trial.state == TrialState.COMPLETE:
+        what = f"CV {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED:
+        last = max(trial.intermediate_values.items(), default=(0, float("nan")))[1]
+        what = f"pruned (running fold mean {last:.4f})"
+    else:
+        what = trial.state.name.lower()
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    best = max(done, key=lambda t: t.value) if done else None
+    best_text = f"best so far {best.value:.4f} (trial {best.number})" if best else "no finished trial yet"
+    print(
+        f"[tune {study.study_name}] trial {trial.number}: {what}; {folds}; {best_text}; "
+        f"{counted_trials(study)}/{study.user_attrs.get('trials', '?')} trials",
+        flush=True,
+    )
+
+
+def optimise(job: TuneJob) -> optuna.Study:
+    """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass."""
+    dims, folds = search_space(job.cfg), trial_folds(job.cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(job)
+    study.set_user_attr("trials", job.cfg.tune.trials)
+    with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again before counting
+    taken, budget = counted_trials(study), job.cfg.tune.trials
+    if taken >= budget:
+        log.info("study %s already has %d trials (tune.trials=%d); nothing to run", job.study, taken, budget)
+        return study
+    log.info("study %s in %s: %d of %d trials taken", job.study, _safe_url(job.storage), taken, budget)
+    study.optimize(
+        Objective(job, dims, folds),
+        timeout=job.cfg.tune.minutes * 60 or None,
+        callbacks=[partial(stop_at_budget, job.cfg.tune.trials), say_trial],
+        catch=(OverBudget,),
+        gc_after_trial=True,
+    )
+    return study
