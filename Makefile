@@ -103,6 +103,10 @@ gpu-check: setup
 bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)
 
+# pruned against unpruned search of the same trials on real faces, and the best config against the hand-set recipe
+bench-tune: setup
+	$(PY) bench/tune.py $(ARGS)
+
 # planted label errors in a linked copy of the shared data: detection per kind, then noisy / auto-fixed / oracle runs
 bench-noise: setup
 	$(PY) bench/noise.py $(ARGS)

@@ -66,7 +66,7 @@ def test_ema_weights_are_what_best_checkpoint_keeps(tiny_root, tmp_path):
 def test_tensorboard_events_hold_the_epoch_scalars(tiny_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = _cfg(tiny_root, tmp_path, "train.epochs=2", "train.tensorboard=true")
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=2", "train.loggers=[tensorboard]")
     train(cfg, folds=[0])
     events = EventAccumulator(str(fold_dir(cfg, 0) / "tb"))
     events.Reload()

@@ -20,6 +20,7 @@ from ..core.paths import Paths
 from ..core.stages import read_manifest
 from ..report import htmlpage, plots
 from ..runs import RunRef, list_runs, read_failure, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
+from ..train.track import log_analysis
 from . import noise
 from .noise import NoiseSettings
 
@@ -241,6 +242,7 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     write_plots(a, cfg, out)
     index = render_page(a, cfg, out)
     log.info("wrote %s", index)
+    log_analysis(cfg, a.run.dir, a.run.run_id, a.overall, a.y, a.pred, sorted(out.glob("*.png")))
     return index
 
 

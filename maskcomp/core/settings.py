@@ -237,7 +237,19 @@ class TrainSettings(Section):
         low=0,
     )
     deterministic: bool = setting(True, "deterministic algorithms on the CPU")
-    tensorboard: bool = setting(False, "TensorBoard events in each fold's tb/", speed=True)
+    loggers: list[str] = setting(
+        [],
+        "tracking beside metrics.csv: tensorboard (each fold's tb/), wandb (W&B; offline unless logged in)",
+        items=("tensorboard", "wandb"),
+        speed=True,
+    )
+    wandb_project: str = setting("maskcomp", "the W&B project; runs are grouped by experiment", speed=True)
+    wandb_mode: str = setting(
+        "auto",
+        "auto: online when WANDB_API_KEY is set, else offline (never a prompt); online | offline",
+        choices=("auto", "online", "offline"),
+        speed=True,
+    )
     device: str = setting("auto", "auto | cpu | cuda", speed=True)
 
 

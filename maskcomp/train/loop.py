@@ -18,6 +18,7 @@ from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv, write_json, write_text
 from ..core.stages import file_digest
 from ..runs import FoldFiles, set_aside
+from .track import WandbSink
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,21 @@ class Checkpointer:
 
 
 class MetricSinks:
-    """Where each epoch's row goes: metrics.csv and lr.csv (every step's learning rate), the console, and
-    TensorBoard when train.tensorboard is on. Only the main process makes one."""
+    """Where each epoch's row goes: metrics.csv and lr.csv (every step's learning rate), the console, and the
+    loggers of train.loggers (TensorBoard, W&B). Only the main process makes one."""
 
-    def __init__(self, files: FoldFiles, fold: int, epochs: int, tensorboard: bool):
-        self.files, self.fold, self.epochs = files, fold, epochs
-        self.writer = None
-        if tensorboard:
+    def __init__(self, files: FoldFiles, fold: int, cfg: Config, wandb: WandbSink | None = None):
+        self.files, self.fold, self.epochs = files, fold, cfg.train.epochs
+        self.writer, self.wandb = None, wandb
+        if "tensorboard" in cfg.train.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(files.tensorboard)
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        """The running loss at the loop's host syncs (every LOG_EVERY steps)."""
+        if self.wandb is not None:
+            self.wandb.step(global_step, loss, lr)
 
     def epoch(self, row: dict, state: TrainState, improved: bool) -> None:
         write_csv(pd.DataFrame(state.history), self.files.metrics)
@@ -148,6 +154,8 @@ class MetricSinks:
         if self.writer is not None:
             for key, value in row.items():
                 self.writer.add_scalar(key, value, row["epoch"])
+        if self.wandb is not None:
+            self.wandb.epoch(row)
         print(
             f"fold {self.fold} epoch {row['epoch']}/{self.epochs}: loss {row['train_loss']:.4f} val_loss "
             f"{row['val_loss']:.4f} "
@@ -157,9 +165,11 @@ class MetricSinks:
             flush=True,
         )
 
-    def close(self) -> None:
+    def close(self, summary: dict) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close(summary)
 
 
 def write_fold_info(files: FoldFiles, cfg: Config, info: dict) -> None:

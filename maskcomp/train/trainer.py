@@ -31,7 +31,17 @@ from ..core.stages import Manifest, config_keys, digest_cache
 from ..crop.stage import require_current_crops, train_crops_digest
 from ..data.folds import load_folds, require_current_folds, split_fold
 from ..data.tables import load_train
-from ..runs import RunRef, clear_failure, damaged_checkpoint, mark_latest, open_run, record_failure, run_lock, set_aside
+from ..runs import (
+    RunRef,
+    clear_failure,
+    damaged_checkpoint,
+    git_commit,
+    mark_latest,
+    open_run,
+    record_failure,
+    run_lock,
+    set_aside,
+)
 from .augment import eval_transform, half_cutmix, train_transform
 from .dataset import EpochSampler, LoaderSpec, build_cache, crop_loader, existing_crops_only, targets_of
 from .evaluate import oof_table, predict
@@ -39,6 +49,7 @@ from .loop import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fo
 from .losses import Criterion, balanced_class_weights
 from .models import create_model, head_sizes, normalisation, require_input_size
 from .optim import create_optimizer, create_scheduler
+from .track import WandbSink
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +112,7 @@ class FoldTrainer:
         self.stopper = EarlyStopping(tc.patience)
         self.checkpoints = Checkpointer(self.files, run.run_id)
         self.lr_log: list[dict] = []
+        self.sinks: MetricSinks | None = None
         self._build_data(images)
         self._build_model()
         self._build_optimisation()
@@ -284,9 +296,10 @@ class FoldTrainer:
             total += self._guarded_step(images, targets, epoch * steps + step) * len(images)
             count += len(images)
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
-                bar.set_postfix(
-                    loss=f"{total.item() / count:.4f}", refresh=False
-                )  # redraws follow the bar's own interval
+                running = total.item() / count
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)  # redraws follow the bar's own interval
+                if self.sinks is not None:
+                    self.sinks.step(epoch * steps + step + 1, running, self.lr_log[-1]["lr"])
         sums = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(sums)
@@ -347,7 +360,8 @@ class FoldTrainer:
         tc = self.cfg.train
         state = self._resume()
         self.lr_log = state.learning_rates  # _train_epoch appends each step's rate to the state it is saved with
-        sinks = MetricSinks(self.files, self.fold, tc.epochs, tc.tensorboard) if self.rank == 0 else None
+        sinks = self._sinks() if self.rank == 0 else None
+        self.sinks = sinks
         if self.rank == 0:
             write_fold_info(self.files, self.cfg, self._env())
         while state.epochs_done < tc.epochs and not self.stopper.should_stop(state):
@@ -367,7 +381,7 @@ class FoldTrainer:
         }
         if self.rank == 0:
             write_json(summary, self.run_ref.done(self.fold))
-            sinks.close()
+            sinks.close(summary)
             log.info(
                 "fold %d done: best macro F1 %.4f at epoch %d; outputs in %s",
                 self.fold,
@@ -376,6 +390,12 @@ class FoldTrainer:
                 self.files.dir,
             )
         return summary
+
+    def _sinks(self) -> MetricSinks:
+        tracker = None
+        if "wandb" in self.cfg.train.loggers:
+            tracker = WandbSink(self.cfg, self.run_ref.dir, self.run_ref.run_id, self.fold, git_commit())
+        return MetricSinks(self.files, self.fold, self.cfg, tracker)
 
     def _env(self) -> dict:
         return {

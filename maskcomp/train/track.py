@@ -1,0 +1,83 @@
+"""W&B tracking: one W&B run per fold (named <run-id>-fold<K>, grouped by experiment) with every logged step's loss
+and learning rate, each epoch's metrics per head, the resolved config with run id and git commit, and the fold's
+best scores as its summary; the analysis stage adds a run with the OOF scores, confusion matrix and plots.
+
+Without WANDB_API_KEY (or with train.wandb_mode=offline) it runs offline: files under the run's wandb/ folder, to
+upload later with `wandb sync`; never a login prompt, never a wait on the network."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ..core.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(cfg: Config) -> str:
+    if cfg.train.wandb_mode != "auto":
+        return cfg.train.wandb_mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def start_run(cfg: Config, run_dir, name: str, job_type: str, extra: dict[str, Any]) -> Any:
+    """A W&B run under `run_dir`/wandb (offline files stay with the trained run), or None when wandb is not on."""
+    if "wandb" not in cfg.train.loggers:
+        return None
+    import wandb
+
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=cfg.train.wandb_project,
+        group=cfg.experiment,
+        name=name,
+        id=name,
+        job_type=job_type,
+        dir=str(run_dir),
+        mode=wandb_mode(cfg),
+        resume="allow",
+        config={**cfg.model_dump(), **extra},
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, init_timeout=60),
+    )
+
+
+class WandbSink:
+    """A fold's W&B run; `None`-safe calls so the trainer need not ask whether tracking is on."""
+
+    def __init__(self, cfg: Config, run_dir, run_id: str, fold: int, git_commit: str | None):
+        extra = {"run_id": run_id, "fold": fold, "git_commit": git_commit}
+        self.run = start_run(cfg, run_dir, f"{run_id}-fold{fold}", "train", extra)
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        if self.run is not None:
+            self.run.log({"train/loss": loss, "train/lr": lr, "step": global_step})
+
+    def epoch(self, row: dict) -> None:
+        if self.run is not None:
+            self.run.log({f"epoch/{k}": v for k, v in row.items()})
+
+    def close(self, summary: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self.run.finish()
+            log.info("W&B run %s written (%s mode) under %s", self.run.name, self.run.settings.mode, self.run.dir)
+
+
+def log_analysis(cfg: Config, run_dir, run_id: str, scores: dict, y, pred, plots: list) -> None:
+    """The analysis stage's W&B run (<run-id>-analysis): the OOF scores as its summary, the 18-class confusion
+    matrix, and the analysis page's plots."""
+    from ..core import labels
+
+    run = start_run(cfg, run_dir, f"{run_id}-analysis", "analysis", {"run_id": run_id})
+    if run is None:
+        return
+    import wandb
+
+    names = [labels.class_name(c) for c in range(labels.NUM_CLASSES)]
+    logged = {"oof/confusion": wandb.plot.confusion_matrix(y_true=list(y), preds=list(pred), class_names=names)}
+    logged |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots if p.exists()}
+    run.log(logged)
+    run.summary.update({f"oof/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+    run.finish()
