@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 
-from maskcomp.analyze.pages import runs_index
+from maskcomp.analyze.runs_index import runs_index
 from maskcomp.core.config import updated
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.paths import Paths

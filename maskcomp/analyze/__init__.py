@@ -3,6 +3,7 @@
 
 from .eda import run_eda
 from .noise import relabel
-from .pages import analyze, runs_index
+from .pages import analyze
+from .runs_index import runs_index
 
 __all__ = ["analyze", "relabel", "run_eda", "runs_index"]

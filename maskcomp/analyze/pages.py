@@ -19,10 +19,11 @@ from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..core.paths import Paths
 from ..core.stages import read_manifest
 from ..report import htmlpage, plots
-from ..runs import RunRef, list_runs, read_failure, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
+from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 from ..train.track import log_analysis
 from . import noise
 from .noise import NoiseSettings
+from .runs_index import runs_index
 
 log = logging.getLogger(__name__)
 
@@ -422,96 +423,6 @@ def analyze(cfg: Config) -> list[Path]:
         pages.append(compare_experiments(cfg, experiments))
     pages.append(runs_index(cfg))
     return pages
-
-
-def _submission_scores(paths: Paths) -> dict[str, list[dict]]:
-    """Each run's submissions: file, nested CV, and the eval score where eval answers exist."""
-    truth = (
-        pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
-        if paths.eval_answers.exists()
-        else None
-    )
-    by_run: dict[str, list[dict]] = {}
-    for sidecar in sorted(paths.submissions.glob("*.json")):
-        summary = json.loads(sidecar.read_text()).get("summary")
-        csv = sidecar.with_suffix(".csv")
-        if not summary or not csv.exists():
-            continue
-        row = {"submission": csv, "cv": summary["cv_macro_f1"], "eval": None}
-        if truth is not None:
-            sub = pd.read_csv(csv, dtype={"ImageID": str})
-            if set(sub["ImageID"]) <= set(truth.index):
-                row["eval"] = macro_f1(truth.loc[sub["ImageID"]].to_numpy(), sub["ans"].to_numpy())
-        for label in summary["runs"]:
-            by_run.setdefault(label, []).append(row)
-    return by_run
-
-
-def _unfinished_run_row(ref: RunRef) -> dict:
-    """A run folder whose training never finished a fold: listed as such, with the error that stopped it."""
-    failure = read_failure(ref)
-    return {
-        "experiment": ref.experiment,
-        "run": ref.run_id,
-        "created": run_info(ref).get("created", ""),
-        "folds": 0,
-        "OOF macro F1": None,
-        "submission": "",
-        "CV (nested)": None,
-        "eval macro F1": None,
-        "pages": "",
-        "note": html.escape(f"no finished fold; training stopped at {failure}" if failure else "no finished fold"),
-    }
-
-
-def runs_index(cfg: Config) -> Path:
-    """reports/index.html: every run of every experiment with its OOF score, submissions (nested CV, eval score when
-    answers exist), date and links — the leaderboard of your own runs."""
-    paths = Paths.from_config(cfg)
-    subs = _submission_scores(paths)
-    rows = []
-    for ref in list_runs(paths):
-        if not ref.trained_folds():
-            rows.append(_unfinished_run_row(ref))
-            continue
-        oof = read_oof(ref, paths, tta=True)
-        page = paths.reports / "analysis" / ref.experiment / "index.html"
-        link = htmlpage.link(page, paths.reports, "analysis") if page.exists() else ""
-        for sub in subs.get(ref.label) or [None]:
-            rows.append(
-                {
-                    "experiment": ref.experiment,
-                    "run": ref.run_id,
-                    "created": run_info(ref).get("created", ""),
-                    "folds": len(ref.trained_folds()),
-                    "OOF macro F1": round(
-                        macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1)), 4
-                    ),
-                    "submission": htmlpage.link(sub["submission"], paths.reports, sub["submission"].name)
-                    if sub
-                    else "",
-                    "CV (nested)": round(sub["cv"], 4) if sub else None,
-                    "eval macro F1": round(sub["eval"], 4) if sub and sub["eval"] is not None else None,
-                    "pages": link,
-                    "note": "",
-                }
-            )
-    table = pd.DataFrame(rows).sort_values("created", ascending=False) if rows else pd.DataFrame()
-    body = htmlpage.table(table, escape=False) if rows else "<p>No trained run yet.</p>"
-    reports = [
-        htmlpage.link(p, paths.reports, name)
-        for name, p in (
-            ("EDA", paths.reports / "eda" / "index.html"),
-            ("crop report", paths.reports / "crop" / "index.html"),
-        )
-        if p.exists()
-    ]
-    meta = [
-        f"Every trained run under {html.escape(str(paths.models))}, newest first; OOF macro F1 is the folds' TTA OOF "
-        "argmax, CV (nested) the submission's honest estimate.",
-        "Reports: " + (" · ".join(reports) or "none yet"),
-    ]
-    return htmlpage.render("Your runs", meta, [htmlpage.Section("Runs", [body])], paths.reports / "index.html")
 
 
 WEAKEST = 3

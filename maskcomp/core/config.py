@@ -99,11 +99,22 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
     return Settings.model_validate(cfg)
 
 
+def _renamed(values: dict) -> dict:
+    """A stored config from before a setting was renamed: train.tensorboard (true/false) is train.loggers now."""
+    train = values.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return values
+    train = dict(train)
+    on = train.pop("tensorboard")
+    train.setdefault("loggers", ["tensorboard"] if on else [])
+    return {**values, "train": train}
+
+
 def settings_from(values: dict, source: str = "settings") -> Settings:
-    """Typed settings from a mapping of values (missing keys take their defaults), each checked against its
-    declaration."""
+    """Typed settings from a mapping of values (missing keys take their defaults; a stored run's renamed keys are
+    read by their new name), each checked against its declaration."""
     merged = Settings().model_dump()
-    _merge(merged, values, source)
+    _merge(merged, _renamed(values), source)
     validate(merged, Settings)
     return Settings.model_validate(merged)
 
