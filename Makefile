@@ -87,6 +87,11 @@ analyze: setup
 relabel: setup
 	$(call RUN,relabel.py)
 
+# final models on every training person, for the epochs the folds chose (refit.seeds of them); then make infer and
+# make ensemble ARGS=ensemble.models=refit (or both)
+refit: setup
+	$(call RUN,refit.py)
+
 # an Optuna search: TUNE=configs/tune/<name>.yaml (its `tune:` section); ARGS apply to every trial. Workers on
 # other machines join the same study with TUNE_STORAGE=postgresql://user:password@host/db
 TUNE ?= configs/tune/sample.yaml

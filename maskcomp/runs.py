@@ -69,6 +69,7 @@ class FoldFiles:
     test_table = property(lambda self: self.dir / "test_probs.csv")  # every head's probabilities
     test_ids = property(lambda self: self.dir / "test_ids.csv")  # the ImageIDs of test_probs' rows
     predictions_manifest = property(lambda self: self.dir / "infer.json")
+    manifest = property(lambda self: self.dir / MANIFEST)  # a refit model's inputs (run, epochs, seed)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,14 @@ class RunRef:
 
     def trained_folds(self) -> list[int]:
         return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob(f"fold*/{BEST}"))
+
+    def refit(self, seed: int) -> FoldFiles:
+        """A model trained on every training person (make refit), by its seed's index: refit/seed<S>/."""
+        return FoldFiles(self.dir / "refit" / f"seed{seed}")
+
+    def refit_seeds(self) -> list[int]:
+        """The finished refit models (done.json written after their last epoch)."""
+        return sorted(int(p.parent.name.removeprefix("seed")) for p in self.dir.glob(f"refit/seed*/{DONE}"))
 
     def best(self, fold: int) -> Path:
         return self.fold(fold).best
@@ -182,13 +191,13 @@ def read_failure(ref: RunRef) -> str | None:
     return f"fold {info['fold']}: {info['error']}"
 
 
-def damaged_checkpoint(ref: RunRef, fold: int) -> str | None:
-    """Why the fold's best.pt can no longer be trusted (missing, or not the bytes recorded when it was written), or
-    None. Folds finished before digests were recorded are checked as zip archives, torch's file format."""
-    best = ref.best(fold)
+def damaged_checkpoint(files: FoldFiles) -> str | None:
+    """Why a fold's (or refit's) best.pt can no longer be trusted (missing, or not the bytes recorded when it was
+    written), or None. Folds finished before digests were recorded are checked as zip archives, torch's format."""
+    best = files.best
     if not best.exists():
         return "missing"
-    recorded = json.loads(ref.done(fold).read_text()).get("best_digest") if ref.done(fold).exists() else None
+    recorded = json.loads(files.done.read_text()).get("best_digest") if files.done.exists() else None
     if recorded:
         return None if file_digest(best) == recorded else "its bytes differ from those recorded when it was written"
     return None if zipfile.is_zipfile(best) else "not a complete checkpoint (no zip archive)"
@@ -306,9 +315,15 @@ def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
     return out
 
 
-def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
-    """One fold's eval probabilities (N, 18) and the ImageIDs of their rows."""
-    d = ref.fold(fold)
+def eval_models(ref: RunRef, which: str) -> list[FoldFiles]:
+    """The models whose eval predictions a submission averages (ensemble.models): folds, refit or both."""
+    folds = [ref.fold(f) for f in ref.trained_folds()] if which in ("folds", "both") else []
+    return folds + ([ref.refit(s) for s in ref.refit_seeds()] if which in ("refit", "both") else [])
+
+
+def read_test_probs(ref: RunRef, fold: int | FoldFiles) -> tuple[np.ndarray, list[str]]:
+    """One fold's (or refit model's) eval probabilities (N, 18) and the ImageIDs of their rows."""
+    d = fold if isinstance(fold, FoldFiles) else ref.fold(fold)
     for path in (d.test_probs, d.test_ids):
         if not path.exists():
             raise MaskcompError(f"{path}: missing; run `make infer` for experiment '{ref.experiment}'")
@@ -320,9 +335,10 @@ def read_test_probs(ref: RunRef, fold: int) -> tuple[np.ndarray, list[str]]:
     return probs, pd.read_csv(d.test_ids, dtype=str, keep_default_na=False)["ImageID"].tolist()
 
 
-def read_test_table(ref: RunRef, fold: int) -> pd.DataFrame:
-    """One fold's eval predictions with every head's probabilities (test_probs.csv), in test_ids.csv's order."""
-    path = ref.fold(fold).test_table
+def read_test_table(ref: RunRef, fold: int | FoldFiles) -> pd.DataFrame:
+    """One fold's (or refit model's) eval predictions with every head's probabilities (test_probs.csv), in
+    test_ids.csv's order."""
+    path = (fold if isinstance(fold, FoldFiles) else ref.fold(fold)).test_table
     if not path.exists():
         raise MaskcompError(f"{path}: missing; run `make infer` for experiment '{ref.experiment}'")
     return pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)

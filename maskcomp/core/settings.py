@@ -293,6 +293,12 @@ class EnsembleSettings(Section):
         "true | false | auto: with model.head=ordinal, tune the age groups' cut points (not 30/60)",
         choices=(True, False, "auto"),
     )
+    models: str = setting(
+        "folds",
+        "which models predict eval: the fold models, the refit models (make refit), or both, all equally weighted; "
+        "the CV always comes from the fold models' OOF",
+        choices=("folds", "refit", "both"),
+    )
     name: str = setting("", "submission name; empty: the experiment(s) joined")
     vote: list[str] = setting(
         [],
@@ -300,6 +306,13 @@ class EnsembleSettings(Section):
         "the higher CV in its sidecar)",
     )
     stamped_copy: bool = setting(True, "also write <name>_cv<CV>_<date>.csv (+ .json): an upload you can tell apart")
+
+
+class RefitSettings(Section):
+    doc: ClassVar = "make refit: models trained on every training person, for the eval predictions"
+    stages: ClassVar = ("refit",)
+    seeds: int = setting(1, "refit models, each with its own seed", low=1)
+    epochs: int = setting(0, "epochs of each refit model; 0: the median of the folds' best epochs", low=0)
 
 
 class RelabelSettings(Section):
@@ -366,6 +379,7 @@ class Settings(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
+    refit: RefitSettings = Field(default_factory=RefitSettings)
     relabel: RelabelSettings = Field(default_factory=RelabelSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
 

@@ -184,12 +184,17 @@ def split_fold(cfg: Config, images: pd.DataFrame, fold: int) -> tuple[pd.DataFra
             f"{Paths.from_config(cfg).folds}: there is no fold {fold}; folds are {sorted(set(fold_of))}"
         )
     val = images[fold_of == fold].reset_index(drop=True)
-    train = training_labels(images[fold_of != fold], cfg.train.age_old_threshold)
-    train = drop_age_bands(train, cfg.train.drop_age_bands)
+    train, weights = training_split(cfg, images[fold_of != fold], f"fold {fold}", cfg.seed + fold)
+    return train, val, weights
+
+
+def training_split(cfg: Config, rows: pd.DataFrame, name: str, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Training rows as a model sees them: the training age boundary, the dropped age bands, the oversampling (a
+    fold's training split, or every person for a refit)."""
+    train = drop_age_bands(training_labels(rows, cfg.train.age_old_threshold), cfg.train.drop_age_bands)
     if train.empty:
         raise MaskcompError(
-            f"fold {fold}: no training image is left after train.drop_age_bands={cfg.train.drop_age_bands}; "
+            f"{name}: no training image is left after train.drop_age_bands={cfg.train.drop_age_bands}; "
             "narrow or remove the bands"
         )
-    train, weights = oversample(train.reset_index(drop=True), cfg, seed=cfg.seed + fold)
-    return train, val, weights
+    return oversample(train.reset_index(drop=True), cfg, seed=seed)

@@ -21,7 +21,7 @@ from ..core.paths import Paths
 from ..core.settings import EnsembleSettings
 from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbnails
 from ..predict.infer import require_current_predictions
-from ..runs import RunRef, read_oof, read_test_probs, read_test_table, resolve_run
+from ..runs import RunRef, eval_models, read_oof, read_test_probs, read_test_table, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Experiment:
     test_ord: np.ndarray | None  # fold-averaged P(age >= k) of an ordinal age head, else None
     ids: list[str]
     ref: RunRef
+    eval_models: int = 0  # how many models' eval predictions test_probs averages (ensemble.models)
 
     @property
     def oof_ord(self) -> np.ndarray | None:
@@ -45,26 +46,27 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
     ref = resolve_run(Paths.from_config(cfg), spec, cfg.run if spec == cfg.experiment else "latest")
-    require_current_predictions(cfg, ref)
+    require_current_predictions(cfg, ref, refit=cfg.ensemble.models != "folds")
     folds = ref.trained_folds()
     if not folds:
         raise ref.no_folds_error()
-    oof = read_oof(ref, Paths.from_config(cfg), tta=True)
-    ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
-    tests, ords, ids = [], [], None
     for fold in folds:
         if not ref.fold(fold).oof_tta.exists():
             raise MaskcompError(
                 f"{ref.fold(fold).oof_tta}: missing; run `make infer` for experiment '{ref.experiment}'"
             )
-        probs, fold_ids = read_test_probs(ref, fold)
-        if ids is not None and fold_ids != ids:
-            raise MaskcompError(f"{ref.fold(fold).test_ids}: eval images differ between folds; run `make infer` again")
-        ids = fold_ids
+    oof = read_oof(ref, Paths.from_config(cfg), tta=True)
+    ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
+    tests, ords, ids = [], [], None
+    for files in eval_models(ref, cfg.ensemble.models):
+        probs, model_ids = read_test_probs(ref, files)
+        if ids is not None and model_ids != ids:
+            raise MaskcompError(f"{files.test_ids}: eval images differ between models; run `make infer` again")
+        ids = model_ids
         tests.append(probs)
         if ordinal:
-            ords.append(read_test_table(ref, fold)[labels.AGE_ORD_COLUMNS].to_numpy())
-    return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref)
+            ords.append(read_test_table(ref, files)[labels.AGE_ORD_COLUMNS].to_numpy())
+    return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref, len(tests))
 
 
 def with_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, young: int, old: int) -> np.ndarray:

@@ -71,6 +71,7 @@ class SidecarSummary:
     cv_macro_f1: float
     eval_rows: int
     person_grouping_applied: bool
+    eval_models: str  # which models predicted eval (ensemble.models); the CV is always the fold models' OOF
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ def sidecar_of(
         decision.cv_f1,
         len(sub),
         bool(mix.grouping["applied"]) if mix.grouping else False,
+        f"{ec.models}: "
+        + ", ".join(f"{e.ref.label} {e.eval_models} model(s)" for e in loaded)
+        + " averaged on eval; the CV comes from the fold models' OOF",
     )
     return Sidecar(
         summary,

@@ -48,24 +48,28 @@ log = logging.getLogger(__name__)
 INPUT_KEYS = ("model.backbone", "train.img_size", "crop.mode", "crop.margin", "crop.aspect")
 
 
-def require_intact_checkpoint(run: RunRef, fold: int) -> Path:
-    """The fold's best.pt, after checking that it is the file training wrote; else one line and the way forward."""
-    path = run.best(fold)
-    reason = damaged_checkpoint(run, fold)
+def require_intact_checkpoint(files: FoldFiles, what: str) -> Path:
+    """A fold's (or refit's) best.pt, after checking that it is the file training wrote; else one line and the way
+    forward. `what`: 'fold 3' or 'refit seed 0'."""
+    path = files.best
+    reason = damaged_checkpoint(files)
+    again = "make refit" if what.startswith("refit") else "make train"
     if reason == "missing":
-        raise MaskcompError(f"{path}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+        raise MaskcompError(f"{path}: missing {what} checkpoint; run `{again}` first")
     if reason:
         raise MaskcompError(
-            f"{path}: damaged checkpoint ({reason}); run `make train`, which keeps it as "
-            f"best.pt.damaged and trains fold {fold} again"
+            f"{path}: damaged checkpoint ({reason}); run `{again}`, which keeps it as best.pt.damaged and trains "
+            f"{what} again"
         )
     return path
 
 
-def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Config | None = None) -> torch.nn.Module:
-    """The fold's best model, built from the config saved in its checkpoint; with `expected` (the config the
-    predictions will be preprocessed with), every input-shaping key must agree with the checkpoint's."""
-    path = require_intact_checkpoint(run, fold)
+def load_fold_model(
+    files: FoldFiles, what: str, device: torch.device, expected: Config | None = None, source: Path | None = None
+) -> torch.nn.Module:
+    """A fold's (or refit's) model, built from the config saved in its checkpoint; with `expected` (the config the
+    predictions will be preprocessed with, from `source`), every input-shaping key must agree with the checkpoint's."""
+    path = require_intact_checkpoint(files, what)
     state = torch.load(path, map_location=device, weights_only=False)
     # the checkpoint keeps its config as plain values; where files go is not part of it
     trained = settings_from({**state["config"], "paths": {}}, str(path))
@@ -73,7 +77,7 @@ def load_fold_model(run: RunRef, fold: int, device: torch.device, expected: Conf
         if value_of(trained, key) != value_of(expected, key):
             raise MaskcompError(
                 f"{path}: trained with {key}={value_of(trained, key)!r}, "
-                f"but {run.config} says {value_of(expected, key)!r}; "
+                f"but {source} says {value_of(expected, key)!r}; "
                 "restore that file or train the run again"
             )
     model = create_model(trained.model.model_copy(update={"pretrained": False}), trained.train.img_size)
@@ -146,11 +150,12 @@ def eval_side(cfg: Config, run: RunRef) -> EvalSide:
     return EvalSide(rcfg, evals, cache, size)
 
 
-def prediction_manifest(side: EvalSide, run: RunRef, fold: int) -> Manifest:
-    """What one fold's predictions depend on: its checkpoint by content, its run, the eval crops and ids, the TTA."""
-    best = run.best(fold)
+def prediction_manifest(side: EvalSide, run: RunRef, files: FoldFiles) -> Manifest:
+    """What one fold's (or refit model's) predictions depend on: its checkpoint by content, its run, the eval crops
+    and ids, the TTA."""
+    best = files.best
     if not best.exists():
-        raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` (or train.py --fold {fold}) first")
+        raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` first")
     cache = digest_cache(side.cfg)
     model = cache.digest(best)
     cache.save()
@@ -161,17 +166,20 @@ def prediction_manifest(side: EvalSide, run: RunRef, fold: int) -> Manifest:
     )
 
 
-def require_current_predictions(cfg: Config, run: RunRef) -> None:
-    """Every trained fold's test predictions were made by its current best.pt on the current eval set."""
+def require_current_predictions(cfg: Config, run: RunRef, refit: bool = False) -> None:
+    """Every trained fold's (with `refit`, every refit model's too) test predictions were made by its current
+    best.pt on the current eval set."""
     side = eval_side(cfg, run)
-    for fold in run.trained_folds():
-        place = run.fold(fold).predictions_manifest
-        manifest = prediction_manifest(side, run, fold)
+    models = [(run.fold(f), f"fold {f}") for f in run.trained_folds()]
+    models += [(run.refit(s), f"refit seed {s}") for s in run.refit_seeds()] if refit else []
+    if refit and not run.refit_seeds():
+        raise MaskcompError(f"run {run.label} has no refit model; run `make refit`, or set ensemble.models=folds")
+    for files, what in models:
         require_current(
-            place,
-            manifest,
-            str(run.fold_dir(fold)),
-            f"predictions do not match fold {fold}'s current model, eval set or TTA",
+            files.predictions_manifest,
+            prediction_manifest(side, run, files),
+            str(files.dir),
+            f"predictions do not match {what}'s current model, eval set or TTA",
             "run `make infer`",
         )
 
@@ -237,14 +245,34 @@ class FoldPrediction:
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
         side, out, amp = self.side, run.fold(fold), amp_dtype_of(self.side.cfg.train.amp)
-        model = load_fold_model(run, fold, self.device, side.cfg)
+        model = load_fold_model(out, f"fold {fold}", self.device, side.cfg, run.config)
         loader = crop_loader(side.cache, val, self.transform, self.spec)
         probs, heads = predict(model, progress(loader, f"{step}: validation"), self.device, amp, self.tta, self.reduce)
         write_csv(oof_table(val, fold, probs, heads, side.paths), out.oof_tta)
         report_tta(run, fold, val, probs, self.tta, side.paths)
+        self.predict_eval(model, out, step)
+
+    def predict_eval(self, model: torch.nn.Module, out: FoldFiles, step: str) -> None:
+        """The eval set through one model (test_probs.*)."""
+        side, amp = self.side, amp_dtype_of(self.side.cfg.train.amp)
         loader = crop_loader(side.cache, side.evals, self.transform, self.spec, with_targets=False)
         probs, heads = predict(model, progress(loader, f"{step}: eval"), self.device, amp, self.tta, self.reduce)
         write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), probs, heads)
+
+
+def infer_refits(run: RunRef, side: EvalSide, how: FoldPrediction) -> None:
+    """The eval set through each refit model (make refit) whose predictions are not current."""
+    for s in run.refit_seeds():
+        out, what = run.refit(s), f"refit seed {s}"
+        manifest = prediction_manifest(side, run, out)
+        if is_current(out.predictions_manifest, manifest):
+            log.info("%s: predictions up to date in %s", what, out.dir)
+            continue
+        out.predictions_manifest.unlink(missing_ok=True)
+        model = load_fold_model(out, what, how.device, side.cfg, run.config)
+        how.predict_eval(model, out, f"{what}, TTA {'+'.join(how.tta)}")
+        write_manifest(out.predictions_manifest, manifest)
+        log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(side.evals), out.dir)
 
 
 def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
@@ -261,9 +289,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold(fold)
-        manifest = prediction_manifest(
-            side, run, fold
-        )  # a damaged best.pt matches no infer.json: load_fold_model names it
+        manifest = prediction_manifest(side, run, out)  # a damaged best.pt matches no infer.json: the loader names it
         if is_current(out.predictions_manifest, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
@@ -280,5 +306,7 @@ def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
             "+".join(how.tta),
             out.dir,
         )
+    if folds is None:
+        infer_refits(run, side, how)
     write_run_oof(run, side.paths)
     return run

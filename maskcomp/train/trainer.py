@@ -32,6 +32,7 @@ from ..crop.stage import require_current_crops, train_crops_digest
 from ..data.folds import load_folds, require_current_folds, split_fold
 from ..data.tables import load_train
 from ..runs import (
+    FoldFiles,
     RunRef,
     clear_failure,
     damaged_checkpoint,
@@ -104,8 +105,8 @@ class FoldTrainer:
         if self.amp_note and self.rank == 0:
             log.warning(self.amp_note)
         self.cuda_settings = configure_cuda(tc, self.device)
-        self.files = run.fold(fold)
-        self.seed = cfg.seed + fold
+        self.files = self._files(run)
+        self.seed = self._seed()
         if tc.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(self.seed)
@@ -119,13 +120,13 @@ class FoldTrainer:
 
     def _build_data(self, images: pd.DataFrame) -> None:
         """Train/validation splits of this fold over the crop cache, the epoch sampler and the two loaders."""
-        cfg, tc, fold = self.cfg, self.cfg.train, self.fold
+        cfg, tc = self.cfg, self.cfg.train
         size = tuple(tc.img_size)
         cache = build_cache(cfg, size) if self.rank == 0 else None
         if self.world > 1:
             dist.barrier()
             cache = cache or build_cache(cfg, size)
-        train, val, weights = split_fold(cfg, images, fold)
+        train, val, weights = self._split(images)
         skip = cfg.data.skip_bad
         if weights is not None and skip:
             weights = weights[cache.has(train["image_path"])]
@@ -190,6 +191,16 @@ class FoldTrainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
+
+    def _files(self, run: RunRef) -> FoldFiles:
+        return run.fold(self.fold)
+
+    def _seed(self) -> int:
+        return self.cfg.seed + self.fold
+
+    def _split(self, images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+        """(training rows, validation rows, sampling weights or None)."""
+        return split_fold(self.cfg, images, self.fold)
 
     def _mixup(self) -> Mixup | None:
         aug = self.cfg.augment
@@ -380,7 +391,7 @@ class FoldTrainer:
             "best_digest": state.best_digest,
         }
         if self.rank == 0:
-            write_json(summary, self.run_ref.done(self.fold))
+            write_json(summary, self.files.done)
             sinks.close(summary)
             log.info(
                 "fold %d done: best macro F1 %.4f at epoch %d; outputs in %s",
@@ -418,7 +429,7 @@ def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
     """done, todo, or damaged: finished, but its best.pt is not the one written; that file is set aside (never
     deleted) so that the fold trains again from its first epoch."""
     done = run.done(fold).exists()
-    reason = damaged_checkpoint(run, fold) if done else None
+    reason = damaged_checkpoint(run.fold(fold)) if done else None
     if place.world > 1:
         dist.barrier()  # every rank has read the fold's state before rank 0 changes it
     if not done:

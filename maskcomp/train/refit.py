@@ -1,0 +1,104 @@
+"""make refit: final models trained on every training person (no held-out fold), as many epochs as the run's folds
+found best (the median of their best epochs, or refit.epochs), one per seed (refit.seeds), in
+models/<exp>/<run-id>/refit/seed<S>/. They have no validation, so no OOF: the CV stays the fold models'; the
+ensemble's `ensemble.models` picks which models predict eval. Each refit model is keyed on the run's manifest, its
+epoch count and its seed, and is skipped when done."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import statistics
+
+import numpy as np
+import pandas as pd
+
+from ..core.config import Config, updated
+from ..core.device import start_distributed
+from ..core.errors import MaskcompError
+from ..core.fileio import write_csv
+from ..core.stages import Manifest, is_current, read_manifest, write_manifest
+from ..data.folds import training_split
+from ..data.tables import load_train
+from ..runs import FoldFiles, RunRef, damaged_checkpoint, open_run, run_lock
+from .loop import MetricSinks, TrainState
+from .models import require_input_size
+from .trainer import FoldTrainer, run_manifest
+
+log = logging.getLogger(__name__)
+
+SEED_STRIDE = 10_007  # refit seed s trains with seed + SEED_STRIDE * (s + 1): apart from every fold's seed
+
+
+class RefitTrainer(FoldTrainer):
+    """A FoldTrainer over every training person with no validation: the last epoch's weights are the model."""
+
+    def __init__(self, cfg: Config, seed_index: int, images: pd.DataFrame, run: RunRef, place):
+        self.seed_index = seed_index
+        super().__init__(cfg, 0, images, run, place)
+
+    def _files(self, run: RunRef) -> FoldFiles:
+        return run.refit(self.seed_index)
+
+    def _seed(self) -> int:
+        return self.cfg.seed + SEED_STRIDE * (self.seed_index + 1)
+
+    def _split(self, images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+        train, weights = training_split(self.cfg, images, f"refit seed {self.seed_index}", self.seed)
+        return train, images.iloc[:0], weights
+
+    def _sinks(self) -> MetricSinks:
+        return MetricSinks(self.files, self.fold, self.cfg)
+
+    def _end_epoch(self, epoch: int, train_loss: float, images_per_s: float, state: TrainState, sinks) -> None:
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        state.history.append({**row, "images_per_s": images_per_s})
+        write_csv(pd.DataFrame(state.history), self.files.metrics)
+        state.best_epoch = epoch + 1
+        if epoch + 1 == self.cfg.train.epochs:
+            self.checkpoints.save_best(self.eval_model, self.cfg, state)
+        self.checkpoints.save_last(self._resumable(), state)
+        print(
+            f"refit seed {self.seed_index} epoch {epoch + 1}/{self.cfg.train.epochs}: loss {train_loss:.4f} "
+            f"{images_per_s:.0f} img/s",
+            flush=True,
+        )
+
+
+def refit_epochs(cfg: Config, run: RunRef) -> int:
+    """refit.epochs, or the median of the finished folds' best epochs (rounded up)."""
+    if cfg.refit.epochs:
+        return cfg.refit.epochs
+    folds = run.trained_folds()
+    if not folds or any(not run.done(f).exists() for f in folds):
+        raise MaskcompError(f"run {run.label}: its folds are not all trained; run `make train` before `make refit`")
+    best = [json.loads(run.done(f).read_text())["best_epoch"] for f in folds]
+    return max(1, int(np.ceil(statistics.median(best))))
+
+
+def refit_manifest(run: RunRef, epochs: int, seed_index: int) -> Manifest:
+    return Manifest("refit", {"run": read_manifest(run.dir)["digest"]}, {"epochs": epochs, "seed": seed_index})
+
+
+def refit(cfg: Config) -> RunRef:
+    """Train refit.seeds models on every training person in the run of the current config; done ones are skipped."""
+    require_input_size(cfg.model.backbone, cfg.train.img_size)
+    run = open_run(cfg, run_manifest(cfg), write=False)
+    if read_manifest(run.dir) is None:
+        raise MaskcompError(f"{run.dir}: this config's run is not trained; run `make train` before `make refit`")
+    epochs = refit_epochs(cfg, run)
+    rcfg = updated(cfg, {"train.epochs": epochs, "train.folds": []})
+    images, place = load_train(cfg), start_distributed(cfg.train.device)
+    with run_lock(run) if place.is_main else contextlib.nullcontext():
+        for s in range(cfg.refit.seeds):
+            files, manifest = run.refit(s), refit_manifest(run, epochs, s)
+            if is_current(files.manifest, manifest) and files.done.exists() and not damaged_checkpoint(files):
+                log.info("refit seed %d: already trained for %d epochs in %s; skipping", s, epochs, files.dir)
+                continue
+            files.done.unlink(missing_ok=True)
+            log.info("refit seed %d: %d epochs on all %d training images (run %s)", s, epochs, len(images), run.label)
+            RefitTrainer(rcfg, s, images, run, place).run()
+            write_manifest(files.manifest, manifest)
+            log.info("refit seed %d: model in %s", s, files.best)
+    return run

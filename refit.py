@@ -1,0 +1,22 @@
+"""Refit on every training person: python refit.py --config configs/X.yaml [refit.seeds=N] [refit.epochs=E]
+
+Trains refit.seeds models on all training persons for the epochs the run's folds chose (median best epoch), in the
+run of the current config (train it first). `make infer` then predicts eval with them too, and
+`make ensemble ARGS=ensemble.models=refit` (or both) submits with them; the CV stays the fold models'.
+"""
+
+from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.errors import cli
+from maskcomp.train.refit import refit
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    run = refit(cfg)
+    seeds = ", ".join(str(run.refit(s).dir) for s in run.refit_seeds())
+    print(f"refit models of run {run.label}: {seeds}; next: make infer, then make ensemble ARGS=ensemble.models=refit")
+
+
+if __name__ == "__main__":
+    main()
