@@ -1,5 +1,6 @@
 """Optional training features: backbone freezing, EMA of weights, TensorBoard events, torch.compile."""
 
+import json
 import math
 
 import numpy as np
@@ -14,6 +15,8 @@ from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import load_folds, make_folds
 from maskcomp.data.tables import load_train
 from maskcomp.runs import open_run
+from maskcomp.train import batchsize
+from maskcomp.train.batchsize import largest_fitting
 from maskcomp.train.trainer import FoldTrainer, run_manifest, train
 
 from conftest import config_for, fold_dir
@@ -199,6 +202,49 @@ def test_out_of_memory_in_a_step_is_one_line_naming_the_batch(tiny_root, tmp_pat
     with pytest.raises(
         MaskcompError,
         match=r"fold 0: out of CPU memory training a batch of 8 \(train.batch_size=8, "
-        r".*set train.batch_size=4 or a smaller train.img_size",
+        r".*set train.batch_size=4 train.accumulate=2 \(the same effective batch\), train.batch_size=auto",
     ):
         trainer._train_epoch(0)
+
+
+def test_auto_batch_size_halves_on_out_of_memory():
+    """From auto_batch_max, halved on each (injected) out-of-memory, the first size that runs is kept."""
+    tried = []
+
+    def fits_up_to_40(n: int) -> None:
+        tried.append(n)
+        if n > 40:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory with {n}")
+
+    assert largest_fitting(fits_up_to_40, 256) == 32 and tried == [256, 128, 64, 32]
+    with pytest.raises(MaskcompError, match="even a batch of 1 runs out of GPU memory"):
+        largest_fitting(lambda n: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")), 4)
+
+
+def test_auto_batch_size_in_a_fold_probes_the_model_and_is_recorded(tiny_root, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_root, tmp_path, "train.batch_size=auto", "train.auto_batch_max=8")
+    trainer = _trainer(cfg)  # the real probe: a forward and backward of 8 images, which the CPU always fits
+    assert trainer.batch_size == 8 and trainer.train_loader.batch_size == 8
+    real = batchsize.probe_step
+
+    def small_gpu(cfg, device, amp):
+        step = real(cfg, device, amp)
+        return lambda n: step(n) if n <= 5 else (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom"))
+
+    monkeypatch.setattr(batchsize, "probe_step", small_gpu)
+    cfg = _cfg(tiny_root, tmp_path, "train.batch_size=auto", "train.auto_batch_max=16", "train.epochs=1")
+    train(cfg, folds=[0])
+    env = json.loads((fold_dir(cfg, 0) / "env.json").read_text())
+    assert (env["batch_size"], env["effective_batch"]) == (4, 4)
+
+
+def test_accumulate_steps_the_optimiser_once_per_k_batches(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "train.batch_size=4", "train.accumulate=3")
+    trainer = _trainer(cfg)
+    steps = trainer.steps_per_epoch
+    calls = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (calls.append(1), step(*a, **k))[1]
+    trainer._train_epoch(0)
+    assert steps > 3 and len(calls) == -(-steps // 3) == trainer.updates_per_epoch
+    assert all(p.grad is None for p in trainer.model.parameters()), "no gradient left over into the next epoch"

@@ -160,7 +160,13 @@ def _problem(field, value: Any) -> str | None:
     if info.get("items"):
         ok = isinstance(value, list) and all(v in info["items"] for v in value)
         return None if ok else "a list of " + ", ".join(info["items"])
+    if value in info.get("words", ()):  # a number or a word: train.batch_size=auto
+        return None
+    if info.get("words") and isinstance(value, str):
+        return f"{_type_name(default)} or {' / '.join(info['words'])}"
     kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else ()
+    if info.get("words"):
+        kinds = ()
     if str in kinds:  # model.pretrained: bool | str
         return None if isinstance(value, kinds) else " or ".join(_type_name(k()) for k in kinds)
     length = info.get("length")

@@ -30,6 +30,7 @@ def setting(
     items: tuple | None = None,
     stages: tuple[str, ...] = (),
     speed: bool = False,
+    words: tuple[str, ...] = (),
 ) -> Any:
     """One setting's declaration (a pydantic Field carrying what validation and the manifests need)."""
     extra = {
@@ -39,6 +40,7 @@ def setting(
         "items": items,
         "stages": stages,
         "speed": speed,
+        "words": words,
     }
     if isinstance(default, (list, dict)):
         return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
@@ -196,7 +198,17 @@ class TrainSettings(Section):
     stages: ClassVar = ("train",)
     img_size: list[int] = setting([256, 192], "height, width", low=32, high=4096, length=2)
     epochs: int = setting(10, "epochs per fold", low=1)
-    batch_size: int = setting(32, "training batch", low=1)
+    batch_size: int | str = setting(
+        32,
+        "training batch, or auto: the largest that fits, found by halving train.auto_batch_max on out-of-memory "
+        "(a GPU's answer; on the CPU nothing runs out, so auto is auto_batch_max)",
+        low=1,
+        words=("auto",),
+    )
+    auto_batch_max: int = setting(256, "where batch_size=auto starts halving", low=1)
+    accumulate: int = setting(
+        1, "batches whose gradients add up before each optimiser step (effective batch: batch_size x this)", low=1
+    )
     val_batch_size: int = setting(
         64, "the validation loader's batch (speed only: scores do not depend on it)", low=1, speed=True
     )

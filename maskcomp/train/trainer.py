@@ -44,6 +44,7 @@ from ..runs import (
     set_aside,
 )
 from .augment import eval_transform, half_cutmix, train_transform
+from .batchsize import resolve_batch_size
 from .dataset import EpochSampler, LoaderSpec, build_cache, crop_loader, existing_crops_only, targets_of
 from .evaluate import oof_table, predict
 from .loop import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fold_info
@@ -109,7 +110,8 @@ class FoldTrainer:
         self.seed = self._seed()
         if tc.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
-        torch.manual_seed(self.seed)
+        self.batch_size = resolve_batch_size(cfg, self.device, self.amp_dtype, self.world)  # before the seed: its
+        torch.manual_seed(self.seed)  # probe model's initialisation must not shift the run's random numbers
         self.stopper = EarlyStopping(tc.patience)
         self.checkpoints = Checkpointer(self.files, run.run_id)
         self.lr_log: list[dict] = []
@@ -135,7 +137,7 @@ class FoldTrainer:
         mean, std = normalisation(cfg.model.backbone)
         augment = train_transform(cfg.augment, size, mean, std)
         if tc.overfit_batches:  # a wiring check: the same few images every epoch, as the model sees them at eval
-            self.train_df = self.train_df.iloc[: tc.overfit_batches * tc.batch_size].reset_index(drop=True)
+            self.train_df = self.train_df.iloc[: tc.overfit_batches * self.batch_size].reset_index(drop=True)
             weights, augment = None, eval_transform(size, mean, std)
         self.sampler = EpochSampler(len(self.train_df), self.seed, weights, self.rank, self.world)
         pin = self.device.type == "cuda"
@@ -145,7 +147,7 @@ class FoldTrainer:
             cache,
             self.train_df,
             augment,
-            LoaderSpec(tc.batch_size, tc.workers, pin, self.seed, drop_last=len(self.train_df) > tc.batch_size),
+            LoaderSpec(self.batch_size, tc.workers, pin, self.seed, drop_last=len(self.train_df) > self.batch_size),
             sampler=self.sampler,
         )
         self.val_loader = crop_loader(
@@ -187,7 +189,7 @@ class FoldTrainer:
     def _build_optimisation(self) -> None:
         tc = self.cfg.train
         self.optimizer = create_optimizer(self.model, tc)
-        self.scheduler = create_scheduler(self.optimizer, tc, self.steps_per_epoch)
+        self.scheduler = create_scheduler(self.optimizer, tc, self.updates_per_epoch)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
@@ -226,6 +228,11 @@ class FoldTrainer:
         return min(limit, len(self.train_loader)) if limit else len(self.train_loader)
 
     @property
+    def updates_per_epoch(self) -> int:
+        """Optimiser steps per epoch: one per train.accumulate batches (a last partial group steps too)."""
+        return -(-self.steps_per_epoch // self.cfg.train.accumulate)
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated and kept as best.pt: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
@@ -248,9 +255,9 @@ class FoldTrainer:
         self.sampler.set_epoch(epoch)
         return self._seed_epoch(epoch)
 
-    def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
-        """One optimisation step on a batch already on the device (timm Mixup, AMP, clipping, schedule, EMA);
-        returns the loss (on the device, no sync)."""
+    def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], step: int, epoch: int) -> torch.Tensor:
+        """One batch on the device: forward (timm Mixup, AMP) and backward; every train.accumulate batches (and at
+        the epoch's end) an optimiser step with clipping, schedule and EMA. Returns the loss (no sync)."""
         tc = self.cfg.train
         if self.mixup is not None:
             images, targets["label"] = self.mixup(images, targets["label"])
@@ -258,29 +265,38 @@ class FoldTrainer:
         with autocast(self.device, self.amp_dtype):
             outputs = self.net(images)
         loss = self.criterion(outputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss / tc.accumulate).backward()
+        if (step + 1) % tc.accumulate == 0 or step + 1 == self.steps_per_epoch:
+            update = epoch * self.updates_per_epoch + step // tc.accumulate
+            self._optimizer_step(update)
+        return loss.detach()
+
+    def _optimizer_step(self, update: int) -> None:
+        tc = self.cfg.train
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step_update(global_step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step_update(update + 1)
         if self.ema is not None:
-            self.ema.update(self.model, step=global_step)
-        return loss.detach()
+            self.ema.update(self.model, step=update)
 
-    def _guarded_step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], global_step: int) -> torch.Tensor:
+    def _guarded_step(
+        self, images: torch.Tensor, targets: dict[str, torch.Tensor], step: int, epoch: int
+    ) -> torch.Tensor:
         """The step, with an out-of-memory turned into one line naming the batch that failed and what to set."""
         try:
-            return self._step(images, targets, global_step)
+            return self._step(images, targets, step, epoch)
         except torch.cuda.OutOfMemoryError:
-            tc = self.cfg.train
+            tc, half = self.cfg.train, max(1, self.batch_size // 2)
             raise MaskcompError(
                 f"fold {self.fold}: out of {self.device.type.upper()} memory training a batch of {len(images)} "
                 f"(train.batch_size={tc.batch_size}, train.img_size={tc.img_size}, model.backbone="
-                f"{self.cfg.model.backbone}); set train.batch_size={max(1, tc.batch_size // 2)} or a smaller "
-                "train.img_size, then `make train ARGS=--resume`"
+                f"{self.cfg.model.backbone}); set train.batch_size={half} train.accumulate={tc.accumulate * 2} "
+                "(the same effective batch), train.batch_size=auto, or a smaller train.img_size, then "
+                "`make train ARGS=--resume`"
             ) from None
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
@@ -304,7 +320,7 @@ class FoldTrainer:
             images = images.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
             self.lr_log.append({"epoch": epoch + step / steps, "lr": self.optimizer.param_groups[0]["lr"]})
-            total += self._guarded_step(images, targets, epoch * steps + step) * len(images)
+            total += self._guarded_step(images, targets, step, epoch) * len(images)
             count += len(images)
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:  # the only host syncs of the loop
                 running = total.item() / count
@@ -419,6 +435,8 @@ class FoldTrainer:
             "cuda": self.cuda_settings,
             "torch_threads": torch.get_num_threads(),
             "world_size": self.world,
+            "batch_size": self.batch_size,
+            "effective_batch": self.batch_size * self.cfg.train.accumulate * self.world,
             "train_images": len(self.train_df),
             "val_images": len(self.val_df),
             "run_id": self.run_ref.run_id,
