@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel tune refit bench bench-tune bench-noise bench-quality bench-scale gpu-check clean
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -111,6 +111,10 @@ bench-quality: setup
 # pruned against unpruned search of the same trials on real faces, and the best config against the hand-set recipe
 bench-tune: setup
 	$(PY) bench/tune.py $(ARGS)
+
+# folds vs refit vs both on eval, on a kept quality work folder: make bench-refit ARGS="--work DIR"
+bench-refit: setup
+	$(PY) bench/refit.py $(ARGS)
 
 # planted label errors in a linked copy of the shared data: detection per kind, then noisy / auto-fixed / oracle runs
 bench-noise: setup

@@ -138,3 +138,16 @@ def test_numbers_keep_the_type_they_were_written_with():
 
     keys = config_keys(load_config(None, ["train.warmup_epochs=1", "train.lr=0.001"]), "train")
     assert type(keys["train.warmup_epochs"]) is int and type(keys["train.lr"]) is float
+
+
+def test_a_setting_added_later_keeps_earlier_runs_ids_while_at_its_default():
+    """train.accumulate came after runs were trained: at its default it is not in the train manifest (their ids
+    hold); set to anything else it is, and the run id changes."""
+    from maskcomp.core.stages import Manifest, config_keys
+
+    default = load_config(None, [])
+    keys = config_keys(default, "train")
+    assert "train.accumulate" not in keys and "train.lr" in keys
+    other = config_keys(load_config(None, ["train.accumulate=2"]), "train")
+    assert other["train.accumulate"] == 2
+    assert Manifest("train", {}, keys).digest != Manifest("train", {}, other).digest

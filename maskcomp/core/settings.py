@@ -4,7 +4,9 @@ stage manifests (stages.config_keys) and configs/default.yaml (render_default_ya
 it) all come from here. Code reads typed settings: `cfg.train.lr`.
 
 A section's settings change the stages in its `stages` class variable unless declared `speed=True` (they change how
-fast or where a stage runs, never what it writes); `stages=(...)` on a setting adds stages of its own.
+fast or where a stage runs, never what it writes); `stages=(...)` on a setting adds stages of its own. A setting
+declared `added=True` came after runs were trained: while it holds its default it stays out of the manifests, so those
+runs keep their ids (their outputs are what the default gives).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def setting(
     stages: tuple[str, ...] = (),
     speed: bool = False,
     words: tuple[str, ...] = (),
+    added: bool = False,
 ) -> Any:
     """One setting's declaration (a pydantic Field carrying what validation and the manifests need)."""
     extra = {
@@ -41,6 +44,7 @@ def setting(
         "stages": stages,
         "speed": speed,
         "words": words,
+        "added": added,
     }
     if isinstance(default, (list, dict)):
         return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
@@ -205,9 +209,12 @@ class TrainSettings(Section):
         low=1,
         words=("auto",),
     )
-    auto_batch_max: int = setting(256, "where batch_size=auto starts halving", low=1)
+    auto_batch_max: int = setting(256, "where batch_size=auto starts halving", low=1, added=True)
     accumulate: int = setting(
-        1, "batches whose gradients add up before each optimiser step (effective batch: batch_size x this)", low=1
+        1,
+        "batches whose gradients add up before each optimiser step (effective batch: batch_size x this)",
+        low=1,
+        added=True,
     )
     val_batch_size: int = setting(
         64, "the validation loader's batch (speed only: scores do not depend on it)", low=1, speed=True
@@ -420,6 +427,15 @@ def leaves(
         own = () if info.get("speed") else (parent_stages if model is not Settings else Settings.stages)
         out.append((dotted, field, tuple(dict.fromkeys(own + tuple(info.get("stages", ()))))))
     return out
+
+
+def added_defaults(stage: str) -> dict[str, Any]:
+    """Settings of `stage` declared `added=True`, with their defaults: left out of its manifest while at them."""
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field, stages in leaves()
+        if stage in stages and setting_info(field).get("added")
+    }
 
 
 def identity_keys(stage: str) -> list[str]:

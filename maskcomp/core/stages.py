@@ -23,7 +23,7 @@ from .config import Config
 from .errors import MaskcompError
 from .fileio import write_json
 from .progress import progress
-from .settings import Settings, identity_keys
+from .settings import Settings, added_defaults, identity_keys
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,14 @@ def digest_of(obj: Any) -> str:
 def config_keys(cfg: Settings, stage: str) -> dict[str, Any]:
     """The values of the settings `stage`'s outputs depend on (settings.identity_keys), by dotted name; a nested
     section (folds.oversample) is one value."""
-    values = cfg.model_dump()
+    values, added = cfg.model_dump(), added_defaults(stage)
     out: dict[str, Any] = {}
     for key in identity_keys(stage):
         node: Any = values
         for part in key.split("."):
             node = node[part]
+        if key in added and node == added[key]:
+            continue
         out[key] = node
     return out
 

@@ -41,6 +41,10 @@ class RefitTrainer(FoldTrainer):
     def _files(self, run: RunRef) -> FoldFiles:
         return run.refit(self.seed_index)
 
+    @property
+    def label(self) -> str:
+        return f"refit seed {self.seed_index}"
+
     def _seed(self) -> int:
         return self.cfg.seed + SEED_STRIDE * (self.seed_index + 1)
 

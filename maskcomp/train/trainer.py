@@ -197,6 +197,11 @@ class FoldTrainer:
     def _files(self, run: RunRef) -> FoldFiles:
         return run.fold(self.fold)
 
+    @property
+    def label(self) -> str:
+        """What the progress bar calls this training."""
+        return f"fold {self.fold} (of folds 0-{self.cfg.folds.k - 1})"
+
     def _seed(self) -> int:
         return self.cfg.seed + self.fold
 
@@ -307,7 +312,7 @@ class FoldTrainer:
         count, start, steps = 0, time.perf_counter(), self.steps_per_epoch
         bar = progress(
             self.train_loader,
-            f"fold {self.fold} (of folds 0-{self.cfg.folds.k - 1}) epoch {epoch + 1}/{self.cfg.train.epochs}",
+            f"{self.label} epoch {epoch + 1}/{self.cfg.train.epochs}",
             self.rank,
         )
         for step, (images, targets, _) in enumerate(bar):
