@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -91,6 +91,11 @@ relabel: setup
 # make ensemble ARGS=ensemble.models=refit (or both)
 refit: setup
 	$(call RUN,refit.py)
+
+# the label review page over make relabel's candidates, on 127.0.0.1 (PORT=8765; a free port when not given)
+PORT ?= 0
+review: setup
+	$(call RUN,review.py) --port $(PORT)
 
 # an Optuna search: TUNE=configs/tune/<name>.yaml (its `tune:` section); ARGS apply to every trial. Workers on
 # other machines join the same study with TUNE_STORAGE=postgresql://user:password@host/db

@@ -87,6 +87,8 @@ class RunRef:
     oof = property(lambda self: self.dir / "oof.csv")  # every fold's OOF, image keys relative to the data root
     fix_candidates = property(lambda self: self.dir / "label_fix_candidates.csv")
     auto_fixes = property(lambda self: self.dir / "label_fixes_auto.csv")
+    reviewed_fixes = property(lambda self: self.dir / "label_fixes_reviewed.csv")  # make review: accepted fixes
+    review_decisions = property(lambda self: self.dir / "review_decisions.csv")  # every decision, to resume
 
     def fold_dir(self, fold: int) -> Path:
         return self.dir / f"fold{fold}"

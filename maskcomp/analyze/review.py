@@ -1,0 +1,263 @@
+"""make review: a local page over the ranked label-fix candidates of `make relabel`. Each person's 7 crops,
+current -> suggested label, the evidence and its confidence; accept, reject or edit (keys a, r, e; j/k move).
+Every decision is saved at once (atomic writes) to models/<exp>/<run-id>/label_fixes_reviewed.csv (the accepted and
+edited fixes, in the label-fixes format) and review_decisions.csv (every decision: a restart resumes from it).
+The server is the standard library's, bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+from ..core import labels
+from ..core.config import Config
+from ..core.errors import MaskcompError
+from ..core.fileio import write_csv
+from ..core.paths import Paths
+from ..crop.stage import crop_dir
+from ..data.label_fixes import FIX_COLUMNS
+from ..runs import RunRef, resolve_run
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("accept", "reject", "edit")
+DECISION_COLUMNS = ["person_id", "fix", "decision", "value", "decided"]
+MAX_AGE = 120
+
+
+@dataclass
+class Review:
+    """The candidates of one run, the crops of their persons, and the decisions so far (saved at every change)."""
+
+    run: RunRef
+    candidates: pd.DataFrame
+    crops: dict[str, list[str]]  # person -> crop files in IMAGE_STEMS order
+    decisions: pd.DataFrame
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def retrain(self) -> str:
+        return f'make folds train infer ensemble ARGS="data.label_fixes=[{self.run.reviewed_fixes}]"'
+
+    def decide(self, person: str, fix: str, decision: str, value: str | None) -> dict:
+        """Record one decision (replacing an earlier one of the same candidate) and save both files."""
+        row = self.candidate(person, fix)
+        if decision not in DECISIONS:
+            raise MaskcompError(f"decision '{decision}' is unknown; use {', '.join(DECISIONS)}")
+        chosen = row["value"] if decision == "accept" else checked_value(fix, value) if decision == "edit" else ""
+        with self.lock:
+            kept = self.decisions[~((self.decisions["person_id"] == person) & (self.decisions["fix"] == fix))]
+            new = {"person_id": person, "fix": fix, "decision": decision, "value": chosen, "decided": _now()}
+            self.decisions = pd.concat([kept, pd.DataFrame([new])], ignore_index=True)
+            write_csv(self.decisions, self.run.review_decisions)
+            write_csv(self.fixes(), self.run.reviewed_fixes)
+        return new
+
+    def candidate(self, person: str, fix: str) -> pd.Series:
+        found = self.candidates[(self.candidates["person_id"] == person) & (self.candidates["fix"] == fix)]
+        if found.empty:
+            raise MaskcompError(f"person {person!r} has no '{fix}' candidate in {self.run.fix_candidates}")
+        return found.iloc[0]
+
+    def fixes(self) -> pd.DataFrame:
+        """Accepted and edited decisions as label-fixes rows (swaps carry no value)."""
+        kept = self.decisions[self.decisions["decision"].isin(["accept", "edit"])]
+        rows = [
+            {
+                "person_id": d.person_id,
+                "fix": d.fix,
+                "value": "" if d.fix == "swap_incorrect_normal" else d.value,
+                "note": f"make review: {d.decision}ed {d.decided}",
+            }  # fmt: skip
+            for d in kept.itertuples()
+        ]
+        return pd.DataFrame(rows, columns=list(FIX_COLUMNS))
+
+
+def checked_value(fix: str, value: str | None) -> str:
+    """An edited value, or one line saying what the fix takes."""
+    text = str(value if value is not None else "").strip()
+    if fix == "gender" and text in ("male", "female"):
+        return text
+    if fix == "age" and text.isdigit() and 0 <= int(text) <= MAX_AGE:
+        return str(int(text))
+    if fix == "swap_incorrect_normal":
+        raise MaskcompError("a swap has no value to edit; accept or reject it")
+    want = "male or female" if fix == "gender" else f"a whole number of years, 0 to {MAX_AGE}"
+    raise MaskcompError(f"'{text}' is not a {fix} value; give {want}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def load_review(cfg: Config) -> Review:
+    run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
+    if not run.fix_candidates.exists():
+        raise MaskcompError(f"{run.fix_candidates}: no candidates yet; run `make relabel` first")
+    candidates = pd.read_csv(run.fix_candidates, dtype=str, keep_default_na=False)
+    decisions = (
+        pd.read_csv(run.review_decisions, dtype=str, keep_default_na=False)
+        if run.review_decisions.exists()
+        else pd.DataFrame(columns=DECISION_COLUMNS)
+    )
+    return Review(run, candidates, person_crops(cfg, set(candidates["person_id"])), decisions)
+
+
+def person_crops(cfg: Config, persons: set[str]) -> dict[str, list[str]]:
+    records = crop_dir(cfg) / "records.csv"
+    if not records.exists():
+        raise MaskcompError(f"{records}: no crop records; run `make crop` first")
+    df = pd.read_csv(records, dtype={"person_id": str}, keep_default_na=False)
+    df = df[(df["split"] == "train") & df["person_id"].isin(persons)]
+    df = df.assign(order=[labels.IMAGE_STEMS.index(Path(k).stem) for k in df["key"]]).sort_values("order")
+    return {p: rows["crop_path"].tolist() for p, rows in df.groupby("person_id")}
+
+
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1250px;margin:16px auto;padding:0 16px;color:#222}"
+    ".card{border:2px solid #ddd;border-radius:8px;padding:10px 14px;margin:12px 0}.card.sel{border-color:#2a6df4}"
+    ".card.accept{background:#eefbea}.card.reject{background:#f6f6f6}.card.edit{background:#fff7e0}"
+    ".crops img{height:150px;margin-right:4px;border-radius:4px}.fix{font-size:18px;font-weight:600}"
+    ".meta{color:#555;font-size:14px}button{font-size:15px;margin-right:6px;padding:4px 12px}"
+    "#msg{position:sticky;top:0;background:#fff;padding:6px 0;font-size:15px}.err{color:#b00020}"
+    "kbd{border:1px solid #aaa;border-radius:3px;padding:0 4px;font-size:13px}code{background:#f3f5f7;padding:2px}"
+)
+
+SCRIPT = """
+const cards=[...document.querySelectorAll('.card')];let sel=0;
+function pick(i){if(!cards.length)return;sel=Math.max(0,Math.min(cards.length-1,i));
+ cards.forEach((c,k)=>c.classList.toggle('sel',k===sel));cards[sel].scrollIntoView({block:'center'});}
+function show(card,d){card.classList.remove('accept','reject','edit');card.classList.add(d.decision);
+ card.querySelector('.state').textContent='saved: '+d.decision+(d.value?' -> '+d.value:'');}
+async function decide(card,decision){const value=card.querySelector('input').value;
+ const r=await fetch('/api/decide',{method:'POST',headers:{'Content-Type':'application/json'},
+  body:JSON.stringify({person_id:card.dataset.person,fix:card.dataset.fix,decision:decision,value:value})});
+ const d=await r.json();const msg=document.getElementById('msg');
+ if(!r.ok){msg.className='err';msg.textContent=d.error;return;}
+ msg.className='';msg.textContent='saved '+d.person_id+' '+d.fix+': '+d.decision;show(card,d);
+ const next=cards.findIndex((c,k)=>k>sel&&!c.querySelector('.state').textContent);pick(next<0?sel:next);}
+cards.forEach((c,k)=>{c.addEventListener('click',()=>pick(k));
+ c.querySelectorAll('button').forEach(b=>b.addEventListener('click',e=>{e.stopPropagation();pick(k);
+  decide(c,b.dataset.decision);}));
+ c.querySelector('input').addEventListener('keydown',e=>{if(e.key==='Enter'){e.preventDefault();decide(c,'edit');
+  e.target.blur();}});});
+document.addEventListener('keydown',e=>{if(e.target.tagName==='INPUT')return;const c=cards[sel];
+ if(e.key==='j')pick(sel+1);else if(e.key==='k')pick(sel-1);else if(e.key==='a')decide(c,'accept');
+ else if(e.key==='r')decide(c,'reject');else if(e.key==='e'){e.preventDefault();c.querySelector('input').focus();}});
+const firstOpen=cards.findIndex(c=>!c.querySelector('.state').textContent);pick(firstOpen<0?0:firstOpen);
+"""
+
+
+def _saved(review: Review, person: str, fix: str) -> tuple[str, str]:
+    """(decision, text shown) of a candidate's saved decision, or ('', '')."""
+    done = review.decisions[(review.decisions["person_id"] == person) & (review.decisions["fix"] == fix)]
+    if done.empty:
+        return "", ""
+    last = done.iloc[-1]
+    return last.decision, f"saved: {last.decision}" + (f" -> {last.value}" if last.value else "")
+
+
+def _editor(row) -> str:
+    if row.fix == "swap_incorrect_normal":
+        return "<input type=hidden>"
+    hint = "male/female" if row.fix == "gender" else "age"
+    return (
+        f"<input size='8' placeholder='{hint}' value='{html.escape(row.value)}'> "
+        "<button data-decision='edit'>edit (e, Enter)</button>"
+    )
+
+
+def card(review: Review, row, index: int) -> str:
+    """One candidate: the fix, its evidence, the person's crops, the buttons and the saved decision."""
+    decision, state = _saved(review, row.person_id, row.fix)
+    person = html.escape(row.person_id)
+    crops = "".join(
+        f"<img src='/crop/{person}/{i}' alt='{labels.IMAGE_STEMS[i]}' title='{labels.IMAGE_STEMS[i]}'>"
+        for i in range(len(review.crops.get(row.person_id, [])))
+    )
+    flags = (" · automatic" if row.auto == "True" else "") + (
+        " · systematic (the model's failure, not the label's)" if row.systematic == "True" else ""
+    )
+    return (
+        f"<div class='card {decision}' id='c{index}' data-person='{person}' data-fix='{html.escape(row.fix)}'>"
+        f"<div class='fix'>#{index + 1} person {person}: {html.escape(row.fix)} {html.escape(row.current)} &rarr; "
+        f"{html.escape(row.suggested)}</div><div class='meta'>confidence {float(row.confidence or 0):.2f}{flags} · "
+        f"{html.escape(row.note)}</div><div class='crops'>{crops}</div>"
+        "<button data-decision='accept'>accept (a)</button><button data-decision='reject'>reject (r)</button>"
+        f"{_editor(row)} <span class='state'>{html.escape(state)}</span></div>"
+    )
+
+
+def render(review: Review) -> str:
+    cards = "".join(card(review, row, i) for i, row in enumerate(review.candidates.itertuples()))
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Review: {html.escape(review.run.label)}</title>"
+        f"<style>{PAGE_STYLE}</style></head><body><h1>Label review: run {html.escape(review.run.label)}</h1>"
+        f"<p class='meta'>{len(review.candidates)} candidates, most likely first. Keys: <kbd>j</kbd>/<kbd>k</kbd> "
+        "next/previous, <kbd>a</kbd> accept, <kbd>r</kbd> reject, <kbd>e</kbd> edit the value (Enter saves). Every "
+        f"decision is saved at once to <code>{html.escape(str(review.run.reviewed_fixes))}</code>. Then retrain with "
+        f"<code>{html.escape(review.retrain)}</code></p><div id='msg'></div>{cards}<script>{SCRIPT}</script>"
+        "</body></html>"
+    )
+
+
+class Handler(BaseHTTPRequestHandler):
+    review: Review  # set on the class the server is made with
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.debug(fmt, *args)
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, value: dict) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        if self.path in ("/", "/index.html"):
+            return self._send(HTTPStatus.OK, render(self.review).encode(), "text/html; charset=utf-8")
+        if self.path == "/api/decisions":
+            return self._json(HTTPStatus.OK, {"decisions": self.review.decisions.to_dict("records")})
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "crop" and parts[2].isdigit():
+            files = self.review.crops.get(parts[1], [])
+            if int(parts[2]) < len(files) and Path(files[int(parts[2])]).is_file():
+                return self._send(HTTPStatus.OK, Path(files[int(parts[2])]).read_bytes(), "image/jpeg")
+        self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
+
+    def do_POST(self) -> None:
+        if self.path != "/api/decide":
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            saved = self.review.decide(
+                str(body.get("person_id", "")), str(body.get("fix", "")), str(body.get("decision", "")),
+                body.get("value"),
+            )  # fmt: skip
+        except (MaskcompError, json.JSONDecodeError, AttributeError) as err:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+        self._json(HTTPStatus.OK, saved)
+
+
+def review_server(cfg: Config, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """The review page's server (not started): port 0 takes a free one."""
+    review = load_review(cfg)
+    handler = type("ReviewHandler", (Handler,), {"review": review})
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as err:
+        raise MaskcompError(f"review: cannot listen on {host}:{port} ({err.strerror}); choose another PORT") from None

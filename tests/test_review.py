@@ -1,0 +1,142 @@
+"""make review in a real browser (Debian's chromium driven through chromium-driver by selenium): accept, reject and
+edit decisions, each checked in the saved CSVs at once; a bad value gets a message and loses nothing; a restarted
+server resumes where the person stopped."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pandas as pd
+import pytest
+import requests
+
+from maskcomp.analyze.review import review_server
+from maskcomp.core.paths import Paths
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.data.tables import load_train
+from maskcomp.runs import resolve_run
+from maskcomp.train.trainer import train
+
+from conftest import TINY_MODEL, config_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def reviewed_run(tiny_root, tmp_path):
+    """A trained run whose candidates file names three persons: a gender fix, an age fix, a swap."""
+    cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "train.epochs=1")
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg, folds=[0])
+    run = resolve_run(Paths.from_config(cfg), "sample")
+    persons = load_train(cfg).drop_duplicates("person_id")["person_id"].tolist()[:3]
+    rows = [
+        (persons[0], "gender", "male", "female", "male"),
+        (persons[1], "age", "61", "30-59 (45)", ">=60 (61)"),
+        (persons[2], "swap_incorrect_normal", "", "as labelled", "swapped"),
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "person_id": p,
+                "fix": f,
+                "value": v,
+                "confidence": 0.9,
+                "auto": False,
+                "systematic": False,
+                "current": c,
+                "suggested": s,
+                "note": "test evidence",
+            }
+            for p, f, v, c, s in rows
+        ]  # fmt: skip
+    )
+    table.to_csv(run.fix_candidates, index=False)
+    return cfg, run, persons
+
+
+def serve(cfg):
+    server = review_server(cfg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no chromium/chromedriver here (apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"):  # fmt: skip
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def saved(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    read = lambda p: pd.read_csv(p, dtype=str, keep_default_na=False) if p.exists() else pd.DataFrame()  # noqa: E731
+    return read(run.reviewed_fixes), read(run.review_decisions)
+
+
+def wait_text(browser, css: str, text: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda b: text in b.find_element("css selector", css).text)
+
+
+def test_decisions_are_saved_at_once_and_resumed(reviewed_run, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    cfg, run, persons = reviewed_run
+    server, url = serve(cfg)
+    browser.get(url)
+    cards = browser.find_elements("css selector", ".card")
+    assert len(cards) == 3 and len(cards[0].find_elements("css selector", ".crops img")) == 7
+    assert "data.label_fixes=[" in browser.page_source and str(run.reviewed_fixes) in browser.page_source
+
+    cards[0].find_element("css selector", "button[data-decision=accept]").click()
+    wait_text(browser, "#c0 .state", "saved: accept")
+    fixes, decisions = saved(run)
+    assert fixes[["person_id", "fix", "value"]].values.tolist() == [[persons[0], "gender", "male"]]
+
+    box = cards[1].find_element("css selector", "input")
+    box.clear()
+    box.send_keys("abc", Keys.ENTER)
+    wait_text(browser, "#msg", "'abc' is not a age value")
+    assert saved(run)[0].equals(fixes), "a bad value changes nothing saved"
+    box.clear()
+    box.send_keys("58", Keys.ENTER)
+    wait_text(browser, "#c1 .state", "saved: edit -> 58")
+    fixes, _ = saved(run)
+    assert fixes[["person_id", "fix", "value"]].values.tolist()[-1] == [persons[1], "age", "58"]
+
+    browser.find_element("css selector", "body").send_keys("r")  # the selection moved on to the swap
+    wait_text(browser, "#c2 .state", "saved: reject")
+    fixes, decisions = saved(run)
+    assert len(fixes) == 2 and decisions["decision"].tolist() == ["accept", "edit", "reject"]
+
+    bad = requests.post(url + "api/decide", json={"person_id": "nobody", "fix": "gender", "decision": "accept"})
+    assert bad.status_code == 400 and "person 'nobody' has no 'gender' candidate" in bad.json()["error"]
+    assert saved(run)[1].equals(decisions)
+    server.shutdown()
+    server.server_close()
+
+    server, url = serve(cfg)  # a restart: the page shows what was decided
+    browser.get(url)
+    states = [e.text for e in browser.find_elements("css selector", ".state")]
+    assert states == ["saved: accept -> male", "saved: edit -> 58", "saved: reject"]
+    browser.find_element("css selector", "body").send_keys("j", "a")  # all decided: from the first card to the age one
+    wait_text(browser, "#c1 .state", "saved: accept -> 61")
+    fixes, decisions = saved(run)
+    assert fixes[fixes["fix"] == "age"]["value"].tolist() == ["61"] and len(decisions) == 3
+    server.shutdown()
+    server.server_close()
