@@ -22,6 +22,7 @@ from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 from ..train.track import log_analysis
 from . import noise
+from .attention import attention_report, attention_sections
 from .noise import NoiseSettings
 from .runs_index import runs_index
 
@@ -241,7 +242,8 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     write_csv(a.per_class, out / "per_class.csv")
     write_csv(a.candidates, out / "label_fix_candidates.csv")
     write_plots(a, cfg, out)
-    index = render_page(a, cfg, out)
+    looks = attention_report(cfg, a.run, a.oof, out)
+    index = render_page(a, cfg, out, attention_sections(looks, cfg.attention))
     log.info("wrote %s", index)
     log_analysis(cfg, a.run.dir, a.run.run_id, a.overall, a.y, a.pred, sorted(out.glob("*.png")))
     return index
@@ -293,14 +295,15 @@ def score_sections(a: Analysis) -> list[htmlpage.Section]:
     ]
 
 
-def render_page(a: Analysis, cfg: Config, out: Path) -> Path:
-    """The experiment's analysis page: where the score is lost first, then every section."""
+def render_page(a: Analysis, cfg: Config, out: Path, extra: list[htmlpage.Section] = ()) -> Path:
+    """The experiment's analysis page: where the score is lost first, then every section (`extra`: where the model
+    looks)."""
     lead = [
         *headline(a.y, a.pred, a.per_class),
         f"<p>OOF macro F1 (all {len(a.oof)} images): "
         f"<b>{a.overall['f1']:.4f}</b>; accuracy {a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
     ]
-    sections = [*score_sections(a), noise_section(a, cfg, out), *group_strips(cfg, a.experiment, out)]
+    sections = [*score_sections(a), *extra, noise_section(a, cfg, out), *group_strips(cfg, a.experiment, out)]
     meta = page_meta(a, Paths.from_config(cfg), out)
     return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
 

@@ -334,6 +334,17 @@ class RefitSettings(Section):
     epochs: int = setting(0, "epochs of each refit model; 0: the median of the folds' best epochs", low=0)
 
 
+class AttentionSettings(Section):
+    doc: ClassVar = "make analyze: Grad-CAM per head, the face share, the greyed-background check, the embedding view"
+    weakest: int = setting(2, "classes of each head shown, weakest first (per-head OOF F1)", low=1)
+    errors: int = setting(3, "most confident errors shown per class", low=0)
+    correct: int = setting(2, "confident correct images shown per class", low=0)
+    per_class: int = setting(8, "images per head class whose attention is measured (face share)", low=1)
+    grey_per_class: int = setting(15, "OOF images per class (of 18) scored with the background greyed out", low=1)
+    warn_below: Number = setting(0.5, "warn when a head's face share is below this", low=0.0, high=1.0)
+    embedding_train: int = setting(200, "training images per fold whose features are searched for neighbours", low=1)
+
+
 class RelabelSettings(Section):
     doc: ClassVar = 'label-noise candidates (make analyze, make relabel); see README "Label noise"'
     prior: Number = setting(
@@ -400,6 +411,7 @@ class Settings(Section):
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
     refit: RefitSettings = Field(default_factory=RefitSettings)
     relabel: RelabelSettings = Field(default_factory=RelabelSettings)
+    attention: AttentionSettings = Field(default_factory=AttentionSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
 
 

@@ -43,6 +43,9 @@ from .items import Item, list_items
 
 log = logging.getLogger(__name__)
 
+# the face box (detected, or the fallback box) in image pixels; x1..y2 are the crop box it grew into
+FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
+
 CROP_KEYS = ("mode", "margin", "aspect", "center_box")
 DIGEST_CHARS = 16
 
@@ -89,6 +92,7 @@ def write_crops(records: pd.DataFrame, crop_cfg: CropSettings, out_dir: Path) ->
     unreadable=True)."""
     out = records.copy()
     out["x1"] = out["y1"] = out["x2"] = out["y2"] = -1
+    out[FACE_COLUMNS] = -1
     out["crop_path"] = ""
     for i in progress(out.index, "write crops", unit="img"):
         if out.at[i, "unreadable"]:
@@ -113,6 +117,7 @@ def write_crops(records: pd.DataFrame, crop_cfg: CropSettings, out_dir: Path) ->
             else expand_box(out.at[i, "box"], width, height, margin, aspect)
         )
         out.loc[i, ["x1", "y1", "x2", "y2"]] = [x1, y1, x2, y2]
+        out.loc[i, FACE_COLUMNS] = [int(round(v)) for v in out.at[i, "box"]]
         out.at[i, "crop_path"] = str(target)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +167,7 @@ def crop_faces(cfg: Config) -> pd.DataFrame:
         "y1",
         "x2",
         "y2",
+        *FACE_COLUMNS,
         "crop_path",
     ]
     write_csv(records.loc[~records["unreadable"], columns], out_dir / "records.csv")
