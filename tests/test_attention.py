@@ -97,6 +97,7 @@ def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path,
         measured = [c["face_share"] for c in r["classes"] if c["face_share"] is not None]
         assert measured and all(0.0 <= s <= 1.0 for s in measured), (head, r)
         assert 0.0 <= report["causal"][head]["f1_background_greyed"] <= 1.0
+    assert report["embedding"]["images"] > 0 and (out / "attention" / "embedding.png").exists()
     stamp = (out / "attention" / "attention.json").stat().st_mtime_ns
     assert attention_report(cfg, run, read_oof(run, Paths.from_config(cfg)), out) == json.loads(
         (out / "attention" / "attention.json").read_text()
@@ -112,3 +113,36 @@ def test_the_page_warns_when_a_head_looks_outside_the_face():
     body = "".join(attention_sections({"heads": heads, "causal": causal}, load_config(None, []).attention)[0].body)
     assert "<b>gender</b> looks mostly outside the face (face share 0.30" in body
     assert "<b>mask</b> looks mostly" not in body and "-0.3" in body
+
+
+class Flat(torch.nn.Module):
+    """Features = the image itself; heads of zeros (every image predicted as class 0)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.backbone = torch.nn.Flatten()
+        self.heads = torch.nn.ModuleDict({h: torch.nn.Linear(width, n) for h, n in labels.HEADS.items()})
+        for head in self.heads.values():
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
+
+
+def test_an_errors_nearest_training_image_is_found_by_the_fold_models_features():
+    from maskcomp.analyze.embedding import fold_view
+
+    images = torch.randn(12, 3, 8, 6)
+    images[11] = images[0]  # a training image of fold 1 identical to held-out image 0 of fold 0
+    rows = pd.DataFrame({"fold": [0] * 6 + [1] * 6, "label": [17] + [0] * 11, "crop_path": [str(i) for i in range(12)],
+                         "person_id": [f"p{i}" for i in range(12)]})  # fmt: skip
+
+    class Fixed(attention.Inputs):
+        def batch(self, crop_paths):
+            return images[[int(p) for p in crop_paths]]
+
+    src = attention.Sources(None, {0: Flat(3 * 8 * 6)}, rows, Fixed((8, 6), (0, 0, 0), (1, 1, 1)))
+    view = fold_view(src, 0, rows[rows["fold"] == 0], load_config(None, []).attention)
+    assert view["wrong"].tolist() == [True] + [False] * 5 and view["xy"].shape == (6, 2)
+    ((error, pred, near),) = view["errors"]
+    assert error["crop_path"] == "0" and pred == 0
+    assert near[0][0]["crop_path"] == "11" and near[0][1] == pytest.approx(1.0)
+    assert all(other["fold"] == 1 for other, _ in near), "neighbours come from the fold's training images"

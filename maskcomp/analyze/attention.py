@@ -39,6 +39,7 @@ from ..report import htmlpage, plots
 from ..runs import RunRef
 from ..train.augment import eval_transform
 from ..train.models import normalisation, probs18
+from .embedding import embedding_view
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def caption(row: pd.Series, head: str) -> str:
     names = HEAD_NAMES[head]
     verdict = "correct" if row["truth"] == row["pred"] else "wrong"
     share = "" if np.isnan(row["face_share"]) else f", face {row['face_share']:.2f}"
-    return f"{head}: true {names[row['truth']]}\npred {names[row['pred']]} p={row['conf']:.2f} ({verdict}{share})"
+    return f"true {names[row['truth']]}\npred {names[row['pred']]} p={row['conf']:.2f}\n{verdict}{share}"
 
 
 HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
@@ -261,8 +262,7 @@ def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path)
         plots.image_grid(
             [overlay(src, r) for _, r in shown.iterrows()],
             [caption(r, head) for _, r in shown.iterrows()],
-            f"Grad-CAM of the {head} head: its weakest classes' most confident errors, then confident correct ones "
-            "(green: face box)",
+            f"{head} head, Grad-CAM: weakest classes' confident errors, then correct ones (green: face box)",
             out / f"attention_{head}.png",
             cols=settings.errors + settings.correct,
         )
@@ -296,7 +296,8 @@ def load_sources(cfg: Config, run: RunRef, oof: pd.DataFrame, records: pd.DataFr
     rcfg = run_config(cfg, run)
     device = torch.device("cpu")
     models = {f: load_fold_model(run.fold(f), f"fold {f}", device, rcfg, run.config) for f in run.trained_folds()}
-    rows = oof.merge(records, on="image_path", how="inner")
+    crop = records[["image_path", "crop_path", "source", "x1", "y1", "x2", "y2", *FACE_COLUMNS]]
+    rows = oof.merge(crop, on="image_path", how="inner")
     return Sources(rcfg, models, rows, Inputs.of(rcfg))
 
 
@@ -314,7 +315,12 @@ def attention_report(cfg: Config, run: RunRef, oof: pd.DataFrame, out: Path) -> 
     records = records.assign(image_path=[str(paths.image_file(k)) for k in records["key"]])
     src = load_sources(cfg, run, oof.assign(image_path=oof["image_path"].astype(str)), records)
     report = {h: head_report(src, h, cfg.attention, folder) for h in labels.HEADS}
-    report = {"heads": report, "causal": causal_check(src, cfg.attention.grey_per_class)}
+    sample = measured_sample(src.rows, "label", cfg.attention.grey_per_class)
+    report = {
+        "heads": report,
+        "causal": causal_check(src, cfg.attention.grey_per_class),
+        "embedding": embedding_view(src, sample, cfg.attention, folder) if len(sample) else None,
+    }
     write_json(report, folder / "attention.json")
     write_manifest(folder, manifest)
     return report
@@ -366,7 +372,24 @@ def attention_sections(report: dict | None, settings: AttentionSettings) -> list
         htmlpage.table(causal),
         *[htmlpage.image(f"attention/attention_{h}.png", f"Grad-CAM of the {h} head") for h in heads],
     ]
-    return [htmlpage.Section("Where the model looks", body)]
+    return [htmlpage.Section("Where the model looks", body), embedding_section(report.get("embedding"))]
+
+
+def embedding_section(view: dict | None) -> htmlpage.Section:
+    if not view:
+        return htmlpage.Section("Embedding view", ["<p>No OOF image with a detected face to map.</p>"])
+    return htmlpage.Section(
+        "Embedding view",
+        [
+            f"<p>Each fold model's penultimate features of {view['images']} OOF images it held out (t-SNE). An error "
+            "inside another class's cloud is a look-alike; one among its own label's images whose nearest training "
+            "images carry the predicted label may be a label problem.</p>",
+            htmlpage.image("attention/embedding.png", "t-SNE of OOF features per fold, coloured by each head"),
+            htmlpage.image("attention/neighbours.png", "errors and their nearest training images")
+            if view["neighbours"]
+            else "<p>No error in the sample.</p>",
+        ],
+    )
 
 
 def _mean(values: pd.Series) -> float | None:

@@ -1,0 +1,119 @@
+"""The embedding view on the analysis page: each fold model's penultimate features (its backbone's pooled output)
+of a fixed sample of the OOF images it held out, as a 2-D map (scikit-learn's t-SNE) coloured by each head's label
+with the errors marked; beside the fold's most confident errors, their nearest training images by the same model's
+features (cosine), so a person sees whether an error is a look-alike or a label problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from ..core import labels  # noqa: E402
+from ..core.settings import AttentionSettings  # noqa: E402
+from ..report import plots  # noqa: E402
+from ..train.models import probs18  # noqa: E402
+
+NEIGHBOURS = 3
+ERRORS_PER_FOLD = 3
+HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
+
+
+def features(model: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(L2-normalised penultimate features, 18-class probabilities) of a batch."""
+    with torch.no_grad():
+        pooled = model.backbone(batch)
+        probs = probs18({name: head(pooled) for name, head in model.heads.items()} | _age(model, pooled))
+    feats = torch.nn.functional.normalize(pooled.float(), dim=1)
+    return feats.numpy(), probs.numpy()
+
+
+def _age(model, pooled) -> dict:
+    """An ordinal head's age groups, as the model's forward makes them."""
+    if "age_ord" not in model.heads:
+        return {}
+    from ..train.models import ordinal_age_log_probs
+
+    return {"age": ordinal_age_log_probs(model.heads["age_ord"](pooled))}
+
+
+def tsne_2d(feats: np.ndarray) -> np.ndarray:
+    perplexity = float(max(2, min(30, (len(feats) - 1) // 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(feats)
+
+
+def fold_view(src, fold: int, sample: pd.DataFrame, settings: AttentionSettings) -> dict:
+    """One fold: the map of its held-out sample and its most confident errors with their nearest training images."""
+    model = src.models[fold]
+    train = src.rows[src.rows["fold"] != fold]
+    train = train.sample(min(len(train), settings.embedding_train), random_state=0)
+    held_feats, held_probs = features(model, src.inputs.batch(sample["crop_path"].tolist()))
+    train_feats, _ = features(model, src.inputs.batch(train["crop_path"].tolist()))
+    pred = held_probs.argmax(1)
+    wrong = np.flatnonzero(pred != sample["label"].to_numpy())
+    worst = wrong[np.argsort(-held_probs[wrong].max(1))][:ERRORS_PER_FOLD]
+    similarity = held_feats[worst] @ train_feats.T
+    nearest = np.argsort(-similarity, axis=1)[:, :NEIGHBOURS]
+    return {
+        "xy": tsne_2d(held_feats) if len(sample) > 4 else np.zeros((len(sample), 2)),
+        "label": sample["label"].to_numpy(),
+        "wrong": pred != sample["label"].to_numpy(),
+        "errors": [
+            (sample.iloc[i], pred[i], [(train.iloc[j], similarity[k, j]) for j in nearest[k]])
+            for k, i in enumerate(worst)
+        ],  # fmt: skip
+    }
+
+
+def draw_maps(views: dict[int, dict], path: Path) -> Path:
+    """Folds as rows, heads as columns; colour = the head's true class, x = a wrong 18-class prediction."""
+    fig, axes = plt.subplots(len(views), 3, figsize=(13, 4 * len(views)), squeeze=False)
+    for row, (fold, v) in enumerate(views.items()):
+        truth = labels.head_labels(v["label"])
+        for col, head in enumerate(labels.HEADS):
+            ax = axes[row, col]
+            for c, name in enumerate(HEAD_NAMES[head]):
+                keep = (truth[head] == c) & ~v["wrong"]
+                ax.scatter(*v["xy"][keep].T, s=14, label=name, alpha=0.8)
+                bad = (truth[head] == c) & v["wrong"]
+                ax.scatter(*v["xy"][bad].T, s=40, marker="x", color=ax.collections[-1].get_facecolor()[:1])
+            ax.set_title(f"fold {fold}: coloured by true {head} (x: wrong prediction)", fontsize=11)
+            ax.set_xlabel("t-SNE 1")
+            ax.set_ylabel("t-SNE 2")
+            ax.legend(fontsize=9, loc="best")
+    fig.tight_layout()
+    return plots.save(fig, path)
+
+
+def draw_neighbours(src, views: dict[int, dict], path: Path) -> Path | None:
+    """Each shown error, then its nearest training images by the same fold model's features."""
+    images, captions = [], []
+    for fold, v in views.items():
+        for row, pred, near in v["errors"]:
+            images.append((src.inputs.rgb(row["crop_path"]) * 255).astype(np.uint8))
+            captions.append(
+                f"fold {fold} error\ntrue {labels.short_name(row['label'])}\npred {labels.short_name(pred)}"
+            )
+            for other, sim in near:
+                images.append((src.inputs.rgb(other["crop_path"]) * 255).astype(np.uint8))
+                name = labels.short_name(other["label"])
+                captions.append(f"neighbour, cos {sim:.2f}\nlabel {name}\nperson {other['person_id']}")
+    if not images:
+        return None
+    title = "OOF errors (left) and their nearest training images by the same fold model's features"
+    return plots.image_grid(images, captions, title, path, cols=1 + NEIGHBOURS, fontsize=9)
+
+
+def embedding_view(src, sample: pd.DataFrame, settings: AttentionSettings, out: Path) -> dict:
+    views = {int(f): fold_view(src, int(f), part, settings) for f, part in sample.groupby("fold")}
+    draw_maps(views, out / "embedding.png")
+    drawn = draw_neighbours(src, views, out / "neighbours.png")
+    shown = sum(len(v["errors"]) for v in views.values())
+    return {"folds": sorted(views), "images": int(len(sample)), "errors_shown": shown, "neighbours": drawn is not None}
