@@ -368,7 +368,7 @@ class TuneSettings(Section):
     doc: ClassVar = 'make tune: an Optuna search; its space and budget (see README "Experiments")'
     study: str = setting("", "the study's name; empty: the tune file's name")
     trials: int = setting(20, "trials of the study, all workers together (finished and pruned ones count)", low=1)
-    minutes: Number = setting(0, "this worker stops starting trials after this many minutes (0: no limit)", low=0)
+    minutes: Number = setting(0.0, "this worker stops starting trials after this many minutes (0: no limit)", low=0)
     pruner: str = setting(
         "halving",
         "stop a trial after a fold whose running fold mean is poor: successive halving, median, or never",
