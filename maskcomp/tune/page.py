@@ -48,7 +48,8 @@ def trials_table(study: optuna.Study, job: TuneJob, out: Path) -> pd.DataFrame:
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
-                "CV": round(t.value, 4) if t.value is not None else None,
+                # a pruned trial's stored value is its last fold mean, not a CV
+                "CV": round(t.value, 4) if t.state == TrialState.COMPLETE else None,
                 "fold mean": round(max(t.intermediate_values.items())[1], 4) if t.intermediate_values else None,
                 "folds": t.user_attrs.get("folds_done", 0),
                 "trained": t.user_attrs.get("folds_trained", 0),
