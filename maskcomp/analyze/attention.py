@@ -214,9 +214,11 @@ def explain(src: Sources, rows: pd.DataFrame, head: str) -> pd.DataFrame:
     out = []
     for model, part, batch in src.per_fold(rows):
         maps = cams(model, head, batch, part["pred"].tolist())
-        shares = [face_share(m, b) for m, b in zip(maps, src.boxes(part))]
-        out.append(part.assign(cam=list(maps), face_share=shares))
-    return pd.concat(out) if out else rows.assign(cam=None, face_share=np.nan)
+        boxes = src.boxes(part)
+        shares = [face_share(m, b) for m, b in zip(maps, boxes)]
+        area = [face_share(np.ones(src.inputs.size), b) for b in boxes]  # what a map spread evenly would give
+        out.append(part.assign(cam=list(maps), face_share=shares, face_area=area))
+    return pd.concat(out) if out else rows.assign(cam=None, face_share=np.nan, face_area=np.nan)
 
 
 def causal_check(src: Sources, per_class: int) -> dict[str, dict]:
@@ -277,6 +279,7 @@ def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path)
     ]
     share = _mean(measured["face_share"]) if len(measured) else None  # no detected face: nothing measured
     return {"classes": classes, "face_share": share, "weakest": [HEAD_NAMES[head][c] for c in weakest],
+            "face_area": _mean(measured["face_area"]) if len(measured) else None,
             "looks_outside": share is not None and share < settings.warn_below}  # fmt: skip
 
 
@@ -364,7 +367,8 @@ def attention_sections(report: dict | None, settings: AttentionSettings) -> list
         "<p>Face share: the Grad-CAM map's mass inside the face box over its total (the predicted class, each image "
         "explained by the fold model that held it out). Head averages: "
         + ", ".join(f"{h} <b>{_share(r['face_share'])}</b>" for h, r in heads.items())
-        + "</p>",
+        + f". A map spread evenly over the input would give {_share(_first_area(heads))}: the face box's share of "
+        "the input's area.</p>",
         htmlpage.table(shares),
         "<p>The causal check: each head's macro F1 on the same OOF images, as they are and with everything outside "
         "the face box greyed out. A large drop means the head uses the background; background removal would then "
@@ -396,6 +400,10 @@ def _mean(values: pd.Series) -> float | None:
     """The mean over maps with any mass (Grad-CAM is all zero where no feature speaks for the class), or None."""
     kept = values.dropna()
     return float(kept.mean()) if len(kept) else None
+
+
+def _first_area(heads: dict) -> float | None:
+    return next((r.get("face_area") for r in heads.values() if r.get("face_area") is not None), None)
 
 
 def _share(value: float | None) -> str:
