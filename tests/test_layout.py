@@ -89,7 +89,8 @@ def test_a_planted_cycle_and_upward_import_are_seen():
         planted.unlink()
     assert "maskcomp.train.trainer" in edges["maskcomp.core.zz_planted"]
     edges["maskcomp.train.trainer"].add("maskcomp.core.zz_planted")
-    assert "maskcomp.core.zz_planted -> maskcomp.train.trainer -> maskcomp.core.zz_planted" in cycles_of(edges)
+    found = [cycle.split(" -> ") for cycle in cycles_of(edges)]  # a cycle is reported from wherever the walk met it
+    assert any(set(c) == {"maskcomp.core.zz_planted", "maskcomp.train.trainer"} and c[0] == c[-1] for c in found)
 
 
 @pytest.mark.slow
