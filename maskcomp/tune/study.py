@@ -33,6 +33,7 @@ from .space import Dimension, search_space, suggest
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "TUNE_STORAGE"
+SCHEMA_ATTEMPTS = 5  # workers starting together race to create the storage's tables; the losers open them after
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -69,22 +70,27 @@ def open_storage(job: TuneJob) -> RDBStorage:
     """The RDB storage with heartbeats: a trial whose worker died is failed after two missed beats and retried."""
     tc = job.cfg.tune
     engine = {"connect_args": {"timeout": 60}} if job.storage.startswith("sqlite") else {"pool_pre_ping": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return RDBStorage(
-                job.storage,
-                engine_kwargs=engine,
-                heartbeat_interval=tc.heartbeat_s,
-                grace_period=2 * tc.heartbeat_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
-            )
-        except Exception as err:  # SQLAlchemy's OperationalError, a missing driver, a malformed URL
-            first = (str(err).splitlines() or [""])[0][:200]
-            raise MaskcompError(
-                f"tune storage {_safe_url(job.storage)}: cannot open it ({type(err).__name__}: {first}); check "
-                f"{STORAGE_ENV} (e.g. postgresql://user:password@host:5432/db) or unset it for a local SQLite file"
-            ) from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return RDBStorage(
+                    job.storage,
+                    engine_kwargs=engine,
+                    heartbeat_interval=tc.heartbeat_s,
+                    grace_period=2 * tc.heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
+                )
+            except Exception as err:  # SQLAlchemy's OperationalError, a missing driver, a malformed URL
+                if "already exists" in str(err) and attempt + 1 < SCHEMA_ATTEMPTS:
+                    time.sleep(0.5 * (attempt + 1))  # another worker is creating the tables this moment
+                    continue
+                first = (str(err).splitlines() or [""])[0][:200]
+                raise MaskcompError(
+                    f"tune storage {_safe_url(job.storage)}: cannot open it ({type(err).__name__}: {first}); check "
+                    f"{STORAGE_ENV} (e.g. postgresql://user:password@host:5432/db) or unset it for a local SQLite "
+                    "file"
+                ) from None
 
 
 def _safe_url(url: str) -> str:
