@@ -173,7 +173,7 @@ class Objective:
             trial.set_user_attr("folds_trained", trained)
             trial.set_user_attr("folds_done", step + 1)
             trial.set_user_attr("train_s", round(time.perf_counter() - start, 1))
-            trial.report(float(np.mean(values)), step)
+            trial.report(float(np.mean(values)), step + 1)  # the step is the folds trained: the resource
             if step + 1 < len(self.folds) and trial.should_prune():
                 raise optuna.TrialPruned(f"running fold mean {np.mean(values):.4f} after {step + 1} fold(s)")
         return nested_cv(cfg, ref)
