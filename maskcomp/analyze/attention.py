@@ -237,12 +237,15 @@ def causal_check(src: Sources, per_class: int) -> dict[str, dict]:
 
 
 def overlay(src: Sources, row: pd.Series) -> np.ndarray:
-    """The crop as the model saw it, the map over it, the face box in green."""
+    """The crop as the model saw it and, beside it, the map over it with the face box in green."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    image = show_cam_on_image(src.inputs.rgb(row["crop_path"]), row["cam"], use_rgb=True, image_weight=0.55)
+    crop = src.inputs.rgb(row["crop_path"])
+    image = show_cam_on_image(crop, row["cam"], use_rgb=True, image_weight=0.55)
     x1, y1, x2, y2 = face_box_in_input(row, src.inputs.size)
-    return cv2.rectangle(np.ascontiguousarray(image), (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (0, 200, 0), 1)
+    boxed = cv2.rectangle(np.ascontiguousarray(image), (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (0, 200, 0), 1)
+    gap = np.full((crop.shape[0], 2, 3), 255, np.uint8)
+    return np.hstack([(crop * 255).astype(np.uint8), gap, boxed])
 
 
 def caption(row: pd.Series, head: str) -> str:
