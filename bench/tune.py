@@ -53,9 +53,8 @@ def phase(search: Path, overrides: list[str], queue: list[dict]) -> tuple[optuna
     cfg = load_config(search, overrides)
     job = TuneJob.from_config(cfg, search, overrides)
     study = optuna.create_study(study_name=job.study, storage=job.storage, direction="maximize", load_if_exists=True)
-    if not study.get_trials(deepcopy=False):  # a new study (a rerun of the bench continues the old one)
-        for params in queue:
-            study.enqueue_trial(params)
+    for params in queue[len(study.get_trials(deepcopy=False)) :]:  # a rerun continues: only the trials it lacks
+        study.enqueue_trial(params)
     start = time.perf_counter()
     study = optimise(job)
     wall = time.perf_counter() - start
@@ -134,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=40)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-eval", action="store_true", help="leave out the eval scoring (a quick check)")
+    parser.add_argument("--study", default="bench_pruned", help="the pruned search's study (a rerun continues it)")
     args = parser.parse_args(argv)
     if not (args.data / "eval_answers.csv").exists():
         print(f"bench-tune: skipped, no benchmark data at {args.data}")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     make_folds(base)
     recipe = {d.key: _stored(value_of(base, d.key)) for d in search_space(base)}
     budget = [f"tune.trials={args.trials}", f"tune.minutes={args.minutes}"]
-    pruned, wall_p, _ = phase(SEARCH, [*common, *budget, "tune.study=bench_pruned"], [recipe])
+    pruned, wall_p, _ = phase(SEARCH, [*common, *budget, f"tune.study={args.study}"], [recipe])
     queue = [t.params for t in sorted(trials_of(pruned), key=lambda t: t.number)]
     full_args = [*common, f"tune.trials={len(queue)}", "tune.pruner=none", "tune.study=bench_unpruned"]
     unpruned, wall_u, _ = phase(SEARCH, full_args, queue)
