@@ -80,7 +80,7 @@ def test_the_greyed_check_shows_a_head_that_reads_the_background():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
 def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path, backbone):
     cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "crop.mode=mtcnn", "train.epochs=2", "train.lr=0.003",
                      f"model.backbone={backbone}", "attention.per_class=4", "attention.grey_per_class=4")  # fmt: skip
