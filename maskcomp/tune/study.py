@@ -6,6 +6,8 @@ the submission would report: the nested decision (ensemble.tune_biases) on the r
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -68,8 +70,33 @@ def storage_url(cfg: Config, study: str) -> str:
 
 def open_storage(job: TuneJob) -> RDBStorage:
     """The RDB storage with heartbeats: a trial whose worker died is failed after two missed beats and retried."""
-    tc = job.cfg.tune
     engine = {"connect_args": {"timeout": 60}} if job.storage.startswith("sqlite") else {"pool_pre_ping": True}
+    with _sqlite_lock(job.storage):
+        return _rdb_storage(job, engine)
+
+
+def _schema_race(err: Exception) -> bool:
+    """Another worker created the storage's tables (or its schema version row) between our check and our insert."""
+    text = str(err)
+    return any(s in text for s in ("already exists", "UNIQUE constraint", "duplicate key"))
+
+
+@contextlib.contextmanager
+def _sqlite_lock(url: str):
+    """Workers on one machine open an SQLite study one at a time (its first open creates the tables)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(url.removeprefix("sqlite:///") + ".lock", "a") as fh:
+        fcntl.lockf(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fh, fcntl.LOCK_UN)
+
+
+def _rdb_storage(job: TuneJob, engine: dict) -> RDBStorage:
+    tc = job.cfg.tune
     for attempt in range(SCHEMA_ATTEMPTS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -82,7 +109,7 @@ def open_storage(job: TuneJob) -> RDBStorage:
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
                 )
             except Exception as err:  # SQLAlchemy's OperationalError, a missing driver, a malformed URL
-                if "already exists" in str(err) and attempt + 1 < SCHEMA_ATTEMPTS:
+                if _schema_race(err) and attempt + 1 < SCHEMA_ATTEMPTS:
                     time.sleep(0.5 * (attempt + 1))  # another worker is creating the tables this moment
                     continue
                 first = (str(err).splitlines() or [""])[0][:200]
