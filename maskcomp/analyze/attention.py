@@ -249,13 +249,10 @@ def overlay(src: Sources, row: pd.Series) -> np.ndarray:
 
 
 def caption(row: pd.Series, head: str) -> str:
-    names = HEAD_NAMES[head]
+    names = labels.HEAD_NAMES[head]
     verdict = "correct" if row["truth"] == row["pred"] else "wrong"
     share = "" if np.isnan(row["face_share"]) else f", face {row['face_share']:.2f}"
     return f"true {names[row['truth']]}\npred {names[row['pred']]} p={row['conf']:.2f}\n{verdict}{share}"
-
-
-HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
 
 
 def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path) -> dict:
@@ -274,14 +271,14 @@ def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path)
     measured = explain(src, measured_sample(frame, "truth", settings.per_class), head)
     classes = [
         {
-            "class": HEAD_NAMES[head][c],
+            "class": labels.HEAD_NAMES[head][c],
             "face_share": _mean(g["face_share"]),
             "images": int(g["face_share"].notna().sum()),
         }
         for c, g in measured.groupby("truth")
     ]
     share = _mean(measured["face_share"]) if len(measured) else None  # no detected face: nothing measured
-    return {"classes": classes, "face_share": share, "weakest": [HEAD_NAMES[head][c] for c in weakest],
+    return {"classes": classes, "face_share": share, "weakest": [labels.HEAD_NAMES[head][c] for c in weakest],
             "face_area": _mean(measured["face_area"]) if len(measured) else None,
             "looks_outside": share is not None and share < settings.warn_below}  # fmt: skip
 

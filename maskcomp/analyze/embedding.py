@@ -23,7 +23,6 @@ from ..train.models import probs18  # noqa: E402
 
 NEIGHBOURS = 3
 ERRORS_PER_FOLD = 3
-HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
 
 
 def features(model: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +78,7 @@ def draw_maps(views: dict[int, dict], path: Path) -> Path:
         truth = labels.head_labels(v["label"])
         for col, head in enumerate(labels.HEADS):
             ax = axes[row, col]
-            for c, name in enumerate(HEAD_NAMES[head]):
+            for c, name in enumerate(labels.HEAD_NAMES[head]):
                 keep = (truth[head] == c) & ~v["wrong"]
                 ax.scatter(*v["xy"][keep].T, s=14, label=name, alpha=0.8)
                 bad = (truth[head] == c) & v["wrong"]

@@ -180,11 +180,10 @@ def write_plots(a: Analysis, cfg: Config, out: Path) -> None:
         out / "confusion_18.png",
     )
     true_h, pred_h = labels.head_labels(y), labels.head_labels(pred)
-    names = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
     for head, n in labels.HEADS.items():
         plots.confusion(
             confusion(true_h[head], pred_h[head], n),
-            names[head],
+            labels.HEAD_NAMES[head],
             f"OOF confusion: {head}",
             out / f"confusion_{head}.png",
         )

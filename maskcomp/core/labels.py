@@ -9,6 +9,7 @@ HEADS = {"mask": 3, "gender": 2, "age": 3}
 MASK_NAMES = ("wear", "incorrect", "not_wear")
 GENDER_NAMES = ("male", "female")
 AGE_NAMES = ("<30", "30-59", ">=60")
+HEAD_NAMES = {"mask": MASK_NAMES, "gender": GENDER_NAMES, "age": AGE_NAMES}  # each head's class names
 YOUNG_THRESHOLD = 30
 OLD_THRESHOLD = 60
 
