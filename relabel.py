@@ -4,7 +4,7 @@ Writes models/<exp>/<run>/label_fix_candidates.csv (every suspect, most likely f
 confident ones in the label-fixes format). Train again with data.label_fixes=[that file] to apply them."""
 
 from maskcomp.analyze.noise import relabel
-from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.cli import label_fixes_override, make_command, parse_stage_args, stage_parser
 from maskcomp.core.errors import cli
 
 
@@ -16,16 +16,13 @@ def main(argv: list[str] | None = None) -> None:
         f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
         f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}"
     )
+    review = make_command("review")
     if result.automatic:
-        print(
-            f"next: make folds train infer ensemble ARGS='data.label_fixes=[{result.fixes}]'  (train.csv is not "
-            f"changed)"
-        )
+        retrain = make_command("folds train infer ensemble", [label_fixes_override(cfg.data.label_fixes, result.fixes)])
+        print(f"next: {review} to check the candidates by eye, or apply the automatic fixes as they are: {retrain}")
+        print("(train.csv is never changed)")
     else:
-        print(
-            "next: nothing is confident enough to apply on its own; review the candidates (the analysis page shows "
-            "their images) and list your fixes in a file for data.label_fixes"
-        )
+        print(f"next: nothing is confident enough to apply on its own; review the candidates: {review}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core import labels
+from ..core.cli import label_fixes_override, make_command
 from ..core.config import Config
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 DECISIONS = ("accept", "reject", "edit")
 DECISION_COLUMNS = ["person_id", "fix", "decision", "value", "decided"]
 MAX_AGE = 120
+MAX_BODY = 64 * 1024  # a decision is a few dozen bytes: a request body is never read past this
 
 
 @dataclass
@@ -42,11 +45,12 @@ class Review:
     candidates: pd.DataFrame
     crops: dict[str, list[str]]  # person -> crop files in IMAGE_STEMS order
     decisions: pd.DataFrame
+    label_fixes: list[str] = field(default_factory=list)  # the fixes the run was trained with (data.label_fixes)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def retrain(self) -> str:
-        return f'make folds train infer ensemble ARGS="data.label_fixes=[{self.run.reviewed_fixes}]"'
+        return make_command("folds train infer ensemble", [label_fixes_override(self.label_fixes, self.run.reviewed_fixes)])
 
     def decide(self, person: str, fix: str, decision: str, value: str | None) -> dict:
         """Record one decision (replacing an earlier one of the same candidate) and save both files."""
@@ -88,7 +92,7 @@ def checked_value(fix: str, value: str | None) -> str:
     text = str(value if value is not None else "").strip()
     if fix == "gender" and text in ("male", "female"):
         return text
-    if fix == "age" and text.isdigit() and 0 <= int(text) <= MAX_AGE:
+    if fix == "age" and re.fullmatch(r"[0-9]{1,3}", text) and int(text) <= MAX_AGE:  # ASCII digits: not '²'
         return str(int(text))
     if fix == "swap_incorrect_normal":
         raise MaskcompError("a swap has no value to edit; accept or reject it")
@@ -110,7 +114,8 @@ def load_review(cfg: Config) -> Review:
         if run.review_decisions.exists()
         else pd.DataFrame(columns=DECISION_COLUMNS)
     )
-    return Review(run, candidates, person_crops(cfg, set(candidates["person_id"])), decisions)
+    crops = person_crops(cfg, set(candidates["person_id"]))
+    return Review(run, candidates, crops, decisions, list(cfg.data.label_fixes))
 
 
 def person_crops(cfg: Config, persons: set[str]) -> dict[str, list[str]]:
@@ -233,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/decisions":
             return self._json(HTTPStatus.OK, {"decisions": self.review.decisions.to_dict("records")})
         parts = self.path.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "crop" and parts[2].isdigit():
+        if len(parts) == 3 and parts[0] == "crop" and re.fullmatch(r"[0-9]{1,6}", parts[2]):
             files = self.review.crops.get(parts[1], [])
             if int(parts[2]) < len(files) and Path(files[int(parts[2])]).is_file():
                 return self._send(HTTPStatus.OK, Path(files[int(parts[2])]).read_bytes(), "image/jpeg")
@@ -242,13 +247,18 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path != "/api/decide":
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not re.fullmatch(r"[0-9]{1,12}", length) or int(length) > MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot carry another request
+            want = f"a whole number of bytes up to {MAX_BODY}"
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {length[:40]!r}: expected {want}"})
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            body = json.loads(self.rfile.read(int(length)) or b"{}")
             saved = self.review.decide(
                 str(body.get("person_id", "")), str(body.get("fix", "")), str(body.get("decision", "")),
                 body.get("value"),
             )  # fmt: skip
-        except (MaskcompError, json.JSONDecodeError, AttributeError) as err:
+        except (MaskcompError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         self._json(HTTPStatus.OK, saved)
 

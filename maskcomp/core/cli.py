@@ -4,11 +4,50 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+from dataclasses import dataclass
 
 from .config import Config, load_config
 from .errors import MaskcompError
 from .settings import leaves
+
+
+DATA_ROOT_KEY = "paths.data_root"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How this process was started: its config file and dotted overrides (make's CONFIG, DATA and ARGS)."""
+
+    config: str = ""
+    overrides: tuple[str, ...] = ()
+
+
+_invocation = Invocation()  # set once by parse_stage_args: the commands a stage prints rerun with the user's context
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].strip()
+
+
+def make_command(targets: str, extra: list[str] | tuple[str, ...] = ()) -> str:
+    """The `make` line that runs `targets` with this process's CONFIG, DATA and ARGS, plus `extra` overrides (which
+    replace the invocation's overrides of the same keys)."""
+    replaced = {_key(o) for o in extra}
+    data = [o.split("=", 1)[1] for o in _invocation.overrides if _key(o) == DATA_ROOT_KEY]
+    args = [o for o in _invocation.overrides if _key(o) not in replaced | {DATA_ROOT_KEY}] + list(extra)
+    parts = ["make", targets]
+    parts += [f"CONFIG={shlex.quote(_invocation.config)}"] if _invocation.config else []
+    parts += [f"DATA={shlex.quote(data[-1])}"] if data else []
+    parts += [f"ARGS={shlex.quote(' '.join(args))}"] if args else []
+    return " ".join(parts)
+
+
+def label_fixes_override(current: list[str], new) -> str:
+    """data.label_fixes with `new` after the fixes the run was trained with (each listed once)."""
+    files = list(dict.fromkeys([*current, str(new)]))
+    return f"data.label_fixes=[{','.join(files)}]"
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -45,6 +84,8 @@ def _check_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     _check_flags(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    global _invocation
+    _invocation = Invocation(args.config, tuple(args.overrides))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

@@ -4,6 +4,7 @@ one-line error; the result is a typed Settings object (`cfg.train.lr`)."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from types import UnionType
@@ -23,13 +24,27 @@ Config = Settings
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise MaskcompError(f"{path}: config file not found; pass an existing file, e.g. --config configs/sample.yaml")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise MaskcompError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+        raise MaskcompError(yaml_problem(path, text, err)) from None
     if not isinstance(data, dict):
         raise MaskcompError(f"{path}: a config must be a mapping of keys to values")
     return data
+
+
+def yaml_problem(path: Path, text: str, err: yaml.YAMLError) -> str:
+    """One line for a YAML error: file, line, column, what is wrong (a tab named as such) and the fix."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML ({problem}); fix the syntax"
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    if "\t" in line[: mark.column + 1]:
+        return f"{where}: a tab character; YAML indents with spaces only, replace the tab with spaces"
+    return f"{where}: not valid YAML ({problem}); fix the syntax"
 
 
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
@@ -150,9 +165,20 @@ def _same_type(value: Any, default: Any) -> bool:
     return default is None or isinstance(value, type(default))
 
 
+def _not_finite(value: Any) -> bool:
+    """NaN or infinity anywhere in a value (lists and mappings too): YAML reads .nan and .inf as numbers."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    return isinstance(value, list) and any(_not_finite(v) for v in value)
+
+
 def _problem(field, value: Any) -> str | None:
     """What is wrong with `value` for a declared setting (None if it is fine)."""
     info, default = setting_info(field), field.get_default(call_default_factory=True)
+    if _not_finite(value):
+        return "a finite number (not NaN or infinity)"
     if info.get("choices"):
         ok = any(value is c if isinstance(c, bool) else value == c for c in info["choices"])
         names = (str(c).lower() if isinstance(c, bool) else c for c in info["choices"])
@@ -218,6 +244,9 @@ def validate(values: dict, model: type = Settings, prefix: str = "") -> None:
         problem = _problem(field, value)
         if problem:
             raise MaskcompError(f"config key {dotted}={value!r}: expected {problem}")
+    problem = model.cross_check(values)
+    if problem:
+        raise MaskcompError(f"config key {prefix}{problem}")
 
 
 def dump_config(cfg: Settings) -> str:

@@ -13,7 +13,8 @@ class MaskcompError(Exception):
 
 
 def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
-    """Wrap an entry point so a MaskcompError prints one line and exits 2 instead of a traceback."""
+    """Wrap an entry point so a MaskcompError prints one line and exits 2 instead of a traceback, and Ctrl-C one line
+    and exit 130."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> None:
@@ -24,6 +25,9 @@ def cli(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None]
         except MaskcompError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # every artifact is written atomically, and finished work is skipped on a rerun
+            print("interrupted; nothing half-written; rerun to continue", file=sys.stderr)
+            sys.exit(130)
         except OSError as err:  # a read-only folder, a full disk: the file and the reason, not a traceback
             where = f"{err.filename}: " if err.filename else ""
             print(

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import labels
+
 # A number keeps the type it was written with (1 stays 1, 1.0 stays 1.0): stage manifests digest the values, so a
 # float conversion would change every run id of a config that writes `warmup_epochs: 1`.
 Number = float | int
@@ -57,6 +59,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
     stages: ClassVar[tuple[str, ...]] = ()
     doc: ClassVar[str] = ""
+
+    @classmethod
+    def cross_check(cls, values: dict) -> str | None:
+        """What is wrong with the section's values taken together (`key=value: expected ...`), or None."""
+        return None
 
 
 class PathsSettings(Section):
@@ -145,7 +152,38 @@ class OversampleSettings(Section):
         "none", "repeat rare persons in training splits, or a weighted sampler", choices=("none", "repeat", "sampler")
     )
     head: str = setting("age", "whose classes the targets name", choices=("label", "mask", "gender", "age"))
-    targets: dict = setting({}, "class -> target share in the training split, e.g. {2: 0.2}")
+    targets: dict = setting(
+        {}, "class of the head (index or name, e.g. 2 or '>=60') -> target share in the training split, e.g. {2: 0.2}"
+    )
+
+    @classmethod
+    def cross_check(cls, values: dict) -> str | None:
+        targets = values["targets"] or {}
+        names = head_class_names(values["head"])
+        for key in targets:
+            if target_class(values["head"], key) is None:
+                known = ", ".join(f"{i} ({n})" for i, n in enumerate(names))
+                return f"targets={targets!r}: {key!r} is not a class of head {values['head']}; expected one of {known}"
+        shares = list(targets.values())
+        if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in shares) or sum(shares) >= 1:
+            return f"targets={targets!r}: expected positive shares that sum to less than 1"
+        return None
+
+
+def head_class_names(head: str) -> tuple[str, ...]:
+    """The class names of a head that folds.oversample.targets may name (label: the 18 classes)."""
+    return tuple(labels.class_name(c) for c in range(labels.NUM_CLASSES)) if head == "label" else labels.HEAD_NAMES[head]
+
+
+def target_class(head: str, key: Any) -> int | None:
+    """A targets key (an index, its text, or a class name) as the head's class index, or None when it names none."""
+    names = head_class_names(head)
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int) or (isinstance(key, str) and key.strip().isdecimal()):
+        index = int(key)
+        return index if 0 <= index < len(names) else None
+    return names.index(key) if key in names else None
 
 
 class FoldsSettings(Section):

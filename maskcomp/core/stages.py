@@ -149,7 +149,7 @@ def differences(place: Path, manifest: Manifest) -> list[str]:
     """Names of the inputs and config keys that differ from the stored manifest (for messages)."""
     stored = read_manifest(place)
     if stored is None:
-        return ["(no manifest)"]
+        return ["no manifest yet"]
     names = [
         k
         for k in set(manifest.inputs) | set(stored.get("inputs", {}))

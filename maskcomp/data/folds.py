@@ -18,6 +18,7 @@ from ..core.config import Config
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.paths import Paths
+from ..core.settings import target_class
 from ..core.stages import (
     Manifest,
     config_keys,
@@ -129,11 +130,9 @@ def load_folds(cfg: Config, images: pd.DataFrame) -> pd.Series:
 
 
 def _targets(cfg: Config) -> tuple[str, dict[int, float]]:
+    """The head's column and its targets by class index (names and indices were checked when the config loaded)."""
     over = cfg.folds.oversample
-    targets = {int(c): float(t) for c, t in (over.targets or {}).items()}
-    if sum(targets.values()) >= 1 or any(t <= 0 for t in targets.values()):
-        raise MaskcompError("folds.oversample.targets: shares must be positive and sum to less than 1")
-    return HEAD_COLUMNS[over.head], targets
+    return HEAD_COLUMNS[over.head], {target_class(over.head, c): float(t) for c, t in (over.targets or {}).items()}
 
 
 def oversample(train: pd.DataFrame, cfg: Config, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
