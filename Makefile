@@ -4,22 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= input/data
 # The generated sample gets the CPU-fast config; real data gets the default one. Override with CONFIG=...
-SAMPLE_MARK := $(DATA)/.generated_sample
-ifneq ($(wildcard $(DATA)/train/train.csv),)
-  ifeq ($(wildcard $(SAMPLE_MARK)),)
-    CONFIG ?= configs/default.yaml
-  endif
+# DATA and CONFIG may hold spaces: they are tested and passed quoted (make's own wildcard would split them)
+SAMPLE_MARK = $(DATA)/.generated_sample
+ifeq ($(shell test -f "$(DATA)/train/train.csv" && test ! -f "$(SAMPLE_MARK)" && echo real),real)
+  CONFIG ?= configs/default.yaml
 endif
 CONFIG ?= configs/sample.yaml
 ARGS ?=
-RUN = $(PY) $(1) --config $(CONFIG) paths.data_root=$(DATA) $(ARGS)
+RUN = $(PY) $(1) --config "$(CONFIG)" "paths.data_root=$(DATA)" $(ARGS)
 REQ_HASH := $(shell cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 # setuptools reports every editable install with a multi-line "Editable installation" notice that says nothing
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean clean-everything
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -59,8 +58,8 @@ lint: setup
 
 # Generate the sample dataset only when there is no data at all.
 sample: setup
-	@if [ -f $(DATA)/train/train.csv ]; then echo "sample: $(DATA) already has data, nothing to do"; \
-	else $(call RUN,preprocess/make_sample.py) && touch $(SAMPLE_MARK); fi
+	@if [ -f "$(DATA)/train/train.csv" ]; then echo "sample: $(DATA) already has data, nothing to do"; \
+	else $(call RUN,preprocess/make_sample.py) && touch "$(SAMPLE_MARK)"; fi
 
 eda: setup
 	$(call RUN,preprocess/eda.py)
@@ -101,7 +100,7 @@ review: setup
 # other machines join the same study with TUNE_STORAGE=postgresql://user:password@host/db
 TUNE ?= configs/tune/sample.yaml
 tune: setup
-	$(PY) tune.py --config $(TUNE) paths.data_root=$(DATA) $(ARGS)
+	$(PY) tune.py --config "$(TUNE)" "paths.data_root=$(DATA)" $(ARGS)
 
 bench: setup
 	$(PY) bench/run.py $(ARGS)
@@ -129,5 +128,11 @@ bench-noise: setup
 bench-scale: setup
 	$(PY) bench/scale.py $(ARGS)
 
-clean:
-	rm -rf preprocess/crops folds/folds.csv folds/fold_summary.* folds/applied_fixes.csv folds/*.manifest.json models reports cache submissions/*.csv submissions/*.json
+# what the pipeline regenerates (crops, folds, trained runs, reports, cache); review decisions, tune studies and
+# submissions stay, and the closing line counts them
+clean: setup
+	$(call RUN,-m maskcomp.clean)
+
+# everything clean removes, and the review decisions, tune studies and submissions too (counted)
+clean-everything: setup
+	$(call RUN,-m maskcomp.clean) --everything

@@ -5,7 +5,7 @@ run of the current config (train it first). `make infer` then predicts eval with
 `make ensemble ARGS=ensemble.models=refit` (or both) submits with them; the CV stays the fold models'.
 """
 
-from maskcomp.core.cli import parse_stage_args, stage_parser
+from maskcomp.core.cli import make_command, parse_stage_args, stage_parser
 from maskcomp.core.errors import cli
 from maskcomp.train.refit import refit
 
@@ -13,9 +13,10 @@ from maskcomp.train.refit import refit
 @cli
 def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    run = refit(cfg)
-    seeds = ", ".join(str(run.refit(s).dir) for s in run.refit_seeds())
-    print(f"refit models of run {run.label}: {seeds}; next: make infer, then make ensemble ARGS=ensemble.models=refit")
+    run, models = refit(cfg)
+    folders = ", ".join(str(files.dir) for files in models)
+    after = make_command("infer ensemble", ["ensemble.models=refit"])
+    print(f"refit models of run {run.label}: {folders}\nnext: {after} (or ensemble.models=both)")
 
 
 if __name__ == "__main__":

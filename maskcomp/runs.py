@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .core import labels
 from .core.config import PROJECT_ROOT, Config, dump_config
@@ -46,6 +47,9 @@ LATEST = "latest"
 BEST = "best.pt"
 DONE = "done.json"
 FAILED = "failed.json"  # the error that stopped the run's last training, until a training of it succeeds
+REVIEWED_FIXES = "label_fixes_reviewed.csv"  # make review: the accepted and edited fixes
+REVIEW_DECISIONS = "review_decisions.csv"  # make review: every decision, to resume
+PERSON_MADE = (REVIEWED_FIXES, REVIEW_DECISIONS)  # a person's work inside a run: nothing regenerates it
 DAMAGED = ".damaged"  # suffix of a checkpoint found damaged: kept beside the fold, never deleted
 
 
@@ -87,8 +91,8 @@ class RunRef:
     oof = property(lambda self: self.dir / "oof.csv")  # every fold's OOF, image keys relative to the data root
     fix_candidates = property(lambda self: self.dir / "label_fix_candidates.csv")
     auto_fixes = property(lambda self: self.dir / "label_fixes_auto.csv")
-    reviewed_fixes = property(lambda self: self.dir / "label_fixes_reviewed.csv")  # make review: accepted fixes
-    review_decisions = property(lambda self: self.dir / "review_decisions.csv")  # every decision, to resume
+    reviewed_fixes = property(lambda self: self.dir / REVIEWED_FIXES)
+    review_decisions = property(lambda self: self.dir / REVIEW_DECISIONS)
 
     def fold_dir(self, fold: int) -> Path:
         return self.dir / f"fold{fold}"
@@ -99,13 +103,34 @@ class RunRef:
     def trained_folds(self) -> list[int]:
         return sorted(int(p.parent.name.removeprefix("fold")) for p in self.dir.glob(f"fold*/{BEST}"))
 
-    def refit(self, seed: int) -> FoldFiles:
-        """A model trained on every training person (make refit), by its seed's index: refit/seed<S>/."""
-        return FoldFiles(self.dir / "refit" / f"seed{seed}")
+    def refit(self, epochs: int, seed: int) -> FoldFiles:
+        """The model trained on every training person (make refit) for `epochs` epochs with seed index `seed`:
+        refit/epochs<E>-seed<S>/, or the folder whose manifest names those (refit/seed<S>/ of older runs). A refit
+        of other epochs or seed never lands in another's folder."""
+        for files in self.refit_folders():
+            stored = read_manifest(files.manifest) or {}
+            if stored.get("config") == {"epochs": epochs, "seed": seed}:
+                return files
+        return FoldFiles(self.dir / "refit" / f"epochs{epochs}-seed{seed}")
 
-    def refit_seeds(self) -> list[int]:
-        """The finished refit models (done.json written after their last epoch)."""
-        return sorted(int(p.parent.name.removeprefix("seed")) for p in self.dir.glob(f"refit/seed*/{DONE}"))
+    def refit_folders(self) -> list[FoldFiles]:
+        """Every refit model folder with a manifest (finished or not)."""
+        return [FoldFiles(p.parent) for p in sorted(self.dir.glob(f"refit/*/{MANIFEST}"))]
+
+    def finished_refits(self) -> list[FoldFiles]:
+        """The refit models whose training finished (done.json written after their last epoch)."""
+        return [files for files in self.refit_folders() if files.done.exists()]
+
+    def expected_folds(self) -> list[int]:
+        """The folds the run was configured to train (folds.k of its config.yaml)."""
+        if not self.config.exists():
+            return self.trained_folds()
+        saved = yaml.safe_load(self.config.read_text()) or {}
+        return list(range(int(saved.get("folds", {}).get("k", 0)))) or self.trained_folds()
+
+    def missing_folds(self) -> list[int]:
+        """Folds of the run that have no finished training (no done.json)."""
+        return [f for f in self.expected_folds() if not self.done(f).exists()]
 
     def best(self, fold: int) -> Path:
         return self.fold(fold).best
@@ -317,10 +342,11 @@ def read_metrics(ref: RunRef) -> dict[int, pd.DataFrame]:
     return out
 
 
-def eval_models(ref: RunRef, which: str) -> list[FoldFiles]:
-    """The models whose eval predictions a submission averages (ensemble.models): folds, refit or both."""
+def eval_models(ref: RunRef, which: str, refits: list[FoldFiles]) -> list[FoldFiles]:
+    """The models whose eval predictions a submission averages (ensemble.models): folds, the chosen refit models
+    (`refits`), or both."""
     folds = [ref.fold(f) for f in ref.trained_folds()] if which in ("folds", "both") else []
-    return folds + ([ref.refit(s) for s in ref.refit_seeds()] if which in ("refit", "both") else [])
+    return folds + (refits if which in ("refit", "both") else [])
 
 
 def read_test_probs(ref: RunRef, fold: int | FoldFiles) -> tuple[np.ndarray, list[str]]:

@@ -12,7 +12,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "maskcomp"
 # lower layers first; a module may import its own layer and those before it
-LAYERS = ["core", "data", "crop", "runs", "train", "predict", "ensemble", "report", "analyze", "tune", "gpucheck"]
+LAYERS = [
+    "core", "data", "crop", "runs", "train", "predict", "ensemble", "report", "analyze", "tune", "gpucheck", "clean"
+]  # fmt: skip
 
 
 def module_name(path: Path) -> str:

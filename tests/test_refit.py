@@ -33,29 +33,31 @@ def test_refit_trains_on_everyone_and_submits_with_the_folds_cv(tiny_root, tmp_p
     with pytest.raises(MaskcompError, match="run `make train` before `make refit`"):
         refit(cfg)
     train(cfg)
-    run = refit(cfg)
+    run, models = refit(cfg)
     best = [json.loads(run.done(f).read_text())["best_epoch"] for f in run.trained_folds()]
-    assert run.refit_seeds() == [0, 1]
-    for s in (0, 1):
-        history = pd.read_csv(run.refit(s).metrics)
-        assert len(history) == int(np.ceil(np.median(best))), "as many epochs as the folds' median best epoch"
-        env = json.loads(run.refit(s).env.read_text())
+    epochs = int(np.ceil(np.median(best)))
+    assert [m.dir.name for m in run.finished_refits()] == [f"epochs{epochs}-seed0", f"epochs{epochs}-seed1"]
+    for files in models:
+        history = pd.read_csv(files.metrics)
+        assert len(history) == epochs, "as many epochs as the folds' median best epoch"
+        env = json.loads(files.env.read_text())
         assert env["train_images"] == len(load_train(cfg)), "every training image, no fold held out"
-    digests = [run.refit(s).best.read_bytes() for s in (0, 1)]
+    digests = [files.best.read_bytes() for files in models]
     assert digests[0] != digests[1], "each seed its own model"
-    stamp = run.refit(0).best.stat().st_mtime_ns
+    stamp = models[0].best.stat().st_mtime_ns
     refit(cfg)
-    assert run.refit(0).best.stat().st_mtime_ns == stamp, "a finished refit model is kept, not trained again"
+    assert models[0].best.stat().st_mtime_ns == stamp, "a finished refit model is kept, not trained again"
     infer(cfg)
     sides = {}
-    for models in ("folds", "refit", "both"):
-        path = ensemble(updated(cfg, {"ensemble.models": models, "ensemble.name": models}))
-        sides[models] = json.loads(path.with_suffix(".json").read_text())
+    for which in ("folds", "refit", "both"):
+        path = ensemble(updated(cfg, {"ensemble.models": which, "ensemble.name": which}))
+        sides[which] = json.loads(path.with_suffix(".json").read_text())
     assert sides["refit"]["cv_macro_f1"] == sides["folds"]["cv_macro_f1"] == sides["both"]["cv_macro_f1"]
-    assert sides["refit"]["summary"]["eval_models"].startswith(f"refit: {run.label} 2 model(s)")
-    assert sides["both"]["summary"]["eval_models"].startswith(f"both: {run.label} 4 model(s)")
+    names = f"refit/epochs{epochs}-seed0, refit/epochs{epochs}-seed1"
+    assert sides["refit"]["summary"]["eval_models"].startswith(f"refit: {run.label} {names} averaged")
+    assert sides["both"]["summary"]["eval_models"].startswith(f"both: {run.label} fold0, fold1, {names} averaged")
     subs = {m: pd.read_csv(Paths.from_config(cfg).submissions / f"{m}.csv") for m in sides}
-    refit_probs = np.mean([np.load(run.refit(s).test_probs) for s in (0, 1)], axis=0)
+    refit_probs = np.mean([np.load(files.test_probs) for files in models], axis=0)
     assert (subs["refit"]["ans"].to_numpy() == refit_probs.argmax(1)).mean() > 0.9  # biases may move a few
 
 
@@ -67,4 +69,4 @@ def test_ensemble_models_refit_without_refit_models_says_what_to_run(tiny_root, 
     infer(cfg)
     with pytest.raises(MaskcompError, match=r"has no refit model; run `make refit`, or set ensemble.models=folds"):
         ensemble(cfg)
-    assert resolve_run(Paths.from_config(cfg), "sample").refit_seeds() == []
+    assert resolve_run(Paths.from_config(cfg), "sample").finished_refits() == []

@@ -50,7 +50,9 @@ class Review:
 
     @property
     def retrain(self) -> str:
-        return make_command("folds train infer ensemble", [label_fixes_override(self.label_fixes, self.run.reviewed_fixes)])
+        return make_command(
+            "folds train infer ensemble", [label_fixes_override(self.label_fixes, self.run.reviewed_fixes)]
+        )
 
     def decide(self, person: str, fix: str, decision: str, value: str | None) -> dict:
         """Record one decision (replacing an earlier one of the same candidate) and save both files."""

@@ -12,7 +12,6 @@ from .config import Config, load_config
 from .errors import MaskcompError
 from .settings import leaves
 
-
 DATA_ROOT_KEY = "paths.data_root"
 
 

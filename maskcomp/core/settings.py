@@ -172,7 +172,9 @@ class OversampleSettings(Section):
 
 def head_class_names(head: str) -> tuple[str, ...]:
     """The class names of a head that folds.oversample.targets may name (label: the 18 classes)."""
-    return tuple(labels.class_name(c) for c in range(labels.NUM_CLASSES)) if head == "label" else labels.HEAD_NAMES[head]
+    return (
+        tuple(labels.class_name(c) for c in range(labels.NUM_CLASSES)) if head == "label" else labels.HEAD_NAMES[head]
+    )
 
 
 def target_class(head: str, key: Any) -> int | None:
@@ -434,6 +436,12 @@ class Settings(Section):
     run: str = setting(
         "latest",
         "the training run infer/ensemble/analyze use: latest, or a run id under models/<experiment>/",
+        speed=True,
+    )
+    partial_run: bool = setting(
+        False,
+        "true: a run whose folds are not all trained may still be submitted (its sidecar and stamped name say so) or "
+        "refit (epochs from its finished folds); false: such a run is refused, naming the missing folds",
         speed=True,
     )
     paths: PathsSettings = Field(default_factory=PathsSettings)

@@ -5,7 +5,7 @@ one): the age groups' cut points of ordinal heads, and eval persons found by gro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from ..core import labels
+from ..core.cli import make_command
 from ..core.config import Config
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
@@ -20,7 +21,7 @@ from ..core.metrics import macro_f1
 from ..core.paths import Paths
 from ..core.settings import EnsembleSettings
 from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbnails
-from ..predict.infer import require_current_predictions
+from ..predict.infer import require_current_predictions, required_refits, run_config
 from ..runs import RunRef, eval_models, read_oof, read_test_probs, read_test_table, resolve_run
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Experiment:
     test_ord: np.ndarray | None  # fold-averaged P(age >= k) of an ordinal age head, else None
     ids: list[str]
     ref: RunRef
-    eval_models: int = 0  # how many models' eval predictions test_probs averages (ensemble.models)
+    eval_models: list[str] = field(default_factory=list)  # the models test_probs averages (folders in the run)
 
     @property
     def oof_ord(self) -> np.ndarray | None:
@@ -46,7 +47,9 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
     ref = resolve_run(Paths.from_config(cfg), spec, cfg.run if spec == cfg.experiment else "latest")
-    require_current_predictions(cfg, ref, refit=cfg.ensemble.models != "folds")
+    require_complete(cfg, ref)
+    refits = required_refits(run_config(cfg, ref), ref) if cfg.ensemble.models != "folds" else []
+    require_current_predictions(cfg, ref, refits)
     folds = ref.trained_folds()
     if not folds:
         raise ref.no_folds_error()
@@ -58,7 +61,7 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     oof = read_oof(ref, Paths.from_config(cfg), tta=True)
     ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
-    for files in eval_models(ref, cfg.ensemble.models):
+    for files in eval_models(ref, cfg.ensemble.models, refits):
         probs, model_ids = read_test_probs(ref, files)
         if ids is not None and model_ids != ids:
             raise MaskcompError(f"{files.test_ids}: eval images differ between models; run `make infer` again")
@@ -66,7 +69,26 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
         tests.append(probs)
         if ordinal:
             ords.append(read_test_table(ref, files)[labels.AGE_ORD_COLUMNS].to_numpy())
-    return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref, len(tests))
+    names = [str(files.dir.relative_to(ref.dir)) for files in eval_models(ref, cfg.ensemble.models, refits)]
+    return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref, names)
+
+
+def require_complete(cfg: Config, ref: RunRef) -> None:
+    """A run with folds left to train covers only part of the persons: refused unless `partial_run` allows it."""
+    missing, expected = ref.missing_folds(), ref.expected_folds()
+    if not missing:
+        return
+    names = ", ".join(map(str, missing))
+    if cfg.partial_run:
+        log.warning(
+            "run %s: fold(s) %s of %d not trained; submitting it as a partial run", ref.label, names, len(expected)
+        )
+        return
+    raise MaskcompError(
+        f"run {ref.label}: fold(s) {names} of {len(expected)} not trained (its OOF and CV would cover only part of the "
+        f"persons); train them with `{make_command('train infer ensemble')}`, or set partial_run=true to submit it "
+        "as it is"
+    )
 
 
 def with_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, young: int, old: int) -> np.ndarray:

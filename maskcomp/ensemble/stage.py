@@ -13,7 +13,14 @@ from ..core.config import Config
 from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
-from .submission import append_index, sidecar_of, submission_table, warn_never_predicted, write_submission
+from .submission import (
+    append_index,
+    keep_replaced,
+    sidecar_of,
+    submission_table,
+    warn_never_predicted,
+    write_submission,
+)
 from .vote import vote
 
 log = logging.getLogger(__name__)
@@ -38,9 +45,10 @@ def ensemble(cfg: Config) -> Path:
         info, loaded[0].ids, (np.log(np.clip(mix.test, 1e-9, None)) + decision.biases).argmax(1), str(out)
     )
     sidecar = sidecar_of(cfg, loaded, mix, decision, sub, y).as_json()
-    written = [out] + (
-        [out.with_name(f"{out.stem}_cv{decision.cv_f1:.4f}_{time.strftime('%Y-%m-%d')}.csv")] if ec.stamped_copy else []
-    )
+    partial = "_partial" if sidecar["summary"]["missing_folds"] else ""  # a run with folds left out (partial_run)
+    stamp = f"{out.stem}{partial}_cv{decision.cv_f1:.4f}_{time.strftime('%Y-%m-%d')}.csv"
+    written = [out] + ([out.with_name(stamp)] if ec.stamped_copy else [])
+    keep_replaced(out, sidecar["summary"]["runs"])
     for path in written:
         write_submission(sub, sidecar, path)
     append_index(paths.submissions / "index.csv", written, sidecar)

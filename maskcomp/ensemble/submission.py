@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ class SidecarSummary:
     eval_rows: int
     person_grouping_applied: bool
     eval_models: str  # which models predicted eval (ensemble.models); the CV is always the fold models' OOF
+    missing_folds: dict[str, list[int]]  # folds of each run that were not trained (partial_run=true), else empty
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,9 @@ def sidecar_of(
         len(sub),
         bool(mix.grouping["applied"]) if mix.grouping else False,
         f"{ec.models}: "
-        + ", ".join(f"{e.ref.label} {e.eval_models} model(s)" for e in loaded)
+        + "; ".join(f"{e.ref.label} {', '.join(e.eval_models)}" for e in loaded)
         + " averaged on eval; the CV comes from the fold models' OOF",
+        {r.label: r.missing_folds() for r in runs if r.missing_folds()},
     )
     return Sidecar(
         summary,
@@ -148,6 +151,28 @@ def warn_never_predicted(sub: pd.DataFrame, y: np.ndarray) -> None:
         log.warning(
             "the submission never predicts %d class(es) that the training data has: %s", len(never), ", ".join(never)
         )
+
+
+def keep_replaced(out: Path, runs: list[str]) -> None:
+    """Before `out` is written for `runs`: when it holds a submission of other runs (or other voted files), say so,
+    and when no copy beside it has its bytes (a stamped copy), keep it as <name>_replaced_<when>.csv (+ .json)."""
+    sidecar = out.with_suffix(".json")
+    if not out.exists():
+        return
+    before = json.loads(sidecar.read_text()).get("summary", {}).get("runs", []) if sidecar.exists() else []
+    if sorted(before) == sorted(runs):
+        return
+    content = out.read_bytes()
+    copy = next((p for p in sorted(out.parent.glob(f"{out.stem}_*.csv")) if p.read_bytes() == content), None)
+    if copy is None:
+        copy = out.with_name(f"{out.stem}_replaced_{time.strftime('%Y-%m-%d_%H%M%S')}.csv")
+        os.replace(out, copy)
+        if sidecar.exists():
+            os.replace(sidecar, copy.with_suffix(".json"))
+    log.warning(
+        "%s held the submission of %s; it now holds that of %s (the earlier one is kept as %s)",
+        out, " ".join(before) or "unknown runs", " ".join(runs), copy,
+    )  # fmt: skip
 
 
 def append_index(index: Path, written: list[Path], sidecar: dict) -> None:

@@ -17,8 +17,9 @@ from ..core import labels
 from ..core.config import PROJECT_ROOT, Config
 from ..core.errors import MaskcompError
 from ..core.paths import Paths
+from ..core.stages import file_digest
 from ..runs import git_commit
-from .submission import append_index, validate_submission, write_submission
+from .submission import append_index, keep_replaced, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,26 @@ def vote_files(cfg: Config) -> list[Path]:
     return [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.ensemble.vote]
 
 
+def require_distinct(files: list[Path], out: Path) -> None:
+    """Each voted file once (by path and by content: a copy would count twice), and none of them the output."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.resolve() == out.resolve():
+            raise MaskcompError(
+                f"{path}: the vote would be written over this file, one of its own inputs; set ensemble.name to "
+                "another name"
+            )
+        if path.is_file():
+            digest = file_digest(path)
+            if digest in seen or path.resolve() in {p.resolve() for p in seen.values()}:
+                twin = seen.get(digest, path)
+                raise MaskcompError(
+                    f"ensemble.vote: {path} is listed twice or has the same content as {twin}; each file must be "
+                    "another submission (a copy would count twice)"
+                )
+            seen[digest] = path
+
+
 def vote(cfg: Config) -> Path:
     """Write the hard vote of ensemble.vote's files as submissions/<name>.csv (name default: vote) with its sidecar,
     and list it in submissions/index.csv."""
@@ -106,6 +127,8 @@ def vote(cfg: Config) -> Path:
     files = vote_files(cfg)
     if len(files) < 2:
         raise MaskcompError(f"ensemble.vote={cfg.ensemble.vote}: a vote needs two or more submission files")
+    out = paths.submissions / f"{cfg.ensemble.name or 'vote'}.csv"
+    require_distinct(files, out)
     ballots = [read_ballot(path, info) for path in files]
     order = sorted(range(len(ballots)), key=lambda i: np.inf if ballots[i].cv is None else -ballots[i].cv)
     ballots = [ballots[i] for i in order]  # best CV first: answers[0] is the best single file
@@ -113,8 +136,8 @@ def vote(cfg: Config) -> Path:
     voted = hard_vote(answers, [b.cv for b in ballots])
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": voted})
     validate_submission(sub, info, "the vote")
-    out = paths.submissions / f"{cfg.ensemble.name or 'vote'}.csv"
     sidecar = vote_sidecar(ballots, answers, voted).as_json()
+    keep_replaced(out, sidecar["summary"]["runs"])
     write_submission(sub, sidecar, out)
     append_index(paths.submissions / "index.csv", [out], sidecar)
     log.info(

@@ -40,6 +40,7 @@ from ..train.augment import eval_transform
 from ..train.dataset import CropCache, LoaderSpec, build_cache, crop_loader, existing_crops_only
 from ..train.evaluate import oof_table, predict, probability_table, tta_view
 from ..train.models import create_model, normalisation
+from ..train.refit import chosen_refits
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def run_config(cfg: Config, run: RunRef) -> Config:
     if not path.exists():
         raise MaskcompError(f"{path}: missing; this run was not made by `make train`; train it again")
     saved, now = yaml.safe_load(path.read_text()), cfg.model_dump()
-    out = {**saved, **{k: now[k] for k in ("paths", "infer", "ensemble", "run")}}
+    out = {**saved, **{k: now[k] for k in ("paths", "infer", "ensemble", "run", "refit", "partial_run")}}
     out["train"] = {**saved["train"], **{k: now["train"][k] for k in ("device", "workers")}}
     out["data"] = {**saved["data"], "skip_bad": cfg.data.skip_bad}
     return settings_from(out, str(path))
@@ -166,14 +167,27 @@ def prediction_manifest(side: EvalSide, run: RunRef, files: FoldFiles) -> Manife
     )
 
 
-def require_current_predictions(cfg: Config, run: RunRef, refit: bool = False) -> None:
-    """Every trained fold's (with `refit`, every refit model's too) test predictions were made by its current
-    best.pt on the current eval set."""
+def required_refits(cfg: Config, run: RunRef) -> list[FoldFiles]:
+    """The refit models this config names (refit.seeds, refit.epochs or the folds' median), each trained."""
+    if not run.finished_refits():
+        raise MaskcompError(f"run {run.label} has no refit model; run `make refit`, or set ensemble.models=folds")
+    chosen = chosen_refits(cfg, run)
+    for files in chosen:
+        if not files.done.exists():
+            raise MaskcompError(
+                f"{files.dir}: no such refit model (refit.seeds={cfg.refit.seeds}, refit.epochs={cfg.refit.epochs}); "
+                f"the run has {', '.join(f.dir.name for f in run.finished_refits())}: run `make refit` with these "
+                "settings, or pass the refit.* settings that made the ones you mean"
+            )
+    return chosen
+
+
+def require_current_predictions(cfg: Config, run: RunRef, refits: list[FoldFiles] = ()) -> None:
+    """Every trained fold's (and every model in `refits`') test predictions were made by its current best.pt on the
+    current eval set."""
     side = eval_side(cfg, run)
     models = [(run.fold(f), f"fold {f}") for f in run.trained_folds()]
-    models += [(run.refit(s), f"refit seed {s}") for s in run.refit_seeds()] if refit else []
-    if refit and not run.refit_seeds():
-        raise MaskcompError(f"run {run.label} has no refit model; run `make refit`, or set ensemble.models=folds")
+    models += [(files, f"refit {files.dir.name}") for files in refits]
     for files, what in models:
         require_current(
             files.predictions_manifest,
@@ -261,9 +275,13 @@ class FoldPrediction:
 
 
 def infer_refits(run: RunRef, side: EvalSide, how: FoldPrediction) -> None:
-    """The eval set through each refit model (make refit) whose predictions are not current."""
-    for s in run.refit_seeds():
-        out, what = run.refit(s), f"refit seed {s}"
+    """The eval set through each refit model the config names (make refit) whose predictions are not current."""
+    if not run.finished_refits():
+        return
+    chosen = [files for files in chosen_refits(side.cfg, run) if files.done.exists()]
+    log.info("refit models predicted with: %s", ", ".join(str(files.dir) for files in chosen) or "none of this config")
+    for out in chosen:
+        what = f"refit {out.dir.name}"
         manifest = prediction_manifest(side, run, out)
         if is_current(out.predictions_manifest, manifest):
             log.info("%s: predictions up to date in %s", what, out.dir)

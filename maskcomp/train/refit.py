@@ -1,6 +1,6 @@
 """make refit: final models trained on every training person (no held-out fold), as many epochs as the run's folds
 found best (the median of their best epochs, or refit.epochs), one per seed (refit.seeds), in
-models/<exp>/<run-id>/refit/seed<S>/. They have no validation, so no OOF: the CV stays the fold models'; the
+models/<exp>/<run-id>/refit/epochs<E>-seed<S>/. They have no validation, so no OOF: the CV stays the fold models'; the
 ensemble's `ensemble.models` picks which models predict eval. Each refit model is keyed on the run's manifest, its
 epoch count and its seed, and is skipped when done."""
 
@@ -34,12 +34,15 @@ SEED_STRIDE = 10_007  # refit seed s trains with seed + SEED_STRIDE * (s + 1): a
 class RefitTrainer(FoldTrainer):
     """A FoldTrainer over every training person with no validation: the last epoch's weights are the model."""
 
-    def __init__(self, cfg: Config, seed_index: int, images: pd.DataFrame, run: RunRef, place):
-        self.seed_index = seed_index
+    def __init__(self, cfg: Config, seed_index: int, images: pd.DataFrame, run: RunRef, place, files: FoldFiles):
+        self.seed_index, self.refit_files = seed_index, files
         super().__init__(cfg, 0, images, run, place)
 
     def _files(self, run: RunRef) -> FoldFiles:
-        return run.refit(self.seed_index)
+        return self.refit_files
+
+    def _say_done(self, state: TrainState) -> None:
+        log.info("refit seed %d done: %d epochs; model in %s", self.seed_index, state.best_epoch, self.files.dir)
 
     @property
     def label(self) -> str:
@@ -71,22 +74,40 @@ class RefitTrainer(FoldTrainer):
 
 
 def refit_epochs(cfg: Config, run: RunRef) -> int:
-    """refit.epochs, or the median of the finished folds' best epochs (rounded up)."""
+    """refit.epochs, or the median of the run's folds' best epochs (rounded up). A run with folds left to train is
+    refused unless `partial_run` allows it; the log says which folds the count comes from."""
     if cfg.refit.epochs:
         return cfg.refit.epochs
-    folds = run.trained_folds()
-    if not folds or any(not run.done(f).exists() for f in folds):
-        raise MaskcompError(f"run {run.label}: its folds are not all trained; run `make train` before `make refit`")
-    best = [json.loads(run.done(f).read_text())["best_epoch"] for f in folds]
-    return max(1, int(np.ceil(statistics.median(best))))
+    finished, missing = [f for f in run.trained_folds() if run.done(f).exists()], run.missing_folds()
+    if not finished or (missing and not cfg.partial_run):
+        names = ", ".join(map(str, missing)) or "all"
+        raise MaskcompError(
+            f"run {run.label}: fold(s) {names} of {len(run.expected_folds())} not trained, so the refit's epoch "
+            "count would not come from every fold; run `make train` first, or set refit.epochs=N"
+            + (", or partial_run=true" if finished else "")
+        )
+    best = [json.loads(run.done(f).read_text())["best_epoch"] for f in finished]
+    epochs = max(1, int(np.ceil(statistics.median(best))))
+    log.info(
+        "refit: %d epochs, the median of the best epochs %s of fold(s) %s (%d of %d folds)",
+        epochs, best, ", ".join(map(str, finished)), len(finished), len(run.expected_folds()),
+    )  # fmt: skip
+    return epochs
 
 
 def refit_manifest(run: RunRef, epochs: int, seed_index: int) -> Manifest:
     return Manifest("refit", {"run": read_manifest(run.dir)["digest"]}, {"epochs": epochs, "seed": seed_index})
 
 
-def refit(cfg: Config) -> RunRef:
-    """Train refit.seeds models on every training person in the run of the current config; done ones are skipped."""
+def chosen_refits(cfg: Config, run: RunRef) -> list[FoldFiles]:
+    """The refit models this config names (refit.seeds of refit_epochs' count), trained or not."""
+    epochs = refit_epochs(cfg, run)
+    return [run.refit(epochs, s) for s in range(cfg.refit.seeds)]
+
+
+def refit(cfg: Config) -> tuple[RunRef, list[FoldFiles]]:
+    """Train refit.seeds models on every training person in the run of the current config; done ones are skipped.
+    Returns the run and the models' folders."""
     require_input_size(cfg.model.backbone, cfg.train.img_size)
     run = open_run(cfg, run_manifest(cfg), write=False)
     if read_manifest(run.dir) is None:
@@ -96,13 +117,13 @@ def refit(cfg: Config) -> RunRef:
     images, place = load_train(cfg), start_distributed(cfg.train.device)
     with run_lock(run) if place.is_main else contextlib.nullcontext():
         for s in range(cfg.refit.seeds):
-            files, manifest = run.refit(s), refit_manifest(run, epochs, s)
+            files, manifest = run.refit(epochs, s), refit_manifest(run, epochs, s)
             if is_current(files.manifest, manifest) and files.done.exists() and not damaged_checkpoint(files):
                 log.info("refit seed %d: already trained for %d epochs in %s; skipping", s, epochs, files.dir)
                 continue
             files.done.unlink(missing_ok=True)
+            write_manifest(files.manifest, manifest)  # names the folder's model before any weight is written
             log.info("refit seed %d: %d epochs on all %d training images (run %s)", s, epochs, len(images), run.label)
-            RefitTrainer(rcfg, s, images, run, place).run()
-            write_manifest(files.manifest, manifest)
+            RefitTrainer(rcfg, s, images, run, place, files).run()
             log.info("refit seed %d: model in %s", s, files.best)
-    return run
+    return run, [run.refit(epochs, s) for s in range(cfg.refit.seeds)]

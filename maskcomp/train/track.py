@@ -7,19 +7,80 @@ upload later with `wandb sync`; never a login prompt, never a wait on the networ
 
 from __future__ import annotations
 
+import functools
 import logging
+import netrc
 import os
+import socket
+import threading
 from typing import Any
+from urllib.parse import urlparse
 
 from ..core.config import Config
+from ..core.errors import MaskcompError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 5.0  # W&B's own client waits over a minute for a server it cannot reach
+
+
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "").strip() or DEFAULT_BASE_URL
+
+
+def api_key() -> str | None:
+    """WANDB_API_KEY, or the key `wandb login` left in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return os.environ["WANDB_API_KEY"].strip()
+    try:
+        found = netrc.netrc().authenticators(urlparse(base_url()).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return found[2] if found else None
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why W&B's server cannot be reached (name lookup and connection within `timeout`), or None when it can."""
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err.strerror or type(err).__name__)
+
+    worker = threading.Thread(target=probe, daemon=True)  # a name lookup has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:.0f} s"
+
+
+@functools.cache
+def _resolved(mode: str, key: bool, url: str) -> str:
+    if mode == "offline" or (mode == "auto" and not key):
+        return "offline"
+    fix = "or set train.wandb_mode=offline (then `.venv/bin/wandb sync` uploads later)"
+    if not key:
+        raise MaskcompError(
+            f"train.wandb_mode=online: no W&B API key (WANDB_API_KEY or ~/.netrc); run `wandb login`, {fix}"
+        )
+    why = unreachable(url)
+    if why is None:
+        return "online"
+    if mode == "online":
+        raise MaskcompError(f"train.wandb_mode=online: cannot reach W&B at {url} ({why}); check the network, {fix}")
+    log.warning("W&B at %s cannot be reached (%s): tracking offline; `wandb sync` uploads later", url, why)
+    return "offline"
+
 
 def wandb_mode(cfg: Config) -> str:
-    if cfg.train.wandb_mode != "auto":
-        return cfg.train.wandb_mode
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    """online or offline, decided once per process before any training: online needs a key and a reachable server
+    (train.wandb_mode=online says so in one line when either is missing; auto then tracks offline)."""
+    return _resolved(cfg.train.wandb_mode, api_key() is not None, base_url())
 
 
 def start_run(cfg: Config, run_dir, name: str, job_type: str, extra: dict[str, Any]) -> Any:

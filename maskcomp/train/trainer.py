@@ -51,7 +51,7 @@ from .loop import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fo
 from .losses import Criterion, balanced_class_weights
 from .models import create_model, head_sizes, normalisation, require_input_size
 from .optim import create_optimizer, create_scheduler
-from .track import WandbSink
+from .track import WandbSink, wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -414,14 +414,17 @@ class FoldTrainer:
         if self.rank == 0:
             write_json(summary, self.files.done)
             sinks.close(summary)
-            log.info(
-                "fold %d done: best macro F1 %.4f at epoch %d; outputs in %s",
-                self.fold,
-                state.best_f1,
-                state.best_epoch,
-                self.files.dir,
-            )
+            self._say_done(state)
         return summary
+
+    def _say_done(self, state: TrainState) -> None:
+        log.info(
+            "fold %d done: best macro F1 %.4f at epoch %d; outputs in %s",
+            self.fold,
+            state.best_f1,
+            state.best_epoch,
+            self.files.dir,
+        )
 
     def _sinks(self) -> MetricSinks:
         tracker = None
@@ -470,13 +473,16 @@ def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
     return "damaged"
 
 
-def _train_fold(cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool) -> dict:
+def _train_fold(
+    cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool, as_latest: bool
+) -> dict:
     """One fold of the run: skipped when done, else trained (resumed on request). A fold that finishes (or is found
-    done) makes the run `latest`; a training that stops records its error in the run's failed.json."""
+    done) makes the run `latest` (with `as_latest`); a training that stops records its error in the run's
+    failed.json."""
     status = _fold_status(run, fold, place)
     if status == "done" and not resume:
         log.info("fold %d already trained in run %s (%s); skipping", fold, run.run_id, run.done(fold))
-        if place.is_main:
+        if place.is_main and as_latest:
             mark_latest(run)
         return {**json.loads(run.done(fold).read_text()), "trained_now": False}
     try:
@@ -485,16 +491,21 @@ def _train_fold(cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place
         if place.is_main:
             record_failure(run, fold, err)
         raise
-    if place.is_main:
+    if place.is_main and as_latest:
         mark_latest(run)
     return {**summary, "trained_now": True}
 
 
-def train(cfg: Config, folds: list[int] | None = None, resume: bool = False, wait: bool = False) -> list[dict]:
+def train(
+    cfg: Config, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
+) -> list[dict]:
     """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
-    run already finished are skipped. The run becomes the experiment's `latest`. With `wait`, a run another process
-    is training is waited for instead of refused."""
+    run already finished are skipped. The run becomes the experiment's `latest` unless `as_latest` is false (a search's
+    trials: a plain `make infer` must not move to them). With `wait`, a run another process is training is waited for
+    instead of refused."""
     require_input_size(cfg.model.backbone, cfg.train.img_size)
+    if "wandb" in cfg.train.loggers:
+        wandb_mode(cfg)  # a missing key or an unreachable server: one line now, not after the first epoch
     images = load_train(cfg)
     all_folds = sorted(set(load_folds(cfg, images)))
     todo = folds or cfg.train.folds or all_folds
@@ -505,7 +516,7 @@ def train(cfg: Config, folds: list[int] | None = None, resume: bool = False, wai
     log.info("run %s: %s", run.label, run.dir)
     lock = run_lock(run, wait) if place.is_main else contextlib.nullcontext()
     with lock:
-        results = [_train_fold(cfg, fold, images, run, place, resume) for fold in todo]
+        results = [_train_fold(cfg, fold, images, run, place, resume, as_latest) for fold in todo]
         if place.is_main:
             clear_failure(run)
     if place.world > 1:  # every rank leaves together, and the process group is torn down before interpreter exit

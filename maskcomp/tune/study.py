@@ -35,6 +35,7 @@ from .space import Dimension, search_space, suggest
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "TUNE_STORAGE"
+STUDIES = "tune"  # models/tune/: the SQLite studies (a search's record: nothing regenerates it)
 SCHEMA_ATTEMPTS = 5  # workers starting together race to create the storage's tables; the losers open them after
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -63,7 +64,7 @@ def storage_url(cfg: Config, study: str) -> str:
             return "postgresql+psycopg2://" + url.removeprefix(plain)
     if url:
         return url
-    path = (Paths.from_config(cfg).models / "tune" / f"{study}.db").resolve()
+    path = (Paths.from_config(cfg).models / STUDIES / f"{study}.db").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -162,6 +163,15 @@ def nested_cv(cfg: Config, ref: RunRef) -> float:
     return decide(logp, oof["label"].to_numpy(), oof["fold"].to_numpy(), cfg.ensemble).cv_f1
 
 
+class TrialFailed(Exception):
+    """A trial's error, as one line (its traceback is not shown: the line names the setting and the fix)."""
+
+
+def one_line(err: BaseException) -> str:
+    first = (str(err).splitlines() or [""])[0][:300]
+    return first if isinstance(err, MaskcompError) else f"{type(err).__name__}: {first}"
+
+
 class OverBudget(Exception):
     """Raised in a trial that another worker's trials left no room for (its state is FAIL, marked over_budget)."""
 
@@ -182,8 +192,23 @@ class Objective:
     job: TuneJob
     dims: list[Dimension]
     folds: list[int]
+    stop_reason: str = ""  # a failure that no searched setting causes: every trial would meet it
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, OverBudget):
+            raise
+        except Exception as err:
+            reason = one_line(err)
+            trial.set_user_attr("error", reason)
+            finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if not finished and not any(dim.key in reason for dim in self.dims):
+                self.stop_reason = f"trial {trial.number} failed: {reason}"
+                trial.study.stop()
+            raise TrialFailed(reason) from None
+
+    def _run(self, trial: optuna.Trial) -> float:
         if counted_trials(trial.study, before=trial.number) >= self.job.cfg.tune.trials:
             trial.set_user_attr("over_budget", True)
             trial.study.stop()
@@ -194,7 +219,7 @@ class Objective:
         trial.set_user_attr("run_id", ref.run_id)
         values, trained, start = [], 0, time.perf_counter()
         for step, fold in enumerate(self.folds):
-            summary = train(cfg, folds=[fold], wait=True)[0]
+            summary = train(cfg, folds=[fold], wait=True, as_latest=False)[0]  # `latest` stays the user's run
             values.append(summary["best_f1"])
             trained += summary["trained_now"]
             trial.set_user_attr("folds_trained", trained)
@@ -218,6 +243,8 @@ def say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     folds = f"{trial.user_attrs.get('folds_done', 0)} fold(s), {trial.user_attrs.get('folds_trained', 0)} trained"
     if trial.state == TrialState.COMPLETE:
         what = f"CV {trial.value:.4f}"
+    elif trial.state == TrialState.FAIL and trial.user_attrs.get("error"):
+        what = f"failed: {trial.user_attrs['error']}"
     elif trial.state == TrialState.PRUNED:
         last = max(trial.intermediate_values.items(), default=(0, float("nan")))[1]
         what = f"pruned (running fold mean {last:.4f})"
@@ -233,10 +260,24 @@ def say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
+def require_no_clash(dims: list[Dimension], overrides: tuple[str, ...]) -> None:
+    """A setting given in ARGS that the space also searches would be replaced by each trial's value without a word."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        for dim in dims:
+            if key == dim.key or dim.key.startswith(key + ".") or key.startswith(dim.key + "."):
+                raise MaskcompError(
+                    f"tune.space.{dim.key}: also set in ARGS ({text}), which every trial would replace; remove it "
+                    "from ARGS to search it, or from the search file's tune.space to pin it"
+                )
+
+
 def optimise(job: TuneJob) -> optuna.Study:
-    """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass."""
+    """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass. A failed
+    trial prints one line; a failure that names no searched setting stops the search with that line."""
     dims, folds = search_space(job.cfg), trial_folds(job.cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    require_no_clash(dims, job.overrides)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our one line, not Optuna's traceback
     study = open_study(job)
     study.set_user_attr("trials", job.cfg.tune.trials)
     with warnings.catch_warnings():  # experimental since Optuna 2.9, unchanged since
@@ -247,11 +288,18 @@ def optimise(job: TuneJob) -> optuna.Study:
         log.info("study %s already has %d trials (tune.trials=%d); nothing to run", job.study, taken, budget)
         return study
     log.info("study %s in %s: %d of %d trials taken", job.study, _safe_url(job.storage), taken, budget)
+    objective = Objective(job, dims, folds)
     study.optimize(
-        Objective(job, dims, folds),
+        objective,
         timeout=job.cfg.tune.minutes * 60 or None,
         callbacks=[partial(stop_at_budget, job.cfg.tune.trials), say_trial],
-        catch=(OverBudget,),
+        catch=(OverBudget, TrialFailed),
         gc_after_trial=True,
     )
+    if objective.stop_reason:
+        searched = ", ".join(dim.key for dim in dims)
+        raise MaskcompError(
+            f"study {job.study}: {objective.stop_reason}; this names none of the searched settings ({searched}), so "
+            "every trial would fail the same way: fix it and run `make tune` again"
+        )
     return study
