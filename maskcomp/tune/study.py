@@ -275,8 +275,9 @@ def require_no_clash(dims: list[Dimension], overrides: tuple[str, ...]) -> None:
 def optimise(job: TuneJob) -> optuna.Study:
     """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass. A failed
     trial prints one line; a failure that names no searched setting stops the search with that line."""
-    dims, folds = search_space(job.cfg), trial_folds(job.cfg)
+    dims = search_space(job.cfg)
     require_no_clash(dims, job.overrides)
+    folds = trial_folds(job.cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our one line, not Optuna's traceback
     study = open_study(job)
     study.set_user_attr("trials", job.cfg.tune.trials)
