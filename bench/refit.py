@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = recipe_config("ours", args.data, args.work / "ours", False, [f"refit.seeds={args.seeds}", *args.set])
-    run = refit(cfg)
+    run, _ = refit(cfg)
     infer(cfg)
     answers = pd.read_csv(args.data / "eval_answers.csv", dtype={"ImageID": str, "person_id": str})
     answers = answers.set_index("ImageID")

@@ -185,7 +185,7 @@ def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypa
     fold_f1 = {0.003: 0.8, 0.001: 0.2}
     calls = []
 
-    def fake_train(cfg, folds, wait):
+    def fake_train(cfg, folds, wait, as_latest=True):
         calls.append((cfg.train.lr, folds))
         return [{"best_f1": fold_f1[cfg.train.lr], "trained_now": True}]
 
