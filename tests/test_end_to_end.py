@@ -269,3 +269,10 @@ def test_person_grouping_in_the_ensemble(pipeline):
     assert groups["grouped"].mean() > 0.8
     page = analyze(cfg)[0]
     assert (page.parent / "groups.png").exists() and "Person groups (eval)" in page.read_text()
+    # a named submission: the analysis page links it and shows its groups (they were left out before)
+    named = updated(forced, {"ensemble.name": "named"})
+    ensemble(named)
+    (page.parent / "groups.png").unlink()
+    text = analyze(named)[0].read_text()
+    assert "submissions/named.csv'>submission</a>" in text and "named.groups.csv</a>" in text
+    assert (page.parent / "groups.png").exists() and "Person groups (eval)" in text

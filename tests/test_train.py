@@ -120,7 +120,8 @@ def _overrides(root: Path, work: Path, epochs: int) -> list[str]:
 def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_path):
     work = Path(tiny_cfg.paths.models).parent
     # persistent DataLoader workers: their base seed must not come from (and shift) the global RNG
-    args = [*_overrides(tiny_root, work, epochs=4), "train.workers=2", "model.drop_rate=0.5"]
+    # threads pinned: a thread count chosen from the machine's load may differ between the runs, and with it the sums
+    args = [*_overrides(tiny_root, work, epochs=4), "train.workers=2", "model.drop_rate=0.5", "train.threads=2"]
     straight = subprocess.run(
         _cli(args, "paths.models=" + str(work / "straight"), "--fold", "0"), cwd=ROOT, capture_output=True, text=True
     )

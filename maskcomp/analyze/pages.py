@@ -18,6 +18,7 @@ from ..core.fileio import write_csv
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..core.paths import Paths
 from ..core.stages import read_manifest
+from ..ensemble.names import groups_file, submission_file
 from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 from ..train.track import log_analysis
@@ -248,8 +249,9 @@ def analyze_experiment(cfg: Config, experiment: str) -> Path:
     return index
 
 
-def page_links(a: Analysis, paths: Paths, out: Path) -> list[str]:
+def page_links(a: Analysis, cfg: Config, out: Path) -> list[str]:
     """The run's files and the other report pages, as relative links (the pages work after reports/ is moved)."""
+    paths = Paths.from_config(cfg)
     own = [
         (a.run.config, "config"),
         (a.run.oof, "OOF"),
@@ -257,7 +259,7 @@ def page_links(a: Analysis, paths: Paths, out: Path) -> list[str]:
         (out / "label_fix_candidates.csv", "candidates CSV"),
     ]
     others = [
-        (paths.submissions / f"{a.experiment.replace('@', '-')}.csv", "submission"),
+        (submission_file(cfg), "submission"),
         (paths.reports / "eda" / "index.html", "EDA"),
         (paths.reports / "crop" / "index.html", "crop report"),
     ]
@@ -265,7 +267,7 @@ def page_links(a: Analysis, paths: Paths, out: Path) -> list[str]:
     return [htmlpage.link(p, out, name) for p, name in own + found]
 
 
-def page_meta(a: Analysis, paths: Paths, out: Path) -> list[str]:
+def page_meta(a: Analysis, cfg: Config, out: Path) -> list[str]:
     """The header lines: run, creation, code, data digests, files."""
     info, manifest = run_info(a.run), read_manifest(a.run.dir)
     data = ", ".join(f"{k} {v[:12]}" for k, v in (manifest or {}).get("inputs", {}).items() if k != "folds_csv")
@@ -273,7 +275,7 @@ def page_meta(a: Analysis, paths: Paths, out: Path) -> list[str]:
         f"Run <b>{html.escape(a.run.label)}</b> created {html.escape(str(info.get('created', '?')))}, code "
         f"{html.escape(str(info.get('git_commit') or 'unknown'))}; data digests: {html.escape(data or 'unknown')} "
         f"({htmlpage.link(a.run.manifest, out, 'manifest')})",
-        "Files: " + " · ".join(page_links(a, paths, out)),
+        "Files: " + " · ".join(page_links(a, cfg, out)),
     ]
 
 
@@ -302,8 +304,8 @@ def render_page(a: Analysis, cfg: Config, out: Path, extra: list[htmlpage.Sectio
         f"<p>OOF macro F1 (all {len(a.oof)} images): "
         f"<b>{a.overall['f1']:.4f}</b>; accuracy {a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
     ]
-    sections = [*score_sections(a), *extra, noise_section(a, cfg, out), *group_strips(cfg, a.experiment, out)]
-    meta = page_meta(a, Paths.from_config(cfg), out)
+    sections = [*score_sections(a), *extra, noise_section(a, cfg, out), *group_strips(cfg, out)]
+    meta = page_meta(a, cfg, out)
     return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
 
 
@@ -328,11 +330,11 @@ def noise_section(a: Analysis, cfg: Config, out: Path) -> htmlpage.Section:
 STRIP_GROUPS = 3  # groups shown from each end of the confidence order
 
 
-def group_strips(cfg: Config, experiment: str, out: Path) -> list[htmlpage.Section]:
-    """The eval person groups of this experiment's submission (if grouping was applied): the least and the most
-    confident groups, one strip of thumbnails each, captioned with each image's similarity to its group."""
+def group_strips(cfg: Config, out: Path) -> list[htmlpage.Section]:
+    """The eval person groups of the submission (if grouping was applied): the least and the most confident groups,
+    one strip of thumbnails each, captioned with each image's similarity to its group."""
     paths = Paths.from_config(cfg)
-    groups_csv = paths.submissions / f"{experiment.replace('@', '-')}.groups.csv"
+    groups_csv = groups_file(submission_file(cfg))
     if not groups_csv.exists():
         return []
     groups = pd.read_csv(groups_csv, dtype={"ImageID": str, "group": str})
@@ -434,8 +436,7 @@ def closing_summary(cfg: Config, pages: list[Path]) -> str:
     """What `make all` produced, in a few lines: submission, CV (nested), eval score when answers exist, the report
     pages and the weakest classes of the OOF predictions."""
     paths = Paths.from_config(cfg)
-    name = cfg.ensemble.name or "+".join(e.replace("@", "-") for e in (cfg.ensemble.experiments or [cfg.experiment]))
-    submission = paths.submissions / f"{name}.csv"
+    submission = submission_file(cfg)
     lines = ["", "== summary"]
     if submission.exists():
         side = json.loads(submission.with_suffix(".json").read_text())

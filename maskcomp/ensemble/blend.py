@@ -23,6 +23,7 @@ from ..core.settings import EnsembleSettings
 from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbnails
 from ..predict.infer import require_current_predictions, required_refits, run_config
 from ..runs import RunRef, eval_models, read_oof, read_test_probs, read_test_table, resolve_run
+from .names import groups_file
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def write_groups(eval_ids: list[str], groups, out: Path) -> Path:
             "grouped": groups.grouped,
         }
     )
-    return write_csv(table, out.with_name(out.stem + ".groups.csv"))
+    return write_csv(table, groups_file(out))
 
 
 def person_grouping(

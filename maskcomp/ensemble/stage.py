@@ -13,6 +13,7 @@ from ..core.config import Config
 from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
+from .names import submission_file
 from .submission import (
     append_index,
     keep_replaced,
@@ -37,7 +38,7 @@ def ensemble(cfg: Config) -> Path:
     experiments = ec.experiments or [cfg.experiment]
     loaded = load_all(cfg, experiments)
     y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
-    out = paths.submissions / f"{ec.name or '+'.join(e.replace('@', '-') for e in experiments)}.csv"
+    out = submission_file(cfg)
     mix = blend(cfg, loaded, out)
     decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ec)
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)

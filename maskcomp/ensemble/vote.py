@@ -19,6 +19,7 @@ from ..core.errors import MaskcompError
 from ..core.paths import Paths
 from ..core.stages import file_digest
 from ..runs import git_commit
+from .names import submission_file
 from .submission import append_index, keep_replaced, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def vote(cfg: Config) -> Path:
     files = vote_files(cfg)
     if len(files) < 2:
         raise MaskcompError(f"ensemble.vote={cfg.ensemble.vote}: a vote needs two or more submission files")
-    out = paths.submissions / f"{cfg.ensemble.name or 'vote'}.csv"
+    out = submission_file(cfg)
     require_distinct(files, out)
     ballots = [read_ballot(path, info) for path in files]
     order = sorted(range(len(ballots)), key=lambda i: np.inf if ballots[i].cv is None else -ballots[i].cv)
