@@ -5,8 +5,10 @@ it) all come from here. Code reads typed settings: `cfg.train.lr`.
 
 A section's settings change the stages in its `stages` class variable unless declared `speed=True` (they change how
 fast or where a stage runs, never what it writes); `stages=(...)` on a setting adds stages of its own. A setting
-declared `added=True` came after runs were trained: while it holds its default it stays out of the manifests, so those
-runs keep their ids (their outputs are what the default gives).
+declared `shapes_input=True` shapes what a trained model is fed (a checkpoint is predicted with its own values); one
+declared `invocation=True` is taken from the invocation even by a stored run. A setting declared `added=True` came
+after runs were trained: while it holds its default it stays out of the manifests, so those runs keep their ids
+(their outputs are what the default gives).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def setting(
     speed: bool = False,
     words: tuple[str, ...] = (),
     added: bool = False,
+    shapes_input: bool = False,
+    invocation: bool = False,
 ) -> Any:
     """One setting's declaration (a pydantic Field carrying what validation and the manifests need)."""
     extra = {
@@ -47,6 +51,8 @@ def setting(
         "speed": speed,
         "words": words,
         "added": added,
+        "shapes_input": shapes_input,
+        "invocation": invocation,
     }
     if isinstance(default, (list, dict)):
         return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
@@ -91,6 +97,7 @@ class DataSettings(Section):
         False,
         "true: list bad persons/images in reports/skipped_<split>.csv instead of failing",
         stages=("crop", "folds"),
+        invocation=True,
     )
     label_fixes: list[str] = setting(
         [], "CSV files in the label-fixes format (see README), applied in order", stages=("folds",)
@@ -113,6 +120,7 @@ class CropSettings(Section):
         "face boxes from MTCNN, a fixed centre box, or the whole image",
         choices=("mtcnn", "center", "none"),
         stages=("crop",),
+        shapes_input=True,
     )
     device: str = setting("auto", "auto | cpu | cuda")
     batch_size: int = setting(16, "images per MTCNN call", low=1)
@@ -121,20 +129,35 @@ class CropSettings(Section):
         "detect on a downscaled copy; faces here are large, so this is ~4x faster",
         low=0.05,
         high=1.0,
-        stages=("crop",),
+        stages=("crop", "detect"),
     )
-    min_face_size: int = setting(40, "in pixels of the full-size image", low=12, stages=("crop",))
+    min_face_size: int = setting(40, "in pixels of the full-size image", low=12, stages=("crop", "detect"))
     thresholds: list[Number] = setting(
-        [0.6, 0.7, 0.7], "MTCNN's three stage thresholds", low=0.0, high=1.0, length=3, stages=("crop",)
+        [0.6, 0.7, 0.7], "MTCNN's three stage thresholds", low=0.0, high=1.0, length=3, stages=("crop", "detect")
     )
     relaxed_thresholds: list[Number] = setting(
-        [0.4, 0.5, 0.5], "the retry's thresholds on an equalised copy", low=0.0, high=1.0, length=3, stages=("crop",)
+        [0.4, 0.5, 0.5],
+        "the retry's thresholds on an equalised copy",
+        low=0.0,
+        high=1.0,
+        length=3,
+        stages=("crop", "detect"),
     )
     margin: Number = setting(
-        0.25, "box grows by this fraction of its size on each side", low=0.0, high=2.0, stages=("crop",)
+        0.25,
+        "box grows by this fraction of its size on each side",
+        low=0.0,
+        high=2.0,
+        stages=("crop",),
+        shapes_input=True,
     )
     aspect: Number = setting(
-        0.75, "crop width / height, matching the model input", low=0.1, high=10.0, stages=("crop",)
+        0.75,
+        "crop width / height, matching the model input",
+        low=0.1,
+        high=10.0,
+        stages=("crop",),
+        shapes_input=True,
     )
     center_box: list[Number] = setting(
         [0.15, 0.12, 0.85, 0.75],
@@ -197,7 +220,7 @@ class FoldsSettings(Section):
 
 class ModelSettings(Section):
     stages: ClassVar = ("train",)
-    backbone: str = setting("efficientnet_lite0", "any timm model name")
+    backbone: str = setting("efficientnet_lite0", "any timm model name", shapes_input=True)
     pretrained: bool | str = setting("pypi", "false | pypi | hub | path to a weights file")
     head: str = setting(
         "multi",
@@ -240,7 +263,7 @@ class AugmentSettings(Section):
 
 class TrainSettings(Section):
     stages: ClassVar = ("train",)
-    img_size: list[int] = setting([256, 192], "height, width", low=32, high=4096, length=2)
+    img_size: list[int] = setting([256, 192], "height, width", low=32, high=4096, length=2, shapes_input=True)
     epochs: int = setting(10, "epochs per fold", low=1)
     batch_size: int | str = setting(
         32,
@@ -496,9 +519,31 @@ def added_defaults(stage: str) -> dict[str, Any]:
     }
 
 
+def input_shaping_keys() -> list[str]:
+    """The settings that shape what a trained model is fed (declared shapes_input=True)."""
+    return [name for name, field, _ in leaves() if setting_info(field).get("shapes_input")]
+
+
+def invocation_keys() -> list[str]:
+    """The settings a stored run takes from the invocation that uses it (paths, devices, infer, ensemble, ...): those
+    that enter none of the identities of the stages that made the run (crop, folds, train); `experiment` stays the
+    run's own; a setting declared invocation=True (data.skip_bad: whether bad eval images are skipped) too."""
+    made_by = {"crop", "folds", "train"}
+    return [
+        name
+        for name, field, stages in leaves()
+        if (not made_by & set(stages) and name != "experiment") or setting_info(field).get("invocation")
+    ]
+
+
 def identity_keys(stage: str) -> list[str]:
     """The settings whose values are part of `stage`'s identity (its manifest)."""
     return [name for name, _, stages in leaves() if stage in stages]
+
+
+def section_keys(section: str, stage: str) -> tuple[str, ...]:
+    """The names (without the section) of `section`'s settings in `stage`'s identity, in declaration order."""
+    return tuple(k.split(".", 1)[1] for k in identity_keys(stage) if k.startswith(section + "."))
 
 
 def value_of(cfg: Settings, dotted: str) -> Any:

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.device import resolve_device
 from ..core.progress import progress
-from ..core.settings import CropSettings
+from ..core.settings import CropSettings, section_keys
 
 if TYPE_CHECKING:
     from .items import Item
 
-DETECTOR_KEYS = ("detect_scale", "min_face_size", "thresholds", "relaxed_thresholds")
+DETECTOR_KEYS = section_keys("crop", "detect")  # the crop settings declared to change what MTCNN finds
 
 
 def settings_hash(obj: dict) -> str:

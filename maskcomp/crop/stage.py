@@ -28,7 +28,7 @@ from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.paths import Paths
 from ..core.progress import progress
-from ..core.settings import CropSettings
+from ..core.settings import CropSettings, section_keys
 from ..core.stages import (
     MANIFEST,
     Manifest,
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # the face box (detected, or the fallback box) in image pixels; x1..y2 are the crop box it grew into
 FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 
-CROP_KEYS = ("mode", "margin", "aspect", "center_box")
+CROP_KEYS = tuple(k for k in section_keys("crop", "crop") if k not in DETECTOR_KEYS)  # how a box becomes a crop
 DIGEST_CHARS = 16
 
 

@@ -22,7 +22,7 @@ from ..core.fileio import atomic_path, write_csv
 from ..core.metrics import macro_f1
 from ..core.paths import Paths
 from ..core.progress import progress
-from ..core.settings import value_of
+from ..core.settings import input_shaping_keys, invocation_keys, value_of
 from ..core.stages import (
     Manifest,
     config_keys,
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 # what shapes a model's input: predicting with other values than its checkpoint's silently mis-preprocesses it
-INPUT_KEYS = ("model.backbone", "train.img_size", "crop.mode", "crop.margin", "crop.aspect")
+INPUT_KEYS = input_shaping_keys()
 
 
 def require_intact_checkpoint(files: FoldFiles, what: str) -> Path:
@@ -87,15 +87,16 @@ def load_fold_model(
 
 
 def run_config(cfg: Config, run: RunRef) -> Config:
-    """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input),
-    with this invocation's paths, devices, workers and infer/ensemble settings."""
+    """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input), with
+    this invocation's values of the settings that made no part of the run (settings.invocation_keys: paths,
+    devices, workers, infer, ensemble, refit, ...)."""
     path = run.config
     if not path.exists():
         raise MaskcompError(f"{path}: missing; this run was not made by `make train`; train it again")
-    saved, now = yaml.safe_load(path.read_text()), cfg.model_dump()
-    out = {**saved, **{k: now[k] for k in ("paths", "infer", "ensemble", "run", "refit", "partial_run")}}
-    out["train"] = {**saved["train"], **{k: now["train"][k] for k in ("device", "workers")}}
-    out["data"] = {**saved["data"], "skip_bad": cfg.data.skip_bad}
+    out = yaml.safe_load(path.read_text())
+    for key in invocation_keys():
+        section, _, name = key.rpartition(".")
+        (out.setdefault(section, {}) if section else out)[name] = value_of(cfg, key)
     return settings_from(out, str(path))
 
 
