@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from maskcomp.core import cli
 from maskcomp.core.config import load_config
 from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
@@ -47,6 +48,14 @@ def config_for(data_root: Path, work: Path, *overrides: str, config: str = "conf
 def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:
     """Fold `fold` of the experiment's latest run."""
     return resolve_run(Paths.from_config(cfg), experiment).fold_dir(fold)
+
+
+@pytest.fixture(autouse=True)
+def fresh_invocation():
+    """The invocation a test records through parse_stage_args (the commands stages print) stays with that test."""
+    before = cli._invocation
+    yield
+    cli._invocation = before
 
 
 @pytest.fixture(scope="session")

@@ -165,14 +165,7 @@ def test_a_crop_index_of_odd_digits_is_a_404(review_server):
 # 17. printed commands keep the user's CONFIG, DATA and ARGS
 
 
-@pytest.fixture
-def invocation():
-    before = cli._invocation
-    yield
-    cli._invocation = before
-
-
-def test_printed_commands_rerun_with_the_users_config_data_and_args(invocation, tmp_path):
+def test_printed_commands_rerun_with_the_users_config_data_and_args(tmp_path):
     argv = ["--config", "configs/sample.yaml", f"paths.data_root={tmp_path / 'my data'}", "train.epochs=3",
             "data.label_fixes=[a.csv]"]  # fmt: skip
     cli.parse_stage_args(cli.stage_parser("x"), argv)
@@ -190,7 +183,7 @@ def test_printed_commands_rerun_with_the_users_config_data_and_args(invocation, 
     ]  # fmt: skip
 
 
-def test_the_review_page_prints_the_retrain_command_with_the_users_context(invocation, tmp_path):
+def test_the_review_page_prints_the_retrain_command_with_the_users_context(tmp_path):
     cli.parse_stage_args(cli.stage_parser("x"), ["--config", "configs/sample.yaml", "paths.data_root=/d", "seed=3"])
     run = RunRef("sample", "abc", tmp_path)
     review = review_page.Review(run, pd.DataFrame(columns=["person_id"]), {}, pd.DataFrame(), ["old.csv"])
@@ -209,7 +202,7 @@ def load_script(name: str):
 
 
 @pytest.mark.parametrize("automatic", [0, 2])
-def test_relabel_says_make_review_next_with_the_users_context(invocation, monkeypatch, capsys, automatic):
+def test_relabel_says_make_review_next_with_the_users_context(monkeypatch, capsys, automatic):
     script = load_script("relabel")
     result = SimpleNamespace(automatic=automatic, to_review=3, candidates="c.csv", fixes="auto.csv")
     monkeypatch.setattr(script, "relabel", lambda cfg: result)

@@ -16,6 +16,7 @@ import timm
 import torch
 
 from maskcomp.analyze.runs_index import runs_index
+from maskcomp.core.cli import parse_stage_args, stage_parser
 from maskcomp.core.config import updated
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.paths import Paths
@@ -357,8 +358,11 @@ def test_an_older_runs_folder_is_moved_into_models_with_a_line(tmp_path, caplog)
     legacy = tmp_path / "work" / "runs" / "sample" / "abc123"
     legacy.mkdir(parents=True)
     (legacy / "run.json").write_text("{}")
+    cfg = config_for(tmp_path / "data", tmp_path / "work")
+    paths = Paths.from_config(cfg)
+    assert (tmp_path / "work" / "runs").exists(), "building paths moves nothing"
     with caplog.at_level(logging.INFO, logger="maskcomp.core.paths"):
-        paths = Paths.from_config(config_for(tmp_path / "data", tmp_path / "work"))
+        parse_stage_args(stage_parser("x"), ["--config", "configs/sample.yaml", f"paths.models={paths.models}"])
     assert (paths.models / "sample" / "abc123" / "run.json").exists() and not (tmp_path / "work" / "runs").exists()
     assert "moved the trained runs of" in caplog.text
 
@@ -369,5 +373,7 @@ def test_an_older_runs_folder_beside_models_is_named_not_ignored(tmp_path, caplo
     (legacy / "run.json").write_text("{}")
     (tmp_path / "work" / "models").mkdir()
     with caplog.at_level(logging.WARNING, logger="maskcomp.core.paths"):
-        Paths.from_config(config_for(tmp_path / "data", tmp_path / "work"))
+        parse_stage_args(
+            stage_parser("x"), ["--config", "configs/sample.yaml", f"paths.models={tmp_path / 'work' / 'models'}"]
+        )
     assert (legacy / "run.json").exists() and "holds trained runs from before" in caplog.text

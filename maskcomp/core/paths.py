@@ -51,9 +51,8 @@ class Paths:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Paths":
-        paths = cls(**{name: _abs(value) for name, value in cfg.paths.model_dump().items()})
-        adopt_legacy_runs(paths.models)
-        return paths
+        """The config's paths, absolute; nothing on disk is looked at or moved (adopt_legacy_runs is the CLI's)."""
+        return cls(**{name: _abs(value) for name, value in cfg.paths.model_dump().items()})
 
     @property
     def train_csv(self) -> Path:
@@ -79,11 +78,12 @@ class Paths:
 
 def adopt_legacy_runs(models: Path) -> None:
     """Trained runs of an older checkout sit in runs/ beside models/: moved into models/ when it does not exist yet,
-    else named in a warning (never ignored silently, never deleted). Once per process and folder."""
+    else named in a warning (never ignored silently, never deleted). An explicit step of the command line (cli.py),
+    once per process and folder."""
     legacy = models.parent / LEGACY_MODELS
     if models in _ADOPTED:
         return
-    _ADOPTED.add(models)  # looked at once per process: Paths.from_config runs in every stage, often
+    _ADOPTED.add(models)
     if legacy == models or not any(legacy.glob("*/*/run.json")):
         return
     if not models.exists():

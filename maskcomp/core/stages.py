@@ -99,10 +99,18 @@ class DigestCache:
             self.changed = False
 
 
+_CACHES: dict[Path, DigestCache] = {}  # one per file and process: read once, not at every check
+
+
 def digest_cache(cfg: Config) -> DigestCache:
+    """The process's digest cache of the config's cache folder (entries are checked against each file's stat, so
+    one kept in memory never answers for a changed file)."""
     from .paths import Paths
 
-    return DigestCache(Paths.from_config(cfg).cache / "digests.json")
+    path = Paths.from_config(cfg).cache / "digests.json"
+    if path not in _CACHES:
+        _CACHES[path] = DigestCache(path)
+    return _CACHES[path]
 
 
 @dataclass

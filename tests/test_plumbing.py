@@ -1,0 +1,52 @@
+"""The plumbing between stages (issue 31): what a stored run takes from the invocation comes from the settings'
+declarations, building paths has no side effect, the digest cache is read once per process."""
+
+from __future__ import annotations
+
+import yaml
+
+from maskcomp.core.config import dump_config, load_config
+from maskcomp.core.paths import Paths
+from maskcomp.core.stages import digest_cache
+from maskcomp.predict.infer import run_config
+from maskcomp.runs import RunRef
+
+
+def test_a_stored_run_keeps_its_input_shaping_settings_and_takes_the_rest_from_the_invocation(tmp_path):
+    trained = load_config(
+        "configs/sample.yaml",
+        ["model.backbone=resnet18", "train.img_size=[64, 48]", "crop.margin=0.3", "infer.tta=[identity]",
+         "train.threads=0", "crop.workers=2", "data.skip_bad=false", "refit.seeds=1", "experiment=mine"],
+    )  # fmt: skip
+    run = RunRef("mine", "abc", tmp_path / "run")
+    run.dir.mkdir()
+    run.config.write_text(dump_config(trained))
+    now = load_config(
+        "configs/sample.yaml",
+        ["model.backbone=efficientnet_lite0", "train.img_size=[96, 72]", "crop.margin=0.1", "infer.tta=[hflip]",
+         "train.threads=1", "crop.workers=0", "data.skip_bad=true", "refit.seeds=3", f"paths.models={tmp_path}"],
+    )  # fmt: skip
+    used = run_config(now, run)
+    assert (used.model.backbone, used.train.img_size, used.crop.margin) == ("resnet18", [64, 48], 0.3)
+    assert used.experiment == "mine"
+    assert (used.infer.tta, used.train.threads, used.crop.workers) == (["hflip"], 1, 0)
+    assert (used.data.skip_bad, used.refit.seeds, used.paths.models) == (True, 3, str(tmp_path))
+
+
+def test_a_stored_config_without_a_later_section_still_loads(tmp_path):
+    stored = yaml.safe_load(dump_config(load_config("configs/sample.yaml")))
+    del stored["refit"], stored["partial_run"]
+    run = RunRef("sample", "abc", tmp_path / "run")
+    run.dir.mkdir()
+    run.config.write_text(yaml.safe_dump(stored))
+    assert run_config(load_config("configs/sample.yaml", ["refit.seeds=2"]), run).refit.seeds == 2
+
+
+def test_building_paths_moves_nothing_and_the_digest_cache_is_read_once(tmp_path):
+    legacy = tmp_path / "runs" / "sample" / "abc"
+    legacy.mkdir(parents=True)
+    (legacy / "run.json").write_text("{}")
+    cfg = load_config(None, [f"paths.models={tmp_path / 'models'}", f"paths.cache={tmp_path / 'cache'}"])
+    Paths.from_config(cfg)
+    assert (legacy / "run.json").exists() and not (tmp_path / "models").exists()
+    assert digest_cache(cfg) is digest_cache(cfg)
