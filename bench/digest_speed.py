@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from maskcomp.core.config import load_config, updated
-from maskcomp.core.stages import DigestCache
+from maskcomp.core.manifests import DigestCache
 from maskcomp.data.tables import load_eval, load_train
 
 from common import SHARED_DATA

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from maskcomp.core import labels
-from maskcomp.core.config import Config, load_config
+from maskcomp.core.config import Settings, load_config
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
 from maskcomp.core.paths import Paths
@@ -67,7 +67,7 @@ def recipe_files(recipe: str) -> list[str]:
     return [f"configs/{RECIPES[recipe].file}.yaml"]
 
 
-def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Config:
+def recipe_config(recipe: str, data: Path, work: Path, gpu: bool, overrides: list[str]) -> Settings:
     files = [ROOT / f for f in recipe_files(recipe)]
     if gpu:
         files.append(ROOT / "configs" / "quality_gpu.yaml")
@@ -123,7 +123,7 @@ class Submission:
     extra: dict
 
 
-def first_submission(cfg: Config) -> Submission:
+def first_submission(cfg: Settings) -> Submission:
     """One model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled."""
     run = infer(cfg, folds=[0])
     oof = read_oof(run, Paths.from_config(cfg), tta=False)
@@ -139,7 +139,7 @@ def first_submission(cfg: Config) -> Submission:
     )
 
 
-def pipeline_submission(cfg: Config, answer_table: pd.DataFrame) -> Submission:
+def pipeline_submission(cfg: Settings, answer_table: pd.DataFrame) -> Submission:
     """The pipeline's own: every fold inferred with TTA, then the ensemble and its nested decision steps."""
     run = infer(cfg)
     oof = load_experiment(cfg, cfg.experiment).oof
@@ -159,7 +159,7 @@ def pipeline_submission(cfg: Config, answer_table: pd.DataFrame) -> Submission:
     return Submission(sub["ans"].to_numpy(), sub["ImageID"].tolist(), side["cv_macro_f1"], oof, run, extra)
 
 
-def run_recipe(recipe: str, cfg: Config) -> dict:
+def run_recipe(recipe: str, cfg: Settings) -> dict:
     """All stages of one recipe; returns its CV and eval scores."""
     paths = Paths.from_config(cfg)
     answer_table = pd.read_csv(paths.eval_answers, dtype={"ImageID": str, "person_id": str}).set_index("ImageID")

@@ -30,10 +30,10 @@ BUSY = "while True: pass"
 
 def pure_rate(trainer: FoldTrainer, steps: int) -> float:
     """Images/s of forward+backward+step alone, on tensors already on the device."""
-    tc = trainer.cfg.train
-    bs, (h, w) = tc.batch_size, tc.img_size
+    train_cfg = trainer.cfg.train
+    bs, (h, w) = train_cfg.batch_size, train_cfg.img_size
     x = torch.randn(bs, 3, h, w, device=trainer.device)
-    x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+    x = x.contiguous(memory_format=torch.channels_last) if train_cfg.channels_last else x
     targets = {k: torch.randint(0, n, (bs,), device=trainer.device) for k, n in trainer.heads.items()}
     model = trainer.model.train()
     start = time.perf_counter()

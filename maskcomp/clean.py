@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.cli import parse_stage_args, stage_parser
-from .core.config import Config
+from .core.config import Settings
 from .core.errors import cli
 from .core.paths import Paths
 from .runs import PERSON_MADE
@@ -66,7 +66,7 @@ def clean_models(models: Path, everything: bool, done: Cleaned) -> None:
             folder.rmdir()
 
 
-def clean(cfg: Config, everything: bool = False) -> Cleaned:
+def clean(cfg: Settings, everything: bool = False) -> Cleaned:
     paths, done = Paths.from_config(cfg), Cleaned()
     for path in (paths.crops, paths.reports, paths.cache, *folds_files(paths)):
         _remove(path, done)

@@ -21,7 +21,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .core.config import PROJECT_ROOT, Config, dump_config, load_config, updated
+from .core.config import PROJECT_ROOT, Settings, dump_config, load_config, updated
 from .core.device import resolve_amp
 from .core.fileio import write_text
 from .core.paths import Paths
@@ -79,7 +79,7 @@ def _measure(step: str, device: str, dtype: str, fn: Callable[[], float | None])
     return row
 
 
-def _config(work: Path, device: str, *extra: str) -> Config:
+def _config(work: Path, device: str, *extra: str) -> Settings:
     outs = [f"paths.{name}={work / name}" for name in ("crops", "models", "reports", "submissions", "cache")]
     return load_config(
         "configs/sample.yaml",
@@ -95,7 +95,7 @@ def _config(work: Path, device: str, *extra: str) -> Config:
     )
 
 
-def _train_rate(cfg: Config) -> float:
+def _train_rate(cfg: Settings) -> float:
     train(cfg)
     metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg.experiment).fold(0).metrics)
     return float(metrics["images_per_s"].iloc[-1])

@@ -34,11 +34,11 @@ import pandas as pd
 import yaml
 
 from .core import labels
-from .core.config import PROJECT_ROOT, Config, dump_config
+from .core.config import PROJECT_ROOT, Settings, dump_config
 from .core.errors import MaskcompError
 from .core.fileio import write_json, write_text
+from .core.manifests import MANIFEST, Manifest, file_digest, read_manifest, write_manifest
 from .core.paths import Paths
-from .core.stages import MANIFEST, Manifest, file_digest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def open_run(cfg: Config, manifest: Manifest, write: bool = True) -> RunRef:
+def open_run(cfg: Settings, manifest: Manifest, write: bool = True) -> RunRef:
     """The run for this manifest; with `write`, created (run.json, config, manifest) if new. It becomes `latest`
     only once a fold of it is finished (mark_latest)."""
     run_id = manifest.digest[:RUN_ID_CHARS]

@@ -21,7 +21,7 @@ from maskcomp.analyze import review as review_page
 from maskcomp.core import cli
 from maskcomp.core.config import load_config
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.stages import Manifest, require_current
+from maskcomp.core.manifests import Manifest, require_current
 from maskcomp.data.folds import oversample
 from maskcomp.runs import RunRef
 

@@ -134,7 +134,7 @@ def test_stage_identities_come_from_the_declarations():
 def test_numbers_keep_the_type_they_were_written_with():
     """Stage manifests digest setting values: `warmup_epochs: 1` must stay 1 (not 1.0), or every run id of such a
     config would change with the settings schema."""
-    from maskcomp.core.stages import config_keys
+    from maskcomp.core.manifests import config_keys
 
     keys = config_keys(load_config(None, ["train.warmup_epochs=1", "train.lr=0.001"]), "train")
     assert type(keys["train.warmup_epochs"]) is int and type(keys["train.lr"]) is float
@@ -143,7 +143,7 @@ def test_numbers_keep_the_type_they_were_written_with():
 def test_a_setting_added_later_keeps_earlier_runs_ids_while_at_its_default():
     """train.accumulate came after runs were trained: at its default it is not in the train manifest (their ids
     hold); set to anything else it is, and the run id changes."""
-    from maskcomp.core.stages import Manifest, config_keys
+    from maskcomp.core.manifests import Manifest, config_keys
 
     default = load_config(None, [])
     keys = config_keys(default, "train")

@@ -13,7 +13,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "maskcomp"
 # lower layers first; a module may import its own layer and those before it
 LAYERS = [
-    "core", "data", "crop", "runs", "train", "predict", "ensemble", "report", "analyze", "tune", "gpucheck", "clean"
+    "core", "data", "crop", "runs", "train", "predict", "ensemble", "report", "analyze", "tune", "gpucheck", "clean",
+    "__main__",
 ]  # fmt: skip
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import yaml
 
 from maskcomp.core.config import dump_config, load_config
+from maskcomp.core.manifests import digest_cache
 from maskcomp.core.paths import Paths
-from maskcomp.core.stages import digest_cache
 from maskcomp.predict.infer import run_config
 from maskcomp.runs import RunRef
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcomp.core import fileio, stages
+from maskcomp.core import fileio, manifests
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
+from maskcomp.core.manifests import DigestCache
 from maskcomp.core.paths import Paths
-from maskcomp.core.stages import DigestCache
 from maskcomp.crop import detect
 from maskcomp.crop.stage import crop_faces, load_crops
 from maskcomp.data.folds import make_folds
@@ -160,7 +160,7 @@ def test_ensemble_refuses_predictions_older_than_the_model(tiny):
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, best)  # as a retraining of fold 1 would leave it, with the digest it records
     done = json.loads((best.parent / "done.json").read_text())
-    (best.parent / "done.json").write_text(json.dumps({**done, "best_digest": stages.file_digest(best)}))
+    (best.parent / "done.json").write_text(json.dumps({**done, "best_digest": manifests.file_digest(best)}))
     with pytest.raises(
         MaskcompError, match=r"fold1: predictions do not match fold 1's current model.*\(model\); run `make infer`"
     ):
@@ -288,8 +288,8 @@ def test_digests_follow_content_not_mtime(tmp_path, monkeypatch):
     first = cache.digests(files)
     cache.save()
     hashed = []
-    original = stages.file_digest
-    monkeypatch.setattr(stages, "file_digest", lambda p: hashed.append(p) or original(p))
+    original = manifests.file_digest
+    monkeypatch.setattr(manifests, "file_digest", lambda p: hashed.append(p) or original(p))
     again = DigestCache(tmp_path / "digests.json")
     assert again.digests(files) == first and hashed == []
     stat = files[1].stat()

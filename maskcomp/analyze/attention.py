@@ -27,12 +27,12 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.fileio import write_json
+from ..core.manifests import Manifest, digest_of, file_digest, is_current, read_manifest, write_manifest
 from ..core.metrics import f1_per_class, macro_f1
 from ..core.paths import Paths
 from ..core.settings import AttentionSettings
-from ..core.stages import Manifest, digest_of, file_digest, is_current, read_manifest, write_manifest
 from ..crop.stage import FACE_COLUMNS, crop_dir
 from ..predict.infer import load_fold_model, run_config
 from ..report import htmlpage, plots
@@ -134,7 +134,7 @@ class Inputs:
     std: tuple
 
     @classmethod
-    def of(cls, cfg: Config) -> Inputs:
+    def of(cls, cfg: Settings) -> Inputs:
         mean, std = normalisation(cfg.model.backbone)
         return cls(tuple(cfg.train.img_size), mean, std)
 
@@ -165,7 +165,7 @@ def head_f1(y18: np.ndarray, probs18: np.ndarray) -> dict[str, float]:
 class Sources:
     """What the attention report reads: the run's config and fold models, and the OOF rows with their crops."""
 
-    cfg: Config
+    cfg: Settings
     models: dict[int, torch.nn.Module]
     rows: pd.DataFrame  # OOF rows with crop_path, crop box, face box, source
     inputs: Inputs
@@ -295,16 +295,16 @@ def attention_inputs(run: RunRef, records: Path, settings: AttentionSettings) ->
     return Manifest("attention", inputs, settings.model_dump())
 
 
-def load_sources(cfg: Config, run: RunRef, oof: pd.DataFrame, records: pd.DataFrame) -> Sources:
-    rcfg = run_config(cfg, run)
+def load_sources(cfg: Settings, run: RunRef, oof: pd.DataFrame, records: pd.DataFrame) -> Sources:
+    run_cfg = run_config(cfg, run)
     device = torch.device("cpu")
-    models = {f: load_fold_model(run.fold(f), f"fold {f}", device, rcfg, run.config) for f in run.trained_folds()}
+    models = {f: load_fold_model(run.fold(f), f"fold {f}", device, run_cfg, run.config) for f in run.trained_folds()}
     crop = records[["image_path", "crop_path", "source", "x1", "y1", "x2", "y2", *FACE_COLUMNS]]
     rows = oof.merge(crop, on="image_path", how="inner")
-    return Sources(rcfg, models, rows, Inputs.of(rcfg))
+    return Sources(run_cfg, models, rows, Inputs.of(run_cfg))
 
 
-def attention_report(cfg: Config, run: RunRef, oof: pd.DataFrame, out: Path) -> dict | None:
+def attention_report(cfg: Settings, run: RunRef, oof: pd.DataFrame, out: Path) -> dict | None:
     """attention/attention.json and the per-head pictures, computed once per content (None: no face boxes yet)."""
     records_path = crop_dir(cfg) / "records.csv"
     records = pd.read_csv(records_path, keep_default_na=False) if records_path.exists() else pd.DataFrame()

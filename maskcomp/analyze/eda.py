@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.fileio import write_text
 from ..core.paths import Paths
 from ..data.tables import load_eval, load_train
@@ -111,7 +111,7 @@ PLOTS = (
 )
 
 
-def run_eda(cfg: Config) -> Path:
+def run_eda(cfg: Settings) -> Path:
     """Plots, summary.md and index.html (the plots shown with the numbers) in reports/eda/."""
     paths = Paths.from_config(cfg)
     out = paths.reports / "eda"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.fileio import write_csv
 from ..core.paths import Paths
 from ..runs import read_oof, resolve_run
@@ -46,7 +46,7 @@ class NoiseSettings:
     auto_kinds: tuple[str, ...] = ("gender", "swap_incorrect_normal")
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "NoiseSettings":
+    def from_config(cls, cfg: Settings) -> "NoiseSettings":
         return cls(**{**cfg.relabel.model_dump(), "auto_kinds": tuple(cfg.relabel.auto_kinds)})
 
 
@@ -216,7 +216,7 @@ class RelabelResult:
     to_review: int
 
 
-def relabel(cfg: Config) -> RelabelResult:
+def relabel(cfg: Settings) -> RelabelResult:
     """Candidates of the configured experiment's run, written beside its OOF: label_fix_candidates.csv (all) and
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""
     paths = Paths.from_config(cfg)

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.fileio import write_csv
+from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..core.paths import Paths
-from ..core.stages import read_manifest
 from ..ensemble.names import groups_file, submission_file
 from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
@@ -30,7 +30,7 @@ from .runs_index import runs_index
 log = logging.getLogger(__name__)
 
 
-def read_runs(cfg: Config, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
+def read_runs(cfg: Settings, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
     """All folds' OOF rows (TTA re-scored where present) and metrics of the experiment's chosen run."""
     paths = Paths.from_config(cfg)
     ref = resolve_run(paths, spec, cfg.run if spec == cfg.experiment else "latest")
@@ -153,7 +153,7 @@ def per_class_table(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def compute(cfg: Config, experiment: str) -> Analysis:
+def compute(cfg: Settings, experiment: str) -> Analysis:
     oof, metrics, run = read_runs(cfg, experiment)
     y, probs = oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy()
     pred = probs.argmax(1)
@@ -172,7 +172,7 @@ def compute(cfg: Config, experiment: str) -> Analysis:
     )
 
 
-def write_plots(a: Analysis, cfg: Config, out: Path) -> None:
+def write_plots(a: Analysis, cfg: Settings, out: Path) -> None:
     y, pred = a.y, a.pred
     plots.confusion(
         confusion(y, pred, 18),
@@ -236,20 +236,20 @@ def candidate_strips(a: Analysis, crops: dict[str, str], path: Path) -> None:
         )
 
 
-def analyze_experiment(cfg: Config, experiment: str) -> Path:
+def analyze_experiment(cfg: Settings, experiment: str) -> Path:
     out = Paths.from_config(cfg).reports / "analysis" / experiment.replace("@", "-")
     a = compute(cfg, experiment)
     write_csv(a.per_class, out / "per_class.csv")
     write_csv(a.candidates, out / "label_fix_candidates.csv")
     write_plots(a, cfg, out)
-    looks = attention_report(cfg, a.run, a.oof, out)
-    index = render_page(a, cfg, out, attention_sections(looks, cfg.attention))
+    attention_maps = attention_report(cfg, a.run, a.oof, out)
+    index = render_page(a, cfg, out, attention_sections(attention_maps, cfg.attention))
     log.info("wrote %s", index)
     log_analysis(cfg, a.run.dir, a.run.run_id, a.overall, a.y, a.pred, sorted(out.glob("*.png")))
     return index
 
 
-def page_links(a: Analysis, cfg: Config, out: Path) -> list[str]:
+def page_links(a: Analysis, cfg: Settings, out: Path) -> list[str]:
     """The run's files and the other report pages, as relative links (the pages work after reports/ is moved)."""
     paths = Paths.from_config(cfg)
     own = [
@@ -267,7 +267,7 @@ def page_links(a: Analysis, cfg: Config, out: Path) -> list[str]:
     return [htmlpage.link(p, out, name) for p, name in own + found]
 
 
-def page_meta(a: Analysis, cfg: Config, out: Path) -> list[str]:
+def page_meta(a: Analysis, cfg: Settings, out: Path) -> list[str]:
     """The header lines: run, creation, code, data digests, files."""
     info, manifest = run_info(a.run), read_manifest(a.run.dir)
     data = ", ".join(f"{k} {v[:12]}" for k, v in (manifest or {}).get("inputs", {}).items() if k != "folds_csv")
@@ -296,9 +296,9 @@ def score_sections(a: Analysis) -> list[htmlpage.Section]:
     ]
 
 
-def render_page(a: Analysis, cfg: Config, out: Path, extra: list[htmlpage.Section] = ()) -> Path:
+def render_page(a: Analysis, cfg: Settings, out: Path, extra: list[htmlpage.Section] = ()) -> Path:
     """The experiment's analysis page: where the score is lost first, then every section (`extra`: where the model
-    looks)."""
+    attention_maps)."""
     lead = [
         *headline(a.y, a.pred, a.per_class),
         f"<p>OOF macro F1 (all {len(a.oof)} images): "
@@ -309,7 +309,7 @@ def render_page(a: Analysis, cfg: Config, out: Path, extra: list[htmlpage.Sectio
     return htmlpage.render(f"Analysis: {a.experiment}", meta, sections, out / "index.html", lead)
 
 
-def noise_section(a: Analysis, cfg: Config, out: Path) -> htmlpage.Section:
+def noise_section(a: Analysis, cfg: Settings, out: Path) -> htmlpage.Section:
     settings = NoiseSettings.from_config(cfg)
     found = a.candidates
     body = [
@@ -330,7 +330,7 @@ def noise_section(a: Analysis, cfg: Config, out: Path) -> htmlpage.Section:
 STRIP_GROUPS = 3  # groups shown from each end of the confidence order
 
 
-def group_strips(cfg: Config, out: Path) -> list[htmlpage.Section]:
+def group_strips(cfg: Settings, out: Path) -> list[htmlpage.Section]:
     """The eval person groups of the submission (if grouping was applied): the least and the most confident groups,
     one strip of thumbnails each, captioned with each image's similarity to its group."""
     paths = Paths.from_config(cfg)
@@ -373,7 +373,7 @@ def group_strips(cfg: Config, out: Path) -> list[htmlpage.Section]:
     ]
 
 
-def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
+def compare_experiments(cfg: Settings, experiments: list[str]) -> Path:
     paths = Paths.from_config(cfg)
     out = paths.reports / "analysis" / "compare"
     table, errors = [], {}
@@ -401,7 +401,7 @@ def compare_experiments(cfg: Config, experiments: list[str]) -> Path:
     )
 
 
-def _crop_paths(cfg: Config) -> dict[str, str]:
+def _crop_paths(cfg: Settings) -> dict[str, str]:
     from ..crop.stage import crop_dir
 
     records = crop_dir(cfg) / "records.csv"
@@ -420,7 +420,7 @@ def _thumb(path: str) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(img, (96, 128)), cv2.COLOR_BGR2RGB)
 
 
-def analyze(cfg: Config) -> list[Path]:
+def analyze(cfg: Settings) -> list[Path]:
     experiments = cfg.ensemble.experiments or [cfg.experiment]
     pages = [analyze_experiment(cfg, e) for e in experiments]
     if len(experiments) > 1:
@@ -432,7 +432,7 @@ def analyze(cfg: Config) -> list[Path]:
 WEAKEST = 3
 
 
-def closing_summary(cfg: Config, pages: list[Path]) -> str:
+def closing_summary(cfg: Settings, pages: list[Path]) -> str:
     """What `make all` produced, in a few lines: submission, CV (nested), eval score when answers exist, the report
     pages and the weakest classes of the OOF predictions."""
     paths = Paths.from_config(cfg)

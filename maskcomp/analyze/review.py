@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.cli import label_fixes_override, make_command
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.paths import Paths
@@ -106,7 +106,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def load_review(cfg: Config) -> Review:
+def load_review(cfg: Settings) -> Review:
     run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
     if not run.fix_candidates.exists():
         raise MaskcompError(f"{run.fix_candidates}: no candidates yet; run `make relabel` first")
@@ -120,7 +120,7 @@ def load_review(cfg: Config) -> Review:
     return Review(run, candidates, crops, decisions, list(cfg.data.label_fixes))
 
 
-def person_crops(cfg: Config, persons: set[str]) -> dict[str, list[str]]:
+def person_crops(cfg: Settings, persons: set[str]) -> dict[str, list[str]]:
     records = crop_dir(cfg) / "records.csv"
     if not records.exists():
         raise MaskcompError(f"{records}: no crop records; run `make crop` first")
@@ -265,7 +265,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, saved)
 
 
-def review_server(cfg: Config, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def review_server(cfg: Settings, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     """The review page's server (not started): port 0 takes a free one."""
     review = load_review(cfg)
     handler = type("ReviewHandler", (Handler,), {"review": review})

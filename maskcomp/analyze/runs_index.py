@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from ..core import labels
-from ..core.config import Config, settings_from
+from ..core.config import Settings, settings_from
 from ..core.errors import MaskcompError
 from ..core.metrics import macro_f1
 from ..core.paths import Paths
@@ -127,7 +127,7 @@ def with_changes(table: pd.DataFrame, refs: dict[str, RunRef]) -> pd.DataFrame:
     return table
 
 
-def runs_index(cfg: Config) -> Path:
+def runs_index(cfg: Settings) -> Path:
     """reports/index.html: every run of every experiment, best first (nested CV, then OOF), unfinished ones last."""
     paths = Paths.from_config(cfg)
     subs, rows, refs = submissions(paths), [], {}

@@ -8,7 +8,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from .config import Config, load_config
+from .config import Settings, load_config
 from .errors import MaskcompError
 from .paths import Paths, adopt_legacy_runs
 from .settings import leaves
@@ -81,7 +81,7 @@ def _check_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             raise _unknown_flag(token, value)
 
 
-def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     _check_flags(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     global _invocation

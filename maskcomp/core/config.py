@@ -1,4 +1,4 @@
-"""Config loading: the settings schema (settings.py) gives every key's default; config files (each may name a
+"""Settings loading: the settings schema (settings.py) gives every key's default; config files (each may name a
 parent with `base: <file>`) and dotted overrides change them; every value is checked against its declaration with a
 one-line error; the result is a typed Settings object (`cfg.train.lr`)."""
 
@@ -17,8 +17,6 @@ from .settings import Settings, is_section, setting_info
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
-
-Config = Settings
 
 
 def _read_yaml(path: Path) -> dict:

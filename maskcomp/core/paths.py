@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Config
+from .config import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 LEGACY_MODELS = "runs"  # where trained runs lived before models/
@@ -50,7 +50,7 @@ class Paths:
         return str(self.data_root / key)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Paths":
+    def from_config(cls, cfg: Settings) -> "Paths":
         """The config's paths, absolute; nothing on disk is looked at or moved (adopt_legacy_runs is the CLI's)."""
         return cls(**{name: _abs(value) for name, value in cfg.paths.model_dump().items()})
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.config import Config
+from ..core.config import Settings
+from ..core.manifests import digest_cache
 from ..core.paths import Paths
-from ..core.stages import digest_cache
 from ..data.tables import load_eval, load_train
 
 
@@ -21,7 +21,7 @@ class Item:
     digest: str
 
 
-def list_items(cfg: Config) -> list[Item]:
+def list_items(cfg: Settings) -> list[Item]:
     paths = Paths.from_config(cfg)
     train = load_train(cfg)
     evals = load_eval(cfg)

@@ -23,13 +23,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
-from ..core.paths import Paths
-from ..core.progress import progress
-from ..core.settings import CropSettings, section_keys
-from ..core.stages import (
+from ..core.manifests import (
     MANIFEST,
     Manifest,
     config_keys,
@@ -37,6 +34,9 @@ from ..core.stages import (
     require_current,
     write_manifest,
 )
+from ..core.paths import Paths
+from ..core.progress import progress
+from ..core.settings import CropSettings, section_keys
 from .boxes import expand_box, fixed_box, resolve_boxes
 from .detect import DETECTOR_KEYS, detector_hash, read_image_rgb, run_detection, settings_hash
 from .items import Item, list_items
@@ -55,11 +55,11 @@ def crop_hash(crop_cfg: CropSettings) -> str:
     return settings_hash({k: getattr(crop_cfg, k) for k in keys})
 
 
-def crop_dir(cfg: Config) -> Path:
+def crop_dir(cfg: Settings) -> Path:
     return Paths.from_config(cfg).crops / f"crop-{crop_hash(cfg.crop)}"
 
 
-def crop_manifest(cfg: Config, items: list[Item]) -> Manifest:
+def crop_manifest(cfg: Settings, items: list[Item]) -> Manifest:
     """What the crops depend on: every image's place, person and content per split, and the crop settings."""
     inputs = {
         split: digest_of([(it.key, it.person_id, it.digest) for it in items if it.split == split])
@@ -73,7 +73,7 @@ def train_crops_digest(crops: dict) -> str:
     return digest_of([crops["inputs"]["train"], crops["config"]])
 
 
-def require_current_crops(cfg: Config) -> dict:
+def require_current_crops(cfg: Settings) -> dict:
     """The crop manifest on disk, after checking that it matches the current images and crop settings."""
     folder = crop_dir(cfg)
     manifest = crop_manifest(cfg, list_items(cfg))
@@ -138,7 +138,7 @@ def _image_size(path: str, img: np.ndarray | None) -> tuple[int, int]:
         return im.size
 
 
-def crop_faces(cfg: Config) -> pd.DataFrame:
+def crop_faces(cfg: Settings) -> pd.DataFrame:
     """Run the crop stage; returns the per-image records (also in crop-<hash>/records.csv)."""
     crop_cfg = cfg.crop
     paths = Paths.from_config(cfg)
@@ -181,7 +181,7 @@ def crop_faces(cfg: Config) -> pd.DataFrame:
     return records
 
 
-def load_crops(cfg: Config) -> pd.DataFrame:
+def load_crops(cfg: Settings) -> pd.DataFrame:
     """The crop records for the current crop config, indexed by original image path."""
     path = crop_dir(cfg) / "records.csv"
     if not path.exists():

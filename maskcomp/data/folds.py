@@ -14,12 +14,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
-from ..core.paths import Paths
-from ..core.settings import target_class
-from ..core.stages import (
+from ..core.manifests import (
     Manifest,
     config_keys,
     digest_cache,
@@ -27,6 +25,8 @@ from ..core.stages import (
     require_current,
     write_manifest,
 )
+from ..core.paths import Paths
+from ..core.settings import target_class
 from .label_fixes import fix_files
 from .tables import drop_age_bands, read_train, training_labels
 
@@ -47,12 +47,12 @@ def assign_folds(persons: pd.DataFrame, k: int, seed: int) -> pd.Series:
     return pd.Series(folds, index=persons.index, name="fold")
 
 
-def manifest_file(cfg: Config) -> Path:
+def manifest_file(cfg: Settings) -> Path:
     folds = Paths.from_config(cfg).folds
     return folds.with_name(folds.stem + ".manifest.json")
 
 
-def folds_manifest(cfg: Config) -> Manifest:
+def folds_manifest(cfg: Settings) -> Manifest:
     """What folds.csv depends on: train.csv and the label-fix files by content, and the folds settings."""
     paths = Paths.from_config(cfg)
     cache = digest_cache(cfg)
@@ -64,7 +64,7 @@ def folds_manifest(cfg: Config) -> Manifest:
     return Manifest("folds", inputs, config_keys(cfg, "folds"))
 
 
-def require_current_folds(cfg: Config) -> dict:
+def require_current_folds(cfg: Settings) -> dict:
     """The folds manifest, after checking that folds.csv was made from the current labels and settings."""
     manifest, place = folds_manifest(cfg), manifest_file(cfg)
     require_current(
@@ -77,7 +77,7 @@ def require_current_folds(cfg: Config) -> dict:
     return manifest.as_dict()
 
 
-def make_folds(cfg: Config) -> pd.DataFrame:
+def make_folds(cfg: Settings) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
     paths = Paths.from_config(cfg)
     train = read_train(cfg)
@@ -115,7 +115,7 @@ def make_folds(cfg: Config) -> pd.DataFrame:
     return persons
 
 
-def load_folds(cfg: Config, images: pd.DataFrame) -> pd.Series:
+def load_folds(cfg: Settings, images: pd.DataFrame) -> pd.Series:
     """Fold of every image row; fails if folds.csv is missing or misses persons."""
     path = Paths.from_config(cfg).folds
     if not path.exists():
@@ -129,13 +129,13 @@ def load_folds(cfg: Config, images: pd.DataFrame) -> pd.Series:
     return images["person_id"].map(folds).astype(int)
 
 
-def _targets(cfg: Config) -> tuple[str, dict[int, float]]:
+def _targets(cfg: Settings) -> tuple[str, dict[int, float]]:
     """The head's column and its targets by class index (names and indices were checked when the config loaded)."""
     over = cfg.folds.oversample
     return HEAD_COLUMNS[over.head], {target_class(over.head, c): float(t) for c, t in (over.targets or {}).items()}
 
 
-def oversample(train: pd.DataFrame, cfg: Config, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
+def oversample(train: pd.DataFrame, cfg: Settings, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Apply the configured strategy to a TRAINING split.
 
     repeat:  rare-class rows are repeated (whole copies, then a seeded random part) until each
@@ -171,7 +171,7 @@ def oversample(train: pd.DataFrame, cfg: Config, seed: int) -> tuple[pd.DataFram
     return pd.concat(parts, ignore_index=True), None
 
 
-def split_fold(cfg: Config, images: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+def split_fold(cfg: Settings, images: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
     """Training and validation rows of one fold.
 
     Training rows get the training age boundary (train.age_old_threshold), lose the configured
@@ -187,7 +187,7 @@ def split_fold(cfg: Config, images: pd.DataFrame, fold: int) -> tuple[pd.DataFra
     return train, val, weights
 
 
-def training_split(cfg: Config, rows: pd.DataFrame, name: str, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
+def training_split(cfg: Settings, rows: pd.DataFrame, name: str, seed: int) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Training rows as a model sees them: the training age boundary, the dropped age bands, the oversampling (a
     fold's training split, or every person for a refit)."""
     train = drop_age_bands(training_labels(rows, cfg.train.age_old_threshold), cfg.train.drop_age_bands)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core import labels
-from ..core.config import PROJECT_ROOT, Config
+from ..core.config import PROJECT_ROOT, Settings
 from ..core.errors import MaskcompError
 from .csvfiles import read_csv_with
 
@@ -30,7 +30,7 @@ def read_label_fixes(path: Path) -> pd.DataFrame:
     return df.assign(row=[f"{path}:{line + 2}" for line in range(len(df))])
 
 
-def fix_files(cfg: Config) -> list[Path]:
+def fix_files(cfg: Settings) -> list[Path]:
     files = [KNOWN_FIXES] if cfg.data.known_label_fixes else []
     return files + [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.data.label_fixes]
 
@@ -117,7 +117,7 @@ def apply_label_fixes(persons: pd.DataFrame, fixes: pd.DataFrame) -> tuple[pd.Da
     return persons, pd.DataFrame(applied, columns=["person_id", "fix", "old", "new", "source"])
 
 
-def read_fixes(cfg: Config, persons: pd.DataFrame) -> pd.DataFrame:
+def read_fixes(cfg: Settings, persons: pd.DataFrame) -> pd.DataFrame:
     """Every listed fixes file, combined; the shipped file of known fixes names persons of the full competition set,
     so its rows for persons this data lacks are left out."""
     tables = []

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.paths import Paths
@@ -228,12 +228,12 @@ class TrainImages:
     applied_fixes: pd.DataFrame
 
 
-def load_train(cfg: Config) -> pd.DataFrame:
+def load_train(cfg: Settings) -> pd.DataFrame:
     """One row per training image with person and labels, label fixes applied (see read_train)."""
     return read_train(cfg).images
 
 
-def read_train(cfg: Config) -> TrainImages:
+def read_train(cfg: Settings) -> TrainImages:
     """One row per training image with person, labels and the fixes applied, and the log of those fixes.
 
     Columns: image_path, person_id, id, gender, race, age, stem, mask, gender_label, age_group, label.
@@ -275,7 +275,7 @@ def read_train(cfg: Config) -> TrainImages:
     return TrainImages(df, applied_fixes)
 
 
-def load_eval(cfg: Config) -> pd.DataFrame:
+def load_eval(cfg: Settings) -> pd.DataFrame:
     """eval/info.csv in its own row order, with each image's path."""
     paths = Paths.from_config(cfg)
     df = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")

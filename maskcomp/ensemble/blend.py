@@ -14,7 +14,7 @@ from scipy.optimize import minimize
 
 from ..core import labels
 from ..core.cli import make_command
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.metrics import macro_f1
@@ -44,7 +44,7 @@ class Experiment:
         return self.oof[labels.AGE_ORD_COLUMNS].to_numpy() if self.test_ord is not None else None
 
 
-def load_experiment(cfg: Config, spec: str) -> Experiment:
+def load_experiment(cfg: Settings, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
     ref = resolve_run(Paths.from_config(cfg), spec, cfg.run if spec == cfg.experiment else "latest")
@@ -74,7 +74,7 @@ def load_experiment(cfg: Config, spec: str) -> Experiment:
     return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref, names)
 
 
-def require_complete(cfg: Config, ref: RunRef) -> None:
+def require_complete(cfg: Settings, ref: RunRef) -> None:
     """A run with folds left to train covers only part of the persons: refused unless `partial_run` allows it."""
     missing, expected = ref.missing_folds(), ref.expected_folds()
     if not missing:
@@ -145,7 +145,7 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def load_all(cfg: Config, experiments: list[str]) -> list[Experiment]:
+def load_all(cfg: Settings, experiments: list[str]) -> list[Experiment]:
     loaded = [load_experiment(cfg, e) for e in experiments]
     base = loaded[0]
     for exp, other in zip(experiments[1:], loaded[1:]):
@@ -158,7 +158,7 @@ def load_all(cfg: Config, experiments: list[str]) -> list[Experiment]:
 
 
 def tune_age_cuts(
-    ec: EnsembleSettings,
+    ens_cfg: EnsembleSettings,
     loaded: list[Experiment],
     weights: np.ndarray,
     y: np.ndarray,
@@ -169,7 +169,7 @@ def tune_age_cuts(
     """With ordinal age heads in every experiment: the age groups' cut points tuned for macro F1
     (ensemble.tune_age_cuts;
     auto applies them only when the nested gain is positive). The OOF blend returned is the held-out one."""
-    if ec.tune_age_cuts is False or any(e.test_ord is None for e in loaded):
+    if ens_cfg.tune_age_cuts is False or any(e.test_ord is None for e in loaded):
         return oof_blend, test_blend, None
     if len(np.unique(folds)) < 2:
         log.info("age cut points stay at 30/60: tuning them needs OOF of 2 or more folds")
@@ -178,7 +178,7 @@ def tune_age_cuts(
     test_ord = np.tensordot(weights, np.stack([e.test_ord for e in loaded]), 1)
     nested = nested_age_cuts(oof_blend, oof_ord, y, folds)
     summary = {k: v for k, v in nested.items() if k != "pooled"}
-    if ec.tune_age_cuts == "auto" and nested["gain"] <= 0:
+    if ens_cfg.tune_age_cuts == "auto" and nested["gain"] <= 0:
         log.info(
             "age cut points stay at 30/60: tuned on k-1 folds they change held-out macro F1 by %+.4f", nested["gain"]
         )
@@ -197,7 +197,7 @@ class StepResult:
     summary: dict | None
 
 
-def grouping_mode(cfg: Config) -> str:
+def grouping_mode(cfg: Settings) -> str:
     """infer.person_grouping as auto | on | off (YAML reads on/off as true/false)."""
     return {True: "on", False: "off"}.get(cfg.infer.person_grouping, cfg.infer.person_grouping)
 
@@ -216,7 +216,7 @@ def write_groups(eval_ids: list[str], groups, out: Path) -> Path:
 
 
 def person_grouping(
-    cfg: Config, first: Experiment, oof_blend: np.ndarray, test_blend: np.ndarray, out: Path
+    cfg: Settings, first: Experiment, oof_blend: np.ndarray, test_blend: np.ndarray, out: Path
 ) -> StepResult:
     """Group images into persons on both sides (infer.person_grouping); the OOF blend comes back pooled with view
     weights fitted on the other folds, the eval blend grouped when the nested gain allows it."""
@@ -269,14 +269,14 @@ class Blend:
     grouping: dict | None
 
 
-def blend(cfg: Config, loaded: list[Experiment], out: Path) -> Blend:
+def blend(cfg: Settings, loaded: list[Experiment], out: Path) -> Blend:
     """Weighted mean of the experiments (ensemble.weights), then the age cut points and person grouping steps."""
-    ec = cfg.ensemble
+    ens_cfg = cfg.ensemble
     y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
     oof_probs = [e.oof[labels.PROB_COLUMNS].to_numpy() for e in loaded]
-    weights = fit_weights(oof_probs, y) if ec.weights == "fit" else np.full(len(loaded), 1 / len(loaded))
+    weights = fit_weights(oof_probs, y) if ens_cfg.weights == "fit" else np.full(len(loaded), 1 / len(loaded))
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
-    oof_blend, test_blend, age_cuts = tune_age_cuts(ec, loaded, weights, y, folds, oof_blend, test_blend)
+    oof_blend, test_blend, age_cuts = tune_age_cuts(ens_cfg, loaded, weights, y, folds, oof_blend, test_blend)
     grouped = person_grouping(cfg, loaded[0], oof_blend, test_blend, out)
     return Blend(grouped.oof, grouped.test, weights, age_cuts, grouped.summary)

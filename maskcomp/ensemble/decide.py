@@ -83,24 +83,24 @@ class Decision:
     cv_f1: float
 
 
-def decide(logp_oof: np.ndarray, y: np.ndarray, folds: np.ndarray, ec: EnsembleSettings) -> Decision:
+def decide(logp_oof: np.ndarray, y: np.ndarray, folds: np.ndarray, ens_cfg: EnsembleSettings) -> Decision:
     biases = np.zeros(labels.NUM_CLASSES)
     nested = None
     before = scores(y, np.exp(logp_oof))
     cv_f1 = before["f1"]
-    if ec.tune_biases and len(np.unique(folds)) < 2:
+    if ens_cfg.tune_biases and len(np.unique(folds)) < 2:
         # the nested check tunes on the other folds: with one fold there are none, and in-sample biases would be
         # applied blind; `true` still applies them, and the CV stays the plain OOF score
         log.info(
             "biases %s: measuring them needs OOF of 2 or more folds",
-            "applied unmeasured" if ec.tune_biases is True else "not applied",
+            "applied unmeasured" if ens_cfg.tune_biases is True else "not applied",
         )
-        if ec.tune_biases is True:
-            biases = tune_biases(logp_oof, y, ec.bias_rounds, ec.bias_mode)
-    elif ec.tune_biases:
-        biases = tune_biases(logp_oof, y, ec.bias_rounds, ec.bias_mode)
-        nested = nested_bias_gain(logp_oof, y, folds, ec.bias_rounds, ec.bias_mode)
-        if ec.tune_biases == "auto" and nested["gain"] <= 0:
+        if ens_cfg.tune_biases is True:
+            biases = tune_biases(logp_oof, y, ens_cfg.bias_rounds, ens_cfg.bias_mode)
+    elif ens_cfg.tune_biases:
+        biases = tune_biases(logp_oof, y, ens_cfg.bias_rounds, ens_cfg.bias_mode)
+        nested = nested_bias_gain(logp_oof, y, folds, ens_cfg.bias_rounds, ens_cfg.bias_mode)
+        if ens_cfg.tune_biases == "auto" and nested["gain"] <= 0:
             log.info("biases not applied: tuned on k-1 folds they lower held-out macro F1 (%+.4f)", nested["gain"])
             biases = np.zeros(labels.NUM_CLASSES)
         else:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.paths import Paths
 
 
-def submission_name(cfg: Config) -> str:
+def submission_name(cfg: Settings) -> str:
     """The submission's file stem: ensemble.name, else the blended experiments joined (a vote: `vote`)."""
     if cfg.ensemble.name:
         return cfg.ensemble.name
@@ -18,7 +18,7 @@ def submission_name(cfg: Config) -> str:
     return "+".join(e.replace("@", "-") for e in (cfg.ensemble.experiments or [cfg.experiment]))
 
 
-def submission_file(cfg: Config) -> Path:
+def submission_file(cfg: Settings) -> Path:
     """submissions/<name>.csv: the one place its name is made (ensemble, vote, analysis page, closing summary)."""
     return Paths.from_config(cfg).submissions / f"{submission_name(cfg)}.csv"
 

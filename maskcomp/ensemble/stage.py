@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
@@ -27,20 +27,20 @@ from .vote import vote
 log = logging.getLogger(__name__)
 
 
-def ensemble(cfg: Config) -> Path:
+def ensemble(cfg: Settings) -> Path:
     """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row (or, with
     ensemble.vote, hard-vote submission files: vote.py); with
     ensemble.stamped_copy also <name>_cv<CV>_<date>.csv, a file name a leaderboard upload can be told apart by."""
     if cfg.ensemble.vote:
         return vote(cfg)
     paths = Paths.from_config(cfg)
-    ec = cfg.ensemble
-    experiments = ec.experiments or [cfg.experiment]
+    ens_cfg = cfg.ensemble
+    experiments = ens_cfg.experiments or [cfg.experiment]
     loaded = load_all(cfg, experiments)
     y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
     out = submission_file(cfg)
     mix = blend(cfg, loaded, out)
-    decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ec)
+    decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ens_cfg)
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
     sub = submission_table(
         info, loaded[0].ids, (np.log(np.clip(mix.test, 1e-9, None)) + decision.biases).argmax(1), str(out)
@@ -48,7 +48,7 @@ def ensemble(cfg: Config) -> Path:
     sidecar = sidecar_of(cfg, loaded, mix, decision, sub, y).as_json()
     partial = "_partial" if sidecar["summary"]["missing_folds"] else ""  # a run with folds left out (partial_run)
     stamp = f"{out.stem}{partial}_cv{decision.cv_f1:.4f}_{time.strftime('%Y-%m-%d')}.csv"
-    written = [out] + ([out.with_name(stamp)] if ec.stamped_copy else [])
+    written = [out] + ([out.with_name(stamp)] if ens_cfg.stamped_copy else [])
     keep_replaced(out, sidecar["summary"]["runs"])
     for path in written:
         write_submission(sub, sidecar, path)

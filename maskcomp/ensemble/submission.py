@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_pair, json_default, write_csv
 from ..runs import git_commit
@@ -105,9 +105,9 @@ def class_shares(labels_: np.ndarray) -> list[float]:
 
 
 def sidecar_of(
-    cfg: Config, loaded: list[Experiment], mix: Blend, decision: Decision, sub: pd.DataFrame, y: np.ndarray
+    cfg: Settings, loaded: list[Experiment], mix: Blend, decision: Decision, sub: pd.DataFrame, y: np.ndarray
 ) -> Sidecar:
-    runs, ec = [e.ref for e in loaded], cfg.ensemble
+    runs, ens_cfg = [e.ref for e in loaded], cfg.ensemble
     summary = SidecarSummary(
         time.strftime("%Y-%m-%d %H:%M:%S"),
         git_commit(),
@@ -116,7 +116,7 @@ def sidecar_of(
         decision.cv_f1,
         len(sub),
         bool(mix.grouping["applied"]) if mix.grouping else False,
-        f"{ec.models}: "
+        f"{ens_cfg.models}: "
         + "; ".join(f"{e.ref.label} {', '.join(e.eval_models)}" for e in loaded)
         + " averaged on eval; the CV comes from the fold models' OOF",
         {r.label: r.missing_folds() for r in runs if r.missing_folds()},
@@ -125,11 +125,11 @@ def sidecar_of(
         summary,
         mix.grouping,
         mix.age_cuts,
-        ec.experiments or [cfg.experiment],
+        ens_cfg.experiments or [cfg.experiment],
         mix.weights.tolist(),
-        WEIGHTS_NOTE if ec.weights == "fit" else "equal weights",
+        WEIGHTS_NOTE if ens_cfg.weights == "fit" else "equal weights",
         decision.biases.round(3).tolist(),
-        ec.bias_mode,
+        ens_cfg.bias_mode,
         cfg.infer.tta,
         decision.before,
         decision.after_f1,

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels
-from ..core.config import PROJECT_ROOT, Config
+from ..core.config import PROJECT_ROOT, Settings
 from ..core.errors import MaskcompError
+from ..core.manifests import file_digest
 from ..core.paths import Paths
-from ..core.stages import file_digest
 from ..runs import git_commit
 from .names import submission_file
 from .submission import append_index, keep_replaced, validate_submission, write_submission
@@ -96,7 +96,7 @@ def vote_sidecar(ballots: list[Ballot], answers: np.ndarray, voted: np.ndarray) 
     return VoteSidecar(summary, vote)
 
 
-def vote_files(cfg: Config) -> list[Path]:
+def vote_files(cfg: Settings) -> list[Path]:
     return [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.ensemble.vote]
 
 
@@ -120,7 +120,7 @@ def require_distinct(files: list[Path], out: Path) -> None:
             seen[digest] = path
 
 
-def vote(cfg: Config) -> Path:
+def vote(cfg: Settings) -> Path:
     """Write the hard vote of ensemble.vote's files as submissions/<name>.csv (name default: vote) with its sidecar,
     and list it in submissions/index.csv."""
     paths = Paths.from_config(cfg)

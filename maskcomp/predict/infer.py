@@ -15,15 +15,11 @@ import torch
 import yaml
 
 from ..core import labels
-from ..core.config import Config, settings_from
+from ..core.config import Settings, settings_from
 from ..core.device import amp_dtype_of, resolve_device
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
-from ..core.metrics import macro_f1
-from ..core.paths import Paths
-from ..core.progress import progress
-from ..core.settings import input_shaping_keys, invocation_keys, value_of
-from ..core.stages import (
+from ..core.manifests import (
     Manifest,
     config_keys,
     digest_cache,
@@ -33,6 +29,10 @@ from ..core.stages import (
     require_current,
     write_manifest,
 )
+from ..core.metrics import macro_f1
+from ..core.paths import Paths
+from ..core.progress import progress
+from ..core.settings import input_shaping_keys, invocation_keys, value_of
 from ..data.folds import load_folds
 from ..data.tables import load_eval, load_train
 from ..runs import FoldFiles, RunRef, damaged_checkpoint, read_oof, resolve_run
@@ -66,7 +66,7 @@ def require_intact_checkpoint(files: FoldFiles, what: str) -> Path:
 
 
 def load_fold_model(
-    files: FoldFiles, what: str, device: torch.device, expected: Config | None = None, source: Path | None = None
+    files: FoldFiles, what: str, device: torch.device, expected: Settings | None = None, source: Path | None = None
 ) -> torch.nn.Module:
     """A fold's (or refit's) model, built from the config saved in its checkpoint; with `expected` (the config the
     predictions will be preprocessed with, from `source`), every input-shaping key must agree with the checkpoint's."""
@@ -86,7 +86,7 @@ def load_fold_model(
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
-def run_config(cfg: Config, run: RunRef) -> Config:
+def run_config(cfg: Settings, run: RunRef) -> Settings:
     """The config that trained `run` (crops, image size, backbone: everything that shaped the model's input), with
     this invocation's values of the settings that made no part of the run (settings.invocation_keys: paths,
     devices, workers, infer, ensemble, refit, ...)."""
@@ -100,18 +100,18 @@ def run_config(cfg: Config, run: RunRef) -> Config:
     return settings_from(out, str(path))
 
 
-def say_inputs_from_run(cfg: Config, rcfg: Config, run: RunRef) -> None:
+def say_inputs_from_run(cfg: Settings, run_cfg: Settings, run: RunRef) -> None:
     """One info line naming the config's input-shaping keys that the run's own values replace."""
     taken = [
-        f"{key}={value_of(rcfg, key)!r} (config: {value_of(cfg, key)!r})"
+        f"{key}={value_of(run_cfg, key)!r} (config: {value_of(cfg, key)!r})"
         for key in INPUT_KEYS
-        if value_of(cfg, key) != value_of(rcfg, key)
+        if value_of(cfg, key) != value_of(run_cfg, key)
     ]
     if taken:
         log.info("run %s predicts with its own %s: its checkpoints were trained with them", run.label, ", ".join(taken))
 
 
-def require_current_run(cfg: Config, run: RunRef) -> None:
+def require_current_run(cfg: Settings, run: RunRef) -> None:
     """A run is used only while the labels, folds and training crops it was trained on still hold."""
     from ..train.trainer import run_manifest
 
@@ -126,10 +126,10 @@ def require_current_run(cfg: Config, run: RunRef) -> None:
 
 
 @dataclass
-class EvalSide:
+class EvalInputs:
     """What every fold of a run predicts on: the run's config, the eval rows with crops, and their crop array."""
 
-    cfg: Config
+    cfg: Settings
     evals: pd.DataFrame
     cache: CropCache
     size: tuple[int, int]
@@ -143,32 +143,32 @@ class EvalSide:
         return digest_of([self.cache.manifest["digest"], self.evals["ImageID"].tolist()])
 
 
-def eval_side(cfg: Config, run: RunRef) -> EvalSide:
-    rcfg = run_config(cfg, run)
-    require_current_run(rcfg, run)
-    size = tuple(rcfg.train.img_size)
-    cache = build_cache(rcfg, size)
-    evals = existing_crops_only(load_eval(rcfg), cache, rcfg.data.skip_bad, "eval set")
-    return EvalSide(rcfg, evals, cache, size)
+def eval_inputs(cfg: Settings, run: RunRef) -> EvalInputs:
+    run_cfg = run_config(cfg, run)
+    require_current_run(run_cfg, run)
+    size = tuple(run_cfg.train.img_size)
+    cache = build_cache(run_cfg, size)
+    evals = existing_crops_only(load_eval(run_cfg), cache, run_cfg.data.skip_bad, "eval set")
+    return EvalInputs(run_cfg, evals, cache, size)
 
 
-def prediction_manifest(side: EvalSide, run: RunRef, files: FoldFiles) -> Manifest:
+def prediction_manifest(inputs: EvalInputs, run: RunRef, files: FoldFiles) -> Manifest:
     """What one fold's (or refit model's) predictions depend on: its checkpoint by content, its run, the eval crops
     and ids, the TTA."""
     best = files.best
     if not best.exists():
         raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` first")
-    cache = digest_cache(side.cfg)
+    cache = digest_cache(inputs.cfg)
     model = cache.digest(best)
     cache.save()
     return Manifest(
         "infer",
-        {"model": model, "run": read_manifest(run.dir)["digest"], "eval": side.eval_digest},
-        config_keys(side.cfg, "infer"),
+        {"model": model, "run": read_manifest(run.dir)["digest"], "eval": inputs.eval_digest},
+        config_keys(inputs.cfg, "infer"),
     )
 
 
-def required_refits(cfg: Config, run: RunRef) -> list[FoldFiles]:
+def required_refits(cfg: Settings, run: RunRef) -> list[FoldFiles]:
     """The refit models this config names (refit.seeds, refit.epochs or the folds' median), each trained."""
     if not run.finished_refits():
         raise MaskcompError(f"run {run.label} has no refit model; run `make refit`, or set ensemble.models=folds")
@@ -183,16 +183,16 @@ def required_refits(cfg: Config, run: RunRef) -> list[FoldFiles]:
     return chosen
 
 
-def require_current_predictions(cfg: Config, run: RunRef, refits: list[FoldFiles] = ()) -> None:
+def require_current_predictions(cfg: Settings, run: RunRef, refits: list[FoldFiles] = ()) -> None:
     """Every trained fold's (and every model in `refits`') test predictions were made by its current best.pt on the
     current eval set."""
-    side = eval_side(cfg, run)
+    inputs = eval_inputs(cfg, run)
     models = [(run.fold(f), f"fold {f}") for f in run.trained_folds()]
     models += [(files, f"refit {files.dir.name}") for files in refits]
     for files, what in models:
         require_current(
             files.predictions_manifest,
-            prediction_manifest(side, run, files),
+            prediction_manifest(inputs, run, files),
             str(files.dir),
             f"predictions do not match {what}'s current model, eval set or TTA",
             "run `make infer`",
@@ -242,7 +242,7 @@ def report_tta(
 class FoldPrediction:
     """How every fold of the run is predicted: device, preprocessing, loader sizes, TTA."""
 
-    side: EvalSide
+    inputs: EvalInputs
     device: torch.device
     transform: object
     spec: LoaderSpec
@@ -250,82 +250,84 @@ class FoldPrediction:
     reduce: str
 
     @classmethod
-    def of(cls, cfg: Config, side: EvalSide) -> FoldPrediction:
-        rcfg = side.cfg
-        device = resolve_device(rcfg.train.device)
-        mean, std = normalisation(rcfg.model.backbone)
-        spec = LoaderSpec(rcfg.infer.batch_size, rcfg.train.workers, pin_memory=device.type == "cuda")
-        return cls(side, device, eval_transform(side.size, mean, std), spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce)
+    def of(cls, cfg: Settings, inputs: EvalInputs) -> FoldPrediction:
+        run_cfg = inputs.cfg
+        device = resolve_device(run_cfg.train.device)
+        mean, std = normalisation(run_cfg.model.backbone)
+        spec = LoaderSpec(run_cfg.infer.batch_size, run_cfg.train.workers, pin_memory=device.type == "cuda")
+        return cls(
+            inputs, device, eval_transform(inputs.size, mean, std), spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce
+        )
 
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
-        side, out, amp = self.side, run.fold(fold), amp_dtype_of(self.side.cfg.train.amp)
-        model = load_fold_model(out, f"fold {fold}", self.device, side.cfg, run.config)
-        loader = crop_loader(side.cache, val, self.transform, self.spec)
+        inputs, out, amp = self.inputs, run.fold(fold), amp_dtype_of(self.inputs.cfg.train.amp)
+        model = load_fold_model(out, f"fold {fold}", self.device, inputs.cfg, run.config)
+        loader = crop_loader(inputs.cache, val, self.transform, self.spec)
         probs, heads = predict(model, progress(loader, f"{step}: validation"), self.device, amp, self.tta, self.reduce)
-        write_csv(oof_table(val, fold, probs, heads, side.paths), out.oof_tta)
-        report_tta(run, fold, val, probs, self.tta, side.paths)
+        write_csv(oof_table(val, fold, probs, heads, inputs.paths), out.oof_tta)
+        report_tta(run, fold, val, probs, self.tta, inputs.paths)
         self.predict_eval(model, out, step)
 
     def predict_eval(self, model: torch.nn.Module, out: FoldFiles, step: str) -> None:
         """The eval set through one model (test_probs.*)."""
-        side, amp = self.side, amp_dtype_of(self.side.cfg.train.amp)
-        loader = crop_loader(side.cache, side.evals, self.transform, self.spec, with_targets=False)
+        inputs, amp = self.inputs, amp_dtype_of(self.inputs.cfg.train.amp)
+        loader = crop_loader(inputs.cache, inputs.evals, self.transform, self.spec, with_targets=False)
         probs, heads = predict(model, progress(loader, f"{step}: eval"), self.device, amp, self.tta, self.reduce)
-        write_test_predictions(out, side.evals[["ImageID"]].reset_index(drop=True), probs, heads)
+        write_test_predictions(out, inputs.evals[["ImageID"]].reset_index(drop=True), probs, heads)
 
 
-def infer_refits(run: RunRef, side: EvalSide, how: FoldPrediction) -> None:
+def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) -> None:
     """The eval set through each refit model the config names (make refit) whose predictions are not current."""
     if not run.finished_refits():
         return
-    chosen = [files for files in chosen_refits(side.cfg, run) if files.done.exists()]
+    chosen = [files for files in chosen_refits(inputs.cfg, run) if files.done.exists()]
     log.info("refit models predicted with: %s", ", ".join(str(files.dir) for files in chosen) or "none of this config")
     for out in chosen:
         what = f"refit {out.dir.name}"
-        manifest = prediction_manifest(side, run, out)
+        manifest = prediction_manifest(inputs, run, out)
         if is_current(out.predictions_manifest, manifest):
             log.info("%s: predictions up to date in %s", what, out.dir)
             continue
         out.predictions_manifest.unlink(missing_ok=True)
-        model = load_fold_model(out, what, how.device, side.cfg, run.config)
-        how.predict_eval(model, out, f"{what}, TTA {'+'.join(how.tta)}")
+        model = load_fold_model(out, what, prediction.device, inputs.cfg, run.config)
+        prediction.predict_eval(model, out, f"{what}, TTA {'+'.join(prediction.tta)}")
         write_manifest(out.predictions_manifest, manifest)
-        log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(side.evals), out.dir)
+        log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(inputs.evals), out.dir)
 
 
-def infer(cfg: Config, folds: list[int] | None = None) -> RunRef:
+def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
     predictions do not match its current checkpoint, eval set and TTA (infer.json)."""
     run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
     for op in cfg.infer.tta:
         tta_view(torch.zeros(1, 3, 8, 8), op)
-    side = eval_side(cfg, run)
-    say_inputs_from_run(cfg, side.cfg, run)
-    images = load_train(side.cfg)
-    fold_of = load_folds(side.cfg, images)
-    how = FoldPrediction.of(cfg, side)
+    inputs = eval_inputs(cfg, run)
+    say_inputs_from_run(cfg, inputs.cfg, run)
+    images = load_train(inputs.cfg)
+    fold_of = load_folds(inputs.cfg, images)
+    prediction = FoldPrediction.of(cfg, inputs)
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold(fold)
-        manifest = prediction_manifest(side, run, out)  # a damaged best.pt matches no infer.json: the loader names it
+        manifest = prediction_manifest(inputs, run, out)  # a damaged best.pt matches no infer.json: the loader names it
         if is_current(out.predictions_manifest, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
         out.predictions_manifest.unlink(missing_ok=True)
         val = existing_crops_only(
-            images[fold_of == fold].reset_index(drop=True), side.cache, side.cfg.data.skip_bad, "validation"
+            images[fold_of == fold].reset_index(drop=True), inputs.cache, inputs.cfg.data.skip_bad, "validation"
         )
-        how.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(how.tta)}")
+        prediction.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(prediction.tta)}")
         write_manifest(out.predictions_manifest, manifest)
         log.info(
             "fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s",
             fold,
-            len(side.evals),
-            "+".join(how.tta),
+            len(inputs.evals),
+            "+".join(prediction.tta),
             out.dir,
         )
     if folds is None:
-        infer_refits(run, side, how)
-    write_run_oof(run, side.paths)
+        infer_refits(run, inputs, prediction)
+    write_run_oof(run, inputs.paths)
     return run

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.fileio import write_json, write_text
 from ..core.paths import Paths
 from . import htmlpage, plots
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 LOW_DETECTION_RATE = 0.5  # below this share of detected faces in a split, the crop stage warns
 
 
-def _eval_mask_status(cfg: Config, records: pd.DataFrame) -> pd.Series:
+def _eval_mask_status(cfg: Settings, records: pd.DataFrame) -> pd.Series:
     """Mask status per record: from the data layer for train, from eval answers when they exist."""
     status = pd.Series(np.nan, index=records.index)
     train = records["split"] == "train"
@@ -50,7 +50,7 @@ class CropSummary:
         return "Sources: " + ", ".join(f"{k}: {v}" for k, v in self.summary["sources"].items())
 
 
-def summarise(cfg: Config, records: pd.DataFrame, seconds: float) -> CropSummary:
+def summarise(cfg: Settings, records: pd.DataFrame, seconds: float) -> CropSummary:
     recs = records[~records["unreadable"]].copy()
     recs["mask_status"] = _eval_mask_status(cfg, recs)
     recs["detected"] = recs["source"].isin(["mtcnn", "mtcnn_relaxed"])
@@ -129,7 +129,7 @@ def write_page(crops: CropSummary, out: Path) -> Path:
     return htmlpage.render("Crop report", meta, sections, out / "index.html")
 
 
-def warn_when_detection_is_low(cfg: Config, crops: CropSummary, out: Path) -> None:
+def warn_when_detection_is_low(cfg: Settings, crops: CropSummary, out: Path) -> None:
     if cfg.crop.mode == "mtcnn" and any(v["all"] < LOW_DETECTION_RATE for v in crops.rates.values()):
         log.warning(
             "%d of %d crops come from fallback boxes (detection below %.0f%% in some split); look at %s "
@@ -141,7 +141,7 @@ def warn_when_detection_is_low(cfg: Config, crops: CropSummary, out: Path) -> No
         )
 
 
-def write_crop_report(cfg: Config, records: pd.DataFrame, seconds: float) -> Path:
+def write_crop_report(cfg: Settings, records: pd.DataFrame, seconds: float) -> Path:
     """reports/crop/: summary.json, summary.md, the two galleries and index.html; a warning when detection is low."""
     out = Paths.from_config(cfg).reports / "crop"
     crops = summarise(cfg, records, seconds)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.device import autocast
 from ..core.errors import MaskcompError
 from .models import create_model
@@ -39,15 +39,15 @@ def largest_fitting(try_batch: Callable[[int], None], start: int) -> int:
                 torch.cuda.empty_cache()
 
 
-def probe_step(cfg: Config, device: torch.device, amp_dtype) -> Callable[[int], None]:
+def probe_step(cfg: Settings, device: torch.device, amp_dtype) -> Callable[[int], None]:
     """A function that runs one training step's forward and backward on a synthetic batch of n images."""
-    tc = cfg.train
-    model = create_model(cfg.model.model_copy(update={"pretrained": False}), tc.img_size).to(device).train()
-    if tc.channels_last:
+    train_cfg = cfg.train
+    model = create_model(cfg.model.model_copy(update={"pretrained": False}), train_cfg.img_size).to(device).train()
+    if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     def run(n: int) -> None:
-        images = torch.randn(n, 3, *tc.img_size, device=device)
+        images = torch.randn(n, 3, *train_cfg.img_size, device=device)
         with autocast(device, amp_dtype):
             outputs = model(images)
         parts = outputs.values() if isinstance(outputs, dict) else [outputs]
@@ -57,7 +57,7 @@ def probe_step(cfg: Config, device: torch.device, amp_dtype) -> Callable[[int], 
     return run
 
 
-def resolve_batch_size(cfg: Config, device: torch.device, amp_dtype, world: int) -> int:
+def resolve_batch_size(cfg: Settings, device: torch.device, amp_dtype, world: int) -> int:
     """train.batch_size, or for auto the largest batch every rank's device fits."""
     if cfg.train.batch_size != "auto":
         return cfg.train.batch_size

@@ -14,15 +14,15 @@ import statistics
 import numpy as np
 import pandas as pd
 
-from ..core.config import Config, updated
+from ..core.config import Settings, updated
 from ..core.device import start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
-from ..core.stages import Manifest, is_current, read_manifest, write_manifest
+from ..core.manifests import Manifest, is_current, read_manifest, write_manifest
 from ..data.folds import training_split
 from ..data.tables import load_train
 from ..runs import FoldFiles, RunRef, damaged_checkpoint, open_run, run_lock
-from .loop import MetricSinks, TrainState
+from .fold_state import MetricSinks, TrainState
 from .models import require_input_size
 from .trainer import FoldTrainer, run_manifest
 
@@ -34,7 +34,7 @@ SEED_STRIDE = 10_007  # refit seed s trains with seed + SEED_STRIDE * (s + 1): a
 class RefitTrainer(FoldTrainer):
     """A FoldTrainer over every training person with no validation: the last epoch's weights are the model."""
 
-    def __init__(self, cfg: Config, seed_index: int, images: pd.DataFrame, run: RunRef, place, files: FoldFiles):
+    def __init__(self, cfg: Settings, seed_index: int, images: pd.DataFrame, run: RunRef, place, files: FoldFiles):
         self.seed_index, self.refit_files = seed_index, files
         super().__init__(cfg, 0, images, run, place)
 
@@ -73,7 +73,7 @@ class RefitTrainer(FoldTrainer):
         )
 
 
-def refit_epochs(cfg: Config, run: RunRef) -> int:
+def refit_epochs(cfg: Settings, run: RunRef) -> int:
     """refit.epochs, or the median of the run's folds' best epochs (rounded up). A run with folds left to train is
     refused unless `partial_run` allows it; the log says which folds the count comes from."""
     if cfg.refit.epochs:
@@ -99,13 +99,13 @@ def refit_manifest(run: RunRef, epochs: int, seed_index: int) -> Manifest:
     return Manifest("refit", {"run": read_manifest(run.dir)["digest"]}, {"epochs": epochs, "seed": seed_index})
 
 
-def chosen_refits(cfg: Config, run: RunRef) -> list[FoldFiles]:
+def chosen_refits(cfg: Settings, run: RunRef) -> list[FoldFiles]:
     """The refit models this config names (refit.seeds of refit_epochs' count), trained or not."""
     epochs = refit_epochs(cfg, run)
     return [run.refit(epochs, s) for s in range(cfg.refit.seeds)]
 
 
-def refit(cfg: Config) -> tuple[RunRef, list[FoldFiles]]:
+def refit(cfg: Settings) -> tuple[RunRef, list[FoldFiles]]:
     """Train refit.seeds models on every training person in the run of the current config; done ones are skipped.
     Returns the run and the models' folders."""
     require_input_size(cfg.model.backbone, cfg.train.img_size)
@@ -113,7 +113,7 @@ def refit(cfg: Config) -> tuple[RunRef, list[FoldFiles]]:
     if read_manifest(run.dir) is None:
         raise MaskcompError(f"{run.dir}: this config's run is not trained; run `make train` before `make refit`")
     epochs = refit_epochs(cfg, run)
-    rcfg = updated(cfg, {"train.epochs": epochs, "train.folds": []})
+    run_cfg = updated(cfg, {"train.epochs": epochs, "train.folds": []})
     images, place = load_train(cfg), start_distributed(cfg.train.device)
     with run_lock(run) if place.is_main else contextlib.nullcontext():
         for s in range(cfg.refit.seeds):
@@ -124,6 +124,6 @@ def refit(cfg: Config) -> tuple[RunRef, list[FoldFiles]]:
             files.done.unlink(missing_ok=True)
             write_manifest(files.manifest, manifest)  # names the folder's model before any weight is written
             log.info("refit seed %d: %d epochs on all %d training images (run %s)", s, epochs, len(images), run.label)
-            RefitTrainer(rcfg, s, images, run, place, files).run()
+            RefitTrainer(run_cfg, s, images, run, place, files).run()
             log.info("refit seed %d: model in %s", s, files.best)
     return run, [run.refit(epochs, s) for s in range(cfg.refit.seeds)]

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.errors import MaskcompError
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,13 @@ def _resolved(mode: str, key: bool, url: str) -> str:
     return "offline"
 
 
-def wandb_mode(cfg: Config) -> str:
+def wandb_mode(cfg: Settings) -> str:
     """online or offline, decided once per process before any training: online needs a key and a reachable server
     (train.wandb_mode=online says so in one line when either is missing; auto then tracks offline)."""
     return _resolved(cfg.train.wandb_mode, api_key() is not None, base_url())
 
 
-def start_run(cfg: Config, run_dir, name: str, job_type: str, extra: dict[str, Any]) -> Any:
+def start_run(cfg: Settings, run_dir, name: str, job_type: str, extra: dict[str, Any]) -> Any:
     """A W&B run under `run_dir`/wandb (offline files stay with the trained run), or None when wandb is not on."""
     if "wandb" not in cfg.train.loggers:
         return None
@@ -107,7 +107,7 @@ def start_run(cfg: Config, run_dir, name: str, job_type: str, extra: dict[str, A
 class WandbSink:
     """A fold's W&B run; `None`-safe calls so the trainer need not ask whether tracking is on."""
 
-    def __init__(self, cfg: Config, run_dir, run_id: str, fold: int, git_commit: str | None):
+    def __init__(self, cfg: Settings, run_dir, run_id: str, fold: int, git_commit: str | None):
         extra = {"run_id": run_id, "fold": fold, "git_commit": git_commit}
         self.run = start_run(cfg, run_dir, f"{run_id}-fold{fold}", "train", extra)
 
@@ -126,7 +126,7 @@ class WandbSink:
             log.info("W&B run %s written (%s mode) under %s", self.run.name, self.run.settings.mode, self.run.dir)
 
 
-def log_analysis(cfg: Config, run_dir, run_id: str, scores: dict, y, pred, plots: list) -> None:
+def log_analysis(cfg: Settings, run_dir, run_id: str, scores: dict, y, pred, plots: list) -> None:
     """The analysis stage's W&B run (<run-id>-analysis): the OOF scores as its summary, the 18-class confusion
     matrix, and the analysis page's plots."""
     from ..core import labels

@@ -20,14 +20,14 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from ..core import labels
-from ..core.config import Config
+from ..core.config import Settings
 from ..core.device import Placement, autocast, configure_cuda, configure_threads, resolve_amp, start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv, write_json
+from ..core.manifests import Manifest, config_keys, digest_cache
 from ..core.metrics import scores
 from ..core.paths import Paths
 from ..core.progress import progress
-from ..core.stages import Manifest, config_keys, digest_cache
 from ..crop.stage import require_current_crops, train_crops_digest
 from ..data.folds import load_folds, require_current_folds, split_fold
 from ..data.tables import load_train
@@ -47,7 +47,7 @@ from .augment import eval_transform, half_cutmix, train_transform
 from .batchsize import resolve_batch_size
 from .dataset import EpochSampler, LoaderSpec, build_cache, crop_loader, existing_crops_only, targets_of
 from .evaluate import oof_table, predict
-from .loop import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fold_info
+from .fold_state import Checkpointer, EarlyStopping, MetricSinks, TrainState, write_fold_info
 from .losses import Criterion, balanced_class_weights
 from .models import create_model, head_sizes, normalisation, require_input_size
 from .optim import create_optimizer, create_scheduler
@@ -59,7 +59,7 @@ LOG_EVERY = 20  # steps between progress-bar updates, the loop's only host synch
 RANK_SEED_STRIDE = 1_000_003  # per-rank offset of the epoch seeds (rank 0 keeps the single-process seeds)
 
 
-def run_manifest(cfg: Config) -> Manifest:
+def run_manifest(cfg: Settings) -> Manifest:
     """What a training run depends on: labels and folds (by content), the training crops, the training config."""
     folds = require_current_folds(cfg)
     crops = require_current_crops(cfg)
@@ -95,24 +95,24 @@ class FoldTrainer:
     early-stopping decision is shared with the other ranks."""
 
     def __init__(
-        self, cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False
+        self, cfg: Settings, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False
     ):
         self.cfg, self.fold, self.resume, self.run_ref = cfg, fold, resume, run
-        tc = cfg.train
+        train_cfg = cfg.train
         self.rank, self.world, self.device = place.rank, place.world, place.device
         if self.device.type == "cpu":  # re-chosen per fold: the machine's load may have changed since the last one
-            configure_threads(tc.threads)
-        self.amp_dtype, self.amp_note = resolve_amp(tc.amp, self.device)
+            configure_threads(train_cfg.threads)
+        self.amp_dtype, self.amp_note = resolve_amp(train_cfg.amp, self.device)
         if self.amp_note and self.rank == 0:
             log.warning(self.amp_note)
-        self.cuda_settings = configure_cuda(tc, self.device)
+        self.cuda_settings = configure_cuda(train_cfg, self.device)
         self.files = self._files(run)
         self.seed = self._seed()
-        if tc.deterministic and self.device.type == "cpu":
+        if train_cfg.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         self.batch_size = resolve_batch_size(cfg, self.device, self.amp_dtype, self.world)  # before the seed: its
         torch.manual_seed(self.seed)  # probe model's initialisation must not shift the run's random numbers
-        self.stopper = EarlyStopping(tc.patience)
+        self.stopper = EarlyStopping(train_cfg.patience)
         self.checkpoints = Checkpointer(self.files, run.run_id)
         self.lr_log: list[dict] = []
         self.sinks: MetricSinks | None = None
@@ -122,8 +122,8 @@ class FoldTrainer:
 
     def _build_data(self, images: pd.DataFrame) -> None:
         """Train/validation splits of this fold over the crop cache, the epoch sampler and the two loaders."""
-        cfg, tc = self.cfg, self.cfg.train
-        size = tuple(tc.img_size)
+        cfg, train_cfg = self.cfg, self.cfg.train
+        size = tuple(train_cfg.img_size)
         cache = build_cache(cfg, size) if self.rank == 0 else None
         if self.world > 1:
             dist.barrier()
@@ -136,8 +136,8 @@ class FoldTrainer:
         self.val_df = existing_crops_only(val, cache, skip, "validation split")
         mean, std = normalisation(cfg.model.backbone)
         augment = train_transform(cfg.augment, size, mean, std)
-        if tc.overfit_batches:  # a wiring check: the same few images every epoch, as the model sees them at eval
-            self.train_df = self.train_df.iloc[: tc.overfit_batches * self.batch_size].reset_index(drop=True)
+        if train_cfg.overfit_batches:  # a wiring check: the same few images every epoch, as the model sees them at eval
+            self.train_df = self.train_df.iloc[: train_cfg.overfit_batches * self.batch_size].reset_index(drop=True)
             weights, augment = None, eval_transform(size, mean, std)
         self.sampler = EpochSampler(len(self.train_df), self.seed, weights, self.rank, self.world)
         pin = self.device.type == "cuda"
@@ -147,23 +147,25 @@ class FoldTrainer:
             cache,
             self.train_df,
             augment,
-            LoaderSpec(self.batch_size, tc.workers, pin, self.seed, drop_last=len(self.train_df) > self.batch_size),
+            LoaderSpec(
+                self.batch_size, train_cfg.workers, pin, self.seed, drop_last=len(self.train_df) > self.batch_size
+            ),
             sampler=self.sampler,
         )
         self.val_loader = crop_loader(
             cache,
             self.val_df,
             eval_transform(size, mean, std),
-            LoaderSpec(tc.val_batch_size, tc.workers, pin, self.seed + 1),
+            LoaderSpec(train_cfg.val_batch_size, train_cfg.workers, pin, self.seed + 1),
         )
 
     def _build_model(self) -> None:
         """Model, loss, Mixup, EMA, and the wrapped network (DDP, torch.compile) that the steps run."""
-        cfg, tc = self.cfg, self.cfg.train
+        cfg, train_cfg = self.cfg, self.cfg.train
         self.model = (
-            create_model(cfg.model, tc.img_size)
+            create_model(cfg.model, train_cfg.img_size)
             .to(self.device)
-            .to(memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
+            .to(memory_format=torch.channels_last if train_cfg.channels_last else torch.contiguous_format)
         )
         self.heads = head_sizes(cfg.model.head)
         class_weights = None
@@ -174,7 +176,11 @@ class FoldTrainer:
         self.mixup = self._mixup()
         # the decay warms up (1 - (1 + step)^-0.75, capped at ema_decay) so that short runs do not average in the
         # barely trained first steps
-        self.ema = ModelEmaV3(self.model, decay=tc.ema_decay, use_warmup=True, warmup_power=0.75) if tc.ema else None
+        self.ema = (
+            ModelEmaV3(self.model, decay=train_cfg.ema_decay, use_warmup=True, warmup_power=0.75)
+            if train_cfg.ema
+            else None
+        )
         self.net = self.model
         if self.world > 1:
             # a frozen backbone produces no gradients for its parameters: DDP's reducer must not wait for them
@@ -183,13 +189,13 @@ class FoldTrainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.model.freeze_backbone_epochs > 0,
             )
-        if tc.compile:
+        if train_cfg.compile:
             self.net = torch.compile(self.net)
 
     def _build_optimisation(self) -> None:
-        tc = self.cfg.train
-        self.optimizer = create_optimizer(self.model, tc)
-        self.scheduler = create_scheduler(self.optimizer, tc, self.updates_per_epoch)
+        train_cfg = self.cfg.train
+        self.optimizer = create_optimizer(self.model, train_cfg)
+        self.scheduler = create_scheduler(self.optimizer, train_cfg, self.updates_per_epoch)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16
         )
@@ -263,24 +269,24 @@ class FoldTrainer:
     def _step(self, images: torch.Tensor, targets: dict[str, torch.Tensor], step: int, epoch: int) -> torch.Tensor:
         """One batch on the device: forward (timm Mixup, AMP) and backward; every train.accumulate batches (and at
         the epoch's end) an optimiser step with clipping, schedule and EMA. Returns the loss (no sync)."""
-        tc = self.cfg.train
+        train_cfg = self.cfg.train
         if self.mixup is not None:
             images, targets["label"] = self.mixup(images, targets["label"])
-        images = images.contiguous(memory_format=torch.channels_last) if tc.channels_last else images
+        images = images.contiguous(memory_format=torch.channels_last) if train_cfg.channels_last else images
         with autocast(self.device, self.amp_dtype):
             outputs = self.net(images)
         loss = self.criterion(outputs, targets)
-        self.scaler.scale(loss / tc.accumulate).backward()
-        if (step + 1) % tc.accumulate == 0 or step + 1 == self.steps_per_epoch:
-            update = epoch * self.updates_per_epoch + step // tc.accumulate
+        self.scaler.scale(loss / train_cfg.accumulate).backward()
+        if (step + 1) % train_cfg.accumulate == 0 or step + 1 == self.steps_per_epoch:
+            update = epoch * self.updates_per_epoch + step // train_cfg.accumulate
             self._optimizer_step(update)
         return loss.detach()
 
     def _optimizer_step(self, update: int) -> None:
-        tc = self.cfg.train
-        if tc.grad_clip:
+        train_cfg = self.cfg.train
+        if train_cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train_cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -295,11 +301,11 @@ class FoldTrainer:
         try:
             return self._step(images, targets, step, epoch)
         except torch.cuda.OutOfMemoryError:
-            tc, half = self.cfg.train, max(1, self.batch_size // 2)
+            train_cfg, half = self.cfg.train, max(1, self.batch_size // 2)
             raise MaskcompError(
                 f"fold {self.fold}: out of {self.device.type.upper()} memory training a batch of {len(images)} "
-                f"(train.batch_size={tc.batch_size}, train.img_size={tc.img_size}, model.backbone="
-                f"{self.cfg.model.backbone}); set train.batch_size={half} train.accumulate={tc.accumulate * 2} "
+                f"(train.batch_size={train_cfg.batch_size}, train.img_size={train_cfg.img_size}, model.backbone="
+                f"{self.cfg.model.backbone}); set train.batch_size={half} train.accumulate={train_cfg.accumulate * 2} "
                 "(the same effective batch), train.batch_size=auto, or a smaller train.img_size, then "
                 "`make train ARGS=--resume`"
             ) from None
@@ -389,14 +395,14 @@ class FoldTrainer:
             state.bad_epochs = int(flags.item())
 
     def run(self) -> dict:
-        tc = self.cfg.train
+        train_cfg = self.cfg.train
         state = self._resume()
         self.lr_log = state.learning_rates  # _train_epoch appends each step's rate to the state it is saved with
         sinks = self._sinks() if self.rank == 0 else None
         self.sinks = sinks
         if self.rank == 0:
             write_fold_info(self.files, self.cfg, self._env())
-        while state.epochs_done < tc.epochs and not self.stopper.should_stop(state):
+        while state.epochs_done < train_cfg.epochs and not self.stopper.should_stop(state):
             epoch = state.epochs_done
             train_loss, images_per_s = self._train_epoch(epoch)
             state.epochs_done = epoch + 1
@@ -474,7 +480,7 @@ def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
 
 
 def _train_fold(
-    cfg: Config, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool, as_latest: bool
+    cfg: Settings, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool, as_latest: bool
 ) -> dict:
     """One fold of the run: skipped when done, else trained (resumed on request). A fold that finishes (or is found
     done) makes the run `latest` (with `as_latest`); a training that stops records its error in the run's
@@ -497,7 +503,7 @@ def _train_fold(
 
 
 def train(
-    cfg: Config, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
+    cfg: Settings, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
 ) -> list[dict]:
     """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
     run already finished are skipped. The run becomes the experiment's `latest` unless `as_latest` is false (a search's

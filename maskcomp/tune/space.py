@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import yaml
 
-from ..core.config import Config, updated
+from ..core.config import Settings, updated
 from ..core.errors import MaskcompError
 
 
@@ -65,7 +65,7 @@ def _dimension(key: str, spec: Any) -> Dimension:
     return Dimension(key, _categorical(key, spec["choices"]) if "choices" in spec else _range(key, spec))
 
 
-def search_space(cfg: Config) -> list[Dimension]:
+def search_space(cfg: Settings) -> list[Dimension]:
     """The config's space, each dimension's extreme values checked against the settings' declarations."""
     if not cfg.tune.space:
         raise MaskcompError("tune.space is empty; name the settings to search, e.g. tune.space: {train.lr: {low: ..}}")

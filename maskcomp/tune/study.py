@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..core import labels
-from ..core.config import Config, updated
+from ..core.config import Settings, updated
 from ..core.errors import MaskcompError
 from ..core.paths import Paths
 from ..data.folds import load_folds
@@ -44,19 +44,19 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 class TuneJob:
     """A worker's task: the study, every trial's config before its parameters, and where the search was set."""
 
-    cfg: Config
+    cfg: Settings
     study: str
     tune_file: Path
     overrides: tuple[str, ...] = ()
     storage: str = field(default="")
 
     @classmethod
-    def from_config(cls, cfg: Config, tune_file: str | Path, overrides: list[str] | None = None) -> TuneJob:
+    def from_config(cls, cfg: Settings, tune_file: str | Path, overrides: list[str] | None = None) -> TuneJob:
         study = cfg.tune.study or Path(tune_file).stem
         return cls(cfg, study, Path(tune_file), tuple(overrides or ()), storage_url(cfg, study))
 
 
-def storage_url(cfg: Config, study: str) -> str:
+def storage_url(cfg: Settings, study: str) -> str:
     """TUNE_STORAGE (any SQLAlchemy URL, e.g. postgresql://user@host/db) or an SQLite file under models/tune/."""
     url = os.environ.get(STORAGE_ENV, "").strip()
     for plain in ("postgresql://", "postgres://"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
@@ -97,7 +97,7 @@ def _sqlite_lock(url: str):
 
 
 def _rdb_storage(job: TuneJob, engine: dict) -> RDBStorage:
-    tc = job.cfg.tune
+    train_cfg = job.cfg.tune
     for attempt in range(SCHEMA_ATTEMPTS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -105,9 +105,9 @@ def _rdb_storage(job: TuneJob, engine: dict) -> RDBStorage:
                 return RDBStorage(
                     job.storage,
                     engine_kwargs=engine,
-                    heartbeat_interval=tc.heartbeat_s,
-                    grace_period=2 * tc.heartbeat_s,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
+                    heartbeat_interval=train_cfg.heartbeat_s,
+                    grace_period=2 * train_cfg.heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=train_cfg.retries),
                 )
             except Exception as err:  # SQLAlchemy's OperationalError, a missing driver, a malformed URL
                 if _schema_race(err) and attempt + 1 < SCHEMA_ATTEMPTS:
@@ -130,11 +130,11 @@ def _safe_url(url: str) -> str:
     return f"{head}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url
 
 
-def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
-    tc = cfg.tune
-    if tc.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=0)
-    if tc.pruner == "halving":
+def make_pruner(cfg: Settings) -> optuna.pruners.BasePruner:
+    train_cfg = cfg.tune
+    if train_cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=train_cfg.startup_trials, n_warmup_steps=0)
+    if train_cfg.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
@@ -151,12 +151,12 @@ def open_study(job: TuneJob) -> optuna.Study:
     )
 
 
-def trial_folds(cfg: Config) -> list[int]:
+def trial_folds(cfg: Settings) -> list[int]:
     """The folds each trial trains, in order: train.folds, or all folds."""
     return cfg.train.folds or sorted(set(load_folds(cfg, load_train(cfg))))
 
 
-def nested_cv(cfg: Config, ref: RunRef) -> float:
+def nested_cv(cfg: Settings, ref: RunRef) -> float:
     """The CV macro F1 the submission would report for this run alone: the nested decision on its pooled OOF."""
     oof = read_oof(ref, Paths.from_config(cfg), tta=False)
     logp = np.log(np.clip(oof[labels.PROB_COLUMNS].to_numpy(), 1e-9, None))

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..core.config import Config, dump_config
+from ..core.config import Settings, dump_config
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv, write_json, write_text
-from ..core.stages import file_digest
+from ..core.manifests import file_digest
 from ..runs import FoldFiles, set_aside
 from .track import WandbSink
 
@@ -95,7 +95,7 @@ class Checkpointer:
     def last(self) -> Path:
         return self.files.last
 
-    def save_best(self, model: torch.nn.Module, cfg: Config, state: TrainState) -> None:
+    def save_best(self, model: torch.nn.Module, cfg: Settings, state: TrainState) -> None:
         state.best_digest = save_checkpoint(
             {"model": model.state_dict(), "config": cfg.model_dump(), "epoch": state.best_epoch, "f1": state.best_f1},
             self.files.best,
@@ -135,7 +135,7 @@ class MetricSinks:
     """Where each epoch's row goes: metrics.csv and lr.csv (every step's learning rate), the console, and the
     loggers of train.loggers (TensorBoard, W&B). Only the main process makes one."""
 
-    def __init__(self, files: FoldFiles, fold: int, cfg: Config, wandb: WandbSink | None = None):
+    def __init__(self, files: FoldFiles, fold: int, cfg: Settings, wandb: WandbSink | None = None):
         self.files, self.fold, self.epochs = files, fold, cfg.train.epochs
         self.writer, self.wandb = None, wandb
         if "tensorboard" in cfg.train.loggers:
@@ -172,7 +172,7 @@ class MetricSinks:
             self.wandb.close(summary)
 
 
-def write_fold_info(files: FoldFiles, cfg: Config, info: dict) -> None:
+def write_fold_info(files: FoldFiles, cfg: Settings, info: dict) -> None:
     """config.yaml and env.json of a fold: the resolved config, seed, versions, device and sizes."""
     write_text(dump_config(cfg), files.config)
     write_json(info, files.env)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import Config
 from .errors import MaskcompError
 from .fileio import write_json
 from .progress import progress
@@ -102,7 +101,7 @@ class DigestCache:
 _CACHES: dict[Path, DigestCache] = {}  # one per file and process: read once, not at every check
 
 
-def digest_cache(cfg: Config) -> DigestCache:
+def digest_cache(cfg: Settings) -> DigestCache:
     """The process's digest cache of the config's cache folder (entries are checked against each file's stat, so
     one kept in memory never answers for a changed file)."""
     from .paths import Paths
