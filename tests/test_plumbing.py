@@ -3,13 +3,23 @@ declarations, building paths has no side effect, the digest cache is read once p
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
 import yaml
 
 from maskcomp.core.config import dump_config, load_config
 from maskcomp.core.manifests import digest_cache
 from maskcomp.core.paths import Paths
-from maskcomp.predict.infer import run_config
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data import tables
+from maskcomp.data.folds import make_folds
+from maskcomp.ensemble.stage import ensemble
+from maskcomp.predict.infer import infer, run_config
 from maskcomp.runs import RunRef
+from maskcomp.train.trainer import train
+
+from conftest import TINY_MODEL, config_for
 
 
 def test_a_stored_run_keeps_its_input_shaping_settings_and_takes_the_rest_from_the_invocation(tmp_path):
@@ -50,3 +60,22 @@ def test_building_paths_moves_nothing_and_the_digest_cache_is_read_once(tmp_path
     Paths.from_config(cfg)
     assert (legacy / "run.json").exists() and not (tmp_path / "models").exists()
     assert digest_cache(cfg) is digest_cache(cfg)
+
+
+@pytest.mark.slow
+def test_a_stage_lists_and_checks_the_images_once(tiny_root, tmp_path, monkeypatch):
+    cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "train.epochs=1", "infer.tta=[identity]")
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    calls = Counter()
+    for name in ("_read_train", "_load_eval"):
+        real = getattr(tables, name)
+        monkeypatch.setattr(tables, name, lambda c, real=real, name=name: calls.update([name]) or real(c))
+    for stage in (infer, infer, ensemble):  # predicting, then finding everything current, then the submission
+        calls.clear()
+        stage(cfg)
+        assert calls == {"_read_train": 1, "_load_eval": 1}, stage.__name__
+    calls.clear()
+    tables.load_train(cfg), tables.load_train(cfg)  # outside a stage: nothing is remembered
+    assert calls["_read_train"] == 2

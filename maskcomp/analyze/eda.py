@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.fileio import write_text
 from ..core.paths import Paths
 from ..data.tables import load_eval, load_train
@@ -111,6 +112,7 @@ PLOTS = (
 )
 
 
+@stage
 def run_eda(cfg: Settings) -> Path:
     """Plots, summary.md and index.html (the plots shown with the numbers) in reports/eda/."""
     paths = Paths.from_config(cfg)

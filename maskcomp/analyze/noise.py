@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.fileio import write_csv
 from ..core.paths import Paths
 from ..runs import read_oof, resolve_run
@@ -216,6 +217,7 @@ class RelabelResult:
     to_review: int
 
 
+@stage
 def relabel(cfg: Settings) -> RelabelResult:
     """Candidates of the configured experiment's run, written beside its OOF: label_fix_candidates.csv (all) and
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""

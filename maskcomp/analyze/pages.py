@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.fileio import write_csv
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
@@ -420,6 +421,7 @@ def _thumb(path: str) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(img, (96, 128)), cv2.COLOR_BGR2RGB)
 
 
+@stage
 def analyze(cfg: Settings) -> list[Path]:
     experiments = cfg.ensemble.experiments or [cfg.experiment]
     pages = [analyze_experiment(cfg, e) for e in experiments]

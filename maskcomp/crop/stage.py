@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Settings
+from ..core.context import remembered, settings_key, stage
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.manifests import (
@@ -76,7 +77,8 @@ def train_crops_digest(crops: dict) -> str:
 def require_current_crops(cfg: Settings) -> dict:
     """The crop manifest on disk, after checking that it matches the current images and crop settings."""
     folder = crop_dir(cfg)
-    manifest = crop_manifest(cfg, list_items(cfg))
+    key = settings_key(cfg, "paths", "data", "crop")
+    manifest = remembered("crop manifest", key, lambda: crop_manifest(cfg, list_items(cfg)))
     require_current(
         folder, manifest, str(folder), "crops were made from other images or settings", "run `make crop` first"
     )
@@ -138,6 +140,7 @@ def _image_size(path: str, img: np.ndarray | None) -> tuple[int, int]:
         return im.size
 
 
+@stage
 def crop_faces(cfg: Settings) -> pd.DataFrame:
     """Run the crop stage; returns the per-image records (also in crop-<hash>/records.csv)."""
     crop_cfg = cfg.crop

@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.manifests import (
@@ -77,6 +78,7 @@ def require_current_folds(cfg: Settings) -> dict:
     return manifest.as_dict()
 
 
+@stage
 def make_folds(cfg: Settings) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
     paths = Paths.from_config(cfg)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import remembered, settings_key
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.paths import Paths
@@ -234,10 +235,15 @@ def load_train(cfg: Settings) -> pd.DataFrame:
 
 
 def read_train(cfg: Settings) -> TrainImages:
-    """One row per training image with person, labels and the fixes applied, and the log of those fixes.
+    """One row per training image with person, labels and the fixes applied, and the log of those fixes (listed and
+    checked once per stage: context.remembered).
 
     Columns: image_path, person_id, id, gender, race, age, stem, mask, gender_label, age_group, label.
     """
+    return remembered("train images", settings_key(cfg, "paths", "data"), lambda: _read_train(cfg))
+
+
+def _read_train(cfg: Settings) -> TrainImages:
     paths = Paths.from_config(cfg)
     persons = read_persons(paths)
     persons, applied_fixes = apply_label_fixes(persons, read_fixes(cfg, persons))
@@ -276,7 +282,11 @@ def read_train(cfg: Settings) -> TrainImages:
 
 
 def load_eval(cfg: Settings) -> pd.DataFrame:
-    """eval/info.csv in its own row order, with each image's path."""
+    """eval/info.csv in its own row order, with each image's path (listed and checked once per stage)."""
+    return remembered("eval images", settings_key(cfg, "paths", "data"), lambda: _load_eval(cfg))
+
+
+def _load_eval(cfg: Settings) -> pd.DataFrame:
     paths = Paths.from_config(cfg)
     df = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")
     if df.empty:

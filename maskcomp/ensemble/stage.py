@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
@@ -27,6 +28,7 @@ from .vote import vote
 log = logging.getLogger(__name__)
 
 
+@stage
 def ensemble(cfg: Settings) -> Path:
     """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row (or, with
     ensemble.vote, hard-vote submission files: vote.py); with

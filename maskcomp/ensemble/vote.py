@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import PROJECT_ROOT, Settings
+from ..core.context import stage
 from ..core.errors import MaskcompError
 from ..core.manifests import file_digest
 from ..core.paths import Paths
@@ -120,6 +121,7 @@ def require_distinct(files: list[Path], out: Path) -> None:
             seen[digest] = path
 
 
+@stage
 def vote(cfg: Settings) -> Path:
     """Write the hard vote of ensemble.vote's files as submissions/<name>.csv (name default: vote) with its sidecar,
     and list it in submissions/index.csv."""

@@ -16,6 +16,7 @@ import yaml
 
 from ..core import labels
 from ..core.config import Settings, settings_from
+from ..core.context import stage
 from ..core.device import amp_dtype_of, resolve_device
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
@@ -296,6 +297,7 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
         log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(inputs.evals), out.dir)
 
 
+@stage
 def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
     predictions do not match its current checkpoint, eval set and TTA (infer.json)."""

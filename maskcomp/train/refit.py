@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Settings, updated
+from ..core.context import stage
 from ..core.device import start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
@@ -105,6 +106,7 @@ def chosen_refits(cfg: Settings, run: RunRef) -> list[FoldFiles]:
     return [run.refit(epochs, s) for s in range(cfg.refit.seeds)]
 
 
+@stage
 def refit(cfg: Settings) -> tuple[RunRef, list[FoldFiles]]:
     """Train refit.seeds models on every training person in the run of the current config; done ones are skipped.
     Returns the run and the models' folders."""

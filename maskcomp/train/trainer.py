@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 
 from ..core import labels
 from ..core.config import Settings
+from ..core.context import stage
 from ..core.device import Placement, autocast, configure_cuda, configure_threads, resolve_amp, start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv, write_json
@@ -502,6 +503,7 @@ def _train_fold(
     return {**summary, "trained_now": True}
 
 
+@stage
 def train(
     cfg: Settings, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
 ) -> list[dict]:

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from ..core import labels
 from ..core.config import Settings, updated
+from ..core.context import stage
 from ..core.errors import MaskcompError
 from ..core.paths import Paths
 from ..data.folds import load_folds
@@ -272,6 +273,7 @@ def require_no_clash(dims: list[Dimension], overrides: tuple[str, ...]) -> None:
                 )
 
 
+@stage
 def optimise(job: TuneJob) -> optuna.Study:
     """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass. A failed
     trial prints one line; a failure that names no searched setting stops the search with that line."""
