@@ -3,12 +3,14 @@ declarations, building paths has no side effect, the digest cache is read once p
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
 import yaml
 
 from maskcomp.core.config import dump_config, load_config
+from maskcomp.core.errors import MaskcompError
 from maskcomp.core.manifests import digest_cache
 from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
@@ -63,19 +65,25 @@ def test_building_paths_moves_nothing_and_the_digest_cache_is_read_once(tmp_path
 
 
 @pytest.mark.slow
-def test_a_stage_lists_and_checks_the_images_once(tiny_root, tmp_path, monkeypatch):
-    cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "train.epochs=1", "infer.tta=[identity]")
+def test_only_the_crop_stage_lists_or_opens_the_raw_images(tiny_root, tmp_path, monkeypatch):
+    """infer and ensemble check their upstream against the crop stage's record (items.csv, a stat per image): with
+    nothing changed, no image folder is listed and no image opened; predicting lists the training images once."""
+    root = shutil.copytree(tiny_root, tmp_path / "data")
+    cfg = config_for(root, tmp_path, *TINY_MODEL, "train.epochs=1", "infer.tta=[identity]")
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)
     calls = Counter()
-    for name in ("_read_train", "_load_eval"):
+    for name in ("_read_train", "_load_eval", "check_image"):
         real = getattr(tables, name)
-        monkeypatch.setattr(tables, name, lambda c, real=real, name=name: calls.update([name]) or real(c))
-    for stage in (infer, infer, ensemble):  # predicting, then finding everything current, then the submission
+        monkeypatch.setattr(tables, name, lambda *a, real=real, name=name: calls.update([name]) or real(*a))
+    for stage, listed in ((infer, {"_read_train": 1, "check_image": 42}), (infer, {}), (ensemble, {})):
         calls.clear()
-        stage(cfg)
-        assert calls == {"_read_train": 1, "_load_eval": 1}, stage.__name__
-    calls.clear()
-    tables.load_train(cfg), tables.load_train(cfg)  # outside a stage: nothing is remembered
-    assert calls["_read_train"] == 2
+        stage(cfg)  # predicting (the validation images: one listing for both folds), then all current, the submission
+        assert calls == listed, stage.__name__
+    image = next((root / "train" / "images").rglob("mask1.*"))
+    image.write_bytes(image.read_bytes() + b"\0")  # one training image's bytes change: the stat check sees it
+    with pytest.raises(
+        MaskcompError, match=r"crops were made from other images or settings \(train\); run `make crop`"
+    ):
+        infer(cfg)

@@ -31,6 +31,7 @@ from ..core.manifests import (
     MANIFEST,
     Manifest,
     config_keys,
+    digest_cache,
     digest_of,
     require_current,
     write_manifest,
@@ -38,6 +39,8 @@ from ..core.manifests import (
 from ..core.paths import Paths
 from ..core.progress import progress
 from ..core.settings import CropSettings, section_keys
+from ..data.csvfiles import read_csv_with
+from ..data.tables import EVAL_COLUMNS
 from .boxes import expand_box, fixed_box, resolve_boxes
 from .detect import DETECTOR_KEYS, detector_hash, read_image_rgb, run_detection, settings_hash
 from .items import Item, list_items
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 # the face box (detected, or the fallback box) in image pixels; x1..y2 are the crop box it grew into
 FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 
+ITEMS = "items.csv"  # the crop stage's record of what it consumed: every image's key, split, person and digest
 CROP_KEYS = tuple(k for k in section_keys("crop", "crop") if k not in DETECTOR_KEYS)  # how a box becomes a crop
 DIGEST_CHARS = 16
 
@@ -74,11 +78,46 @@ def train_crops_digest(crops: dict) -> str:
     return digest_of([crops["inputs"]["train"], crops["config"]])
 
 
+ITEM_COLUMNS = ["key", "split", "person_id", "digest"]
+
+
+def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
+    """The images the crop stage consumed (its items.csv), each with the digest its file has now: a stat per image
+    (the digest cache), no folder listed, no image opened unless its stat changed. A missing file gets the digest
+    'missing'; info.csv naming other images than those cropped marks every eval item changed. None for a crop folder
+    written before items.csv was kept."""
+    path = folder / ITEMS
+    if not path.exists():
+        return None
+    paths, cache = Paths.from_config(cfg), digest_cache(cfg)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    listed = set(read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")["ImageID"])
+    cropped = {Path(k).name for k in table.loc[table["split"] == "eval", "key"]}
+    eval_moved = not cropped <= listed or (listed != cropped and not cfg.data.skip_bad)  # skip_bad leaves bad ones out
+    items = []
+    for key, split, person in zip(table["key"], table["split"], table["person_id"]):
+        file = paths.image_file(key)
+        digest = cache.digest(file) if Path(file).is_file() else "missing"
+        items.append(Item(key, split, file, person, "info.csv changed" if eval_moved and split == "eval" else digest))
+    cache.save()
+    return items
+
+
+def expected_crop_manifest(cfg: Settings) -> Manifest:
+    """The crop manifest the current images and settings give: from the crop stage's items.csv when there is one
+    (only `make crop` lists and opens the images), else from listing them (once per stage)."""
+
+    def compute() -> Manifest:
+        recorded = recorded_items(cfg, crop_dir(cfg))
+        return crop_manifest(cfg, recorded if recorded is not None else list_items(cfg))
+
+    return remembered("crop manifest", settings_key(cfg, "paths", "data", "crop"), compute)
+
+
 def require_current_crops(cfg: Settings) -> dict:
     """The crop manifest on disk, after checking that it matches the current images and crop settings."""
     folder = crop_dir(cfg)
-    key = settings_key(cfg, "paths", "data", "crop")
-    manifest = remembered("crop manifest", key, lambda: crop_manifest(cfg, list_items(cfg)))
+    manifest = expected_crop_manifest(cfg)
     require_current(
         folder, manifest, str(folder), "crops were made from other images or settings", "run `make crop` first"
     )
@@ -174,6 +213,8 @@ def crop_faces(cfg: Settings) -> pd.DataFrame:
         "crop_path",
     ]
     write_csv(records.loc[~records["unreadable"], columns], out_dir / "records.csv")
+    write_csv(pd.DataFrame([(it.key, it.split, it.person_id, it.digest) for it in items], columns=ITEM_COLUMNS),
+              out_dir / ITEMS)  # fmt: skip
     write_manifest(out_dir, crop_manifest(cfg, items))
     if bad:
         write_csv(pd.DataFrame({"image_path": bad}), paths.reports / "crop" / "unreadable_images.csv")

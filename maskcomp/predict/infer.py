@@ -5,6 +5,7 @@ eval crops and ids, the TTA; predictions are remade whenever any of them changes
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from ..core.metrics import macro_f1
 from ..core.paths import Paths
 from ..core.progress import progress
 from ..core.settings import input_shaping_keys, invocation_keys, value_of
+from ..crop.stage import load_crops, require_current_crops
+from ..data.csvfiles import read_csv_with
 from ..data.folds import load_folds
-from ..data.tables import load_eval, load_train
+from ..data.tables import EVAL_COLUMNS, load_train
 from ..runs import FoldFiles, RunRef, damaged_checkpoint, read_oof, resolve_run
 from ..train.augment import eval_transform
 from ..train.dataset import CropCache, LoaderSpec, build_cache, crop_loader, existing_crops_only
@@ -128,29 +131,56 @@ def require_current_run(cfg: Settings, run: RunRef) -> None:
 
 @dataclass
 class EvalInputs:
-    """What every fold of a run predicts on: the run's config, the eval rows with crops, and their crop array."""
+    """What every fold of a run predicts on: the run's config, the eval rows with crops (info.csv order), the crops'
+    manifest, and (opened when something is predicted) their crop array."""
 
     cfg: Settings
     evals: pd.DataFrame
-    cache: CropCache
+    crops: dict
     size: tuple[int, int]
 
     @property
     def paths(self) -> Paths:
         return Paths.from_config(self.cfg)
 
+    @functools.cached_property
+    def cache(self) -> CropCache:
+        return build_cache(self.cfg, self.size)
+
     @property
     def eval_digest(self) -> str:
-        return digest_of([self.cache.manifest["digest"], self.evals["ImageID"].tolist()])
+        return digest_of([self.crops["digest"], self.evals["ImageID"].tolist()])
+
+
+def cropped_eval_rows(cfg: Settings) -> pd.DataFrame:
+    """info.csv's rows that have a crop, in its order, with each image's path: from the crop records, no image
+    opened. A row without a crop stops with one line, or is left out with data.skip_bad (counted)."""
+    paths = Paths.from_config(cfg)
+    info = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")[["ImageID"]]
+    records = load_crops(cfg)
+    cropped = set(records.loc[records["split"] == "eval", "key"])
+    keys = [paths.image_key(str(paths.eval_images / i)) for i in info["ImageID"]]
+    has = np.array([k in cropped for k in keys], dtype=bool)
+    if not has.all() and not cfg.data.skip_bad:
+        missing = paths.eval_images / info["ImageID"][~has].iloc[0]
+        raise MaskcompError(
+            f"{missing}: no face crop for this image ({int((~has).sum())} missing); run `make crop` again, or set "
+            "data.skip_bad=true if it is unreadable"
+        )
+    if not has.all():
+        log.warning("eval set: leaving out %d image(s) without a crop (data.skip_bad=true)", int((~has).sum()))
+    out = info[has].reset_index(drop=True)
+    out["image_path"] = [str(paths.eval_images / i) for i in out["ImageID"]]
+    return out
 
 
 def eval_inputs(cfg: Settings, run: RunRef) -> EvalInputs:
+    """The run's eval side, checked against the crop stage's record: no image is listed or opened, and the crop
+    array is opened (or built) only when a model predicts."""
     run_cfg = run_config(cfg, run)
     require_current_run(run_cfg, run)
-    size = tuple(run_cfg.train.img_size)
-    cache = build_cache(run_cfg, size)
-    evals = existing_crops_only(load_eval(run_cfg), cache, run_cfg.data.skip_bad, "eval set")
-    return EvalInputs(run_cfg, evals, cache, size)
+    crops = require_current_crops(run_cfg)
+    return EvalInputs(run_cfg, cropped_eval_rows(run_cfg), crops, tuple(run_cfg.train.img_size))
 
 
 def prediction_manifest(inputs: EvalInputs, run: RunRef, files: FoldFiles) -> Manifest:
@@ -278,6 +308,12 @@ class FoldPrediction:
         write_test_predictions(out, inputs.evals[["ImageID"]].reset_index(drop=True), probs, heads)
 
 
+def validation_rows(cfg: Settings, fold: int) -> pd.DataFrame:
+    """The training images of one fold's validation persons (listed only when a fold is predicted)."""
+    images = load_train(cfg)
+    return images[load_folds(cfg, images) == fold].reset_index(drop=True)
+
+
 def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) -> None:
     """The eval set through each refit model the config names (make refit) whose predictions are not current."""
     if not run.finished_refits():
@@ -306,8 +342,6 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
         tta_view(torch.zeros(1, 3, 8, 8), op)
     inputs = eval_inputs(cfg, run)
     say_inputs_from_run(cfg, inputs.cfg, run)
-    images = load_train(inputs.cfg)
-    fold_of = load_folds(inputs.cfg, images)
     prediction = FoldPrediction.of(cfg, inputs)
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
@@ -318,7 +352,7 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
             continue
         out.predictions_manifest.unlink(missing_ok=True)
         val = existing_crops_only(
-            images[fold_of == fold].reset_index(drop=True), inputs.cache, inputs.cfg.data.skip_bad, "validation"
+            validation_rows(inputs.cfg, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation"
         )
         prediction.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(prediction.tta)}")
         write_manifest(out.predictions_manifest, manifest)
