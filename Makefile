@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale gpu-check clean clean-everything
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale bench-upstream gpu-check clean clean-everything
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -115,6 +115,11 @@ bench-quality: setup
 # pruned against unpruned search of the same trials on real faces, and the best config against the hand-set recipe
 bench-tune: setup
 	$(PY) bench/tune.py $(ARGS)
+
+# how long infer and ensemble take to decide their upstream is current (nothing changed), on 12,600 eval images;
+# ARGS="--code DIR" times an earlier checkout beside this one
+bench-upstream: setup
+	$(PY) bench/upstream.py $(ARGS)
 
 # folds vs refit vs both on eval, on a kept quality work folder: make bench-refit ARGS="--work DIR"
 bench-refit: setup

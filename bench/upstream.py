@@ -1,0 +1,102 @@
+"""`make bench-upstream`: how long `make infer` and `make ensemble` spend deciding that their upstream (crops, folds,
+run, predictions) is current when nothing changed, on a competition-sized eval set (12,600 images = 1,800 persons x
+7) beside a small training set. The work folder is prepared once (sample, centre crops, folds, a 1-epoch run, its
+predictions); then each code checkout given is timed on it, best of 3, in one run: the landed code (`--code DIR`, a
+checkout of an earlier commit) against this one, so the ratio is measured side by side.
+
+Usage: python bench/upstream.py [--code DIR ...] [--eval-persons 1800] [--train-persons 60] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, print_table, save_results
+
+# what each timed process runs: the stages' own functions, present in every checkout since the stage manifests
+TIMED = """
+import json, sys, time, logging
+from maskcomp.core.config import load_config
+from maskcomp.predict.infer import infer
+from maskcomp.ensemble.blend import load_experiment
+logging.disable(logging.WARNING)
+cfg = load_config("configs/sample.yaml", sys.argv[1:])
+out = {}
+steps = {"infer, nothing to do": lambda: infer(cfg), "ensemble's inputs": lambda: load_experiment(cfg, cfg.experiment)}
+for name, step in steps.items():
+    times = []
+    for _ in range(3):
+        start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
+    out[name] = min(times)
+print(json.dumps(out))
+"""
+
+
+def overrides(work: Path) -> list[str]:
+    outs = [f"paths.{n}={work / n}" for n in ("crops", "models", "reports", "submissions", "cache")]
+    return [
+        f"paths.data_root={work / 'data'}", f"paths.folds={work / 'folds.csv'}", *outs, "crop.mode=center",
+        "train.device=cpu", "train.epochs=1", "train.img_size=[48, 36]", "model.pretrained=false",
+        "model.backbone=mobilenetv3_small_050", "folds.k=2", "infer.tta=[identity]", "experiment=bench",
+    ]  # fmt: skip
+
+
+def prepare(work: Path, train_persons: int, eval_persons: int) -> None:
+    """Sample, crops, folds, a run and its predictions, with this checkout's code (skipped when already there)."""
+    if (work / "prepared").exists():
+        return
+    sys.path.insert(0, str(ROOT))
+    from maskcomp.core.config import load_config
+    from maskcomp.core.paths import Paths
+    from maskcomp.crop.stage import crop_faces
+    from maskcomp.data.folds import make_folds
+    from maskcomp.data.sample import make_sample
+    from maskcomp.predict.infer import infer
+    from maskcomp.train.trainer import train
+
+    cfg = load_config("configs/sample.yaml", overrides(work))
+    make_sample(Paths.from_config(cfg), train_persons, eval_persons, seed=0)
+    for step in (crop_faces, make_folds, train, infer):
+        step(cfg)
+    (work / "prepared").write_text("yes\n")
+
+
+def timed(code: Path, work: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run(
+        [sys.executable, "-c", TIMED, *overrides(work)], cwd=code, env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"bench-upstream: {code}: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--code", type=Path, action="append", default=[], help="another checkout to time first")
+    parser.add_argument("--eval-persons", type=int, default=1800)
+    parser.add_argument("--train-persons", type=int, default=60)
+    parser.add_argument("--work", type=Path, default=None, help="keep the prepared data here (reused when present)")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-upstream-"))
+    prepare(work, args.train_persons, args.eval_persons)
+    rows = []
+    for code in [*args.code, ROOT]:
+        seconds = timed(code.resolve(), work)
+        label = "this checkout" if code == ROOT else str(code)
+        rows += [{"code": label, "step": step, "seconds": round(s, 3)} for step, s in seconds.items()]
+    info = {"eval_images": args.eval_persons * 7, "train_images": args.train_persons * 7}
+    rows = [{**row, **info} for row in rows]
+    print_table(rows)
+    print(f"bench-upstream: results in {save_results('upstream', rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
