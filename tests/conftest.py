@@ -11,7 +11,7 @@ from maskcomp.core import cli
 from maskcomp.core.config import load_config
 from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
-from maskcomp.runs import resolve_run
+from maskcomp.runs import RunRef, resolve_run
 
 # the smallest model and input that exercise a whole stage: the tests' common settings (train.device=cpu comes
 # from config_for)
@@ -24,6 +24,9 @@ TINY_MODEL = (
     "model.backbone=mobilenetv3_small_050",
     "crop.mode=center",
 )
+TINY_TRAIN = (*TINY_MODEL, "infer.batch_size=32")  # the tiny model, predicting in larger batches
+# the tiny pipeline's settings: one epoch, plain eval (the stage tests that run crop -> ensemble on tiny data)
+TINY = (*TINY_MODEL, "infer.batch_size=32", "train.epochs=1", "infer.tta=[identity]")
 SAMPLE_PERSONS = 40
 SAMPLE_EVAL_PERSONS = 8
 
@@ -43,6 +46,31 @@ def config_for(data_root: Path, work: Path, *overrides: str, config: str = "conf
             *overrides,
         ],
     )
+
+
+def latest(cfg) -> RunRef:
+    """The config experiment's latest run."""
+    return resolve_run(Paths.from_config(cfg), cfg.experiment)
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_pipeline(cfg) -> Path:
+    """crop -> folds -> train -> infer -> ensemble; the submission."""
+    from maskcomp.crop.stage import crop_faces
+    from maskcomp.data.folds import make_folds
+    from maskcomp.ensemble.stage import ensemble
+    from maskcomp.predict.infer import infer
+    from maskcomp.train.trainer import train
+
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    infer(cfg)
+    return ensemble(cfg)
 
 
 def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:
@@ -72,6 +100,13 @@ def data_copy(sample_root, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
     return root
+
+
+@pytest.fixture
+def tiny(tiny_root, tmp_path):
+    """A private copy of the tiny data and a TINY config writing under tmp_path/work."""
+    root = copy_data(tiny_root, tmp_path / "data")
+    return root, config_for(root, tmp_path / "work", *TINY)
 
 
 @pytest.fixture(scope="session")

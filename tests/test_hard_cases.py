@@ -26,22 +26,11 @@ from maskcomp.data.tables import load_train, read_train
 from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.grouping import thumbnails
 from maskcomp.predict.infer import infer
-from maskcomp.runs import read_oof, resolve_run
+from maskcomp.runs import read_oof
 from maskcomp.train.models import require_input_size
 from maskcomp.train.trainer import train
 
-from conftest import config_for
-from test_trust import TINY, copy_data, run_pipeline
-
-
-@pytest.fixture
-def tiny(tiny_root, tmp_path):
-    root = copy_data(tiny_root, tmp_path / "data")
-    return root, config_for(root, tmp_path / "work", *TINY)
-
-
-def latest(cfg: dict):
-    return resolve_run(Paths.from_config(cfg), cfg.experiment)
+from conftest import config_for, latest, run_pipeline
 
 
 def with_root(cfg: dict, root: Path) -> dict:

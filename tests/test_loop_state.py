@@ -24,12 +24,11 @@ from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.infer import infer
-from maskcomp.runs import resolve_run
 from maskcomp.train.refit import refit
 from maskcomp.train.trainer import train
 from maskcomp.tune.study import TuneJob, optimise
 
-from conftest import TINY_MODEL, config_for
+from conftest import TINY_MODEL, config_for, latest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (*TINY_MODEL, "infer.batch_size=32", "infer.tta=[identity]", "ensemble.stamped_copy=false")
@@ -42,10 +41,6 @@ def tiny_run(tiny_root: Path, work: Path, *overrides: str):
     make_folds(cfg)
     train(cfg)
     return cfg
-
-
-def latest(cfg):
-    return resolve_run(Paths.from_config(cfg), cfg.experiment)
 
 
 def write_search(work: Path, space: dict, trials: int) -> Path:

@@ -19,17 +19,16 @@ from maskcomp.data.folds import make_folds
 from maskcomp.train.models import create_model, probs18
 from maskcomp.train.trainer import train
 
-from conftest import TINY_MODEL, config_for, fold_dir
+from conftest import TINY_TRAIN, config_for, fold_dir
 
 pytestmark = pytest.mark.slow  # trains or runs whole stages
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = (*TINY_MODEL, "infer.batch_size=32")
 
 
 @pytest.fixture
 def tiny_cfg(tiny_root, tmp_path):
-    cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=2")
+    cfg = config_for(tiny_root, tmp_path, *TINY_TRAIN, "train.epochs=2")
     crop_faces(cfg)
     make_folds(cfg)
     return cfg
@@ -88,7 +87,7 @@ def test_single_head_model_shape():
     ],
 )
 def test_bad_config_values_fail_with_one_line(tiny_cfg, tiny_root, tmp_path, override, pattern):
-    cfg = config_for(tiny_root, tmp_path, *TINY, "train.epochs=1", override)
+    cfg = config_for(tiny_root, tmp_path, *TINY_TRAIN, "train.epochs=1", override)
     with pytest.raises(MaskcompError, match=pattern) as err:
         train(cfg, folds=[0])
     assert "\n" not in str(err.value)
@@ -114,7 +113,13 @@ def _cli(cfg_overrides: list[str], *extra: str) -> list[str]:
 
 def _overrides(root: Path, work: Path, epochs: int) -> list[str]:
     outs = [f"paths.{n}={work / n}" for n in ("crops", "models", "reports", "submissions", "cache")]
-    return [f"paths.data_root={root}", f"paths.folds={work / 'folds.csv'}", *outs, *TINY, f"train.epochs={epochs}"]
+    return [
+        f"paths.data_root={root}",
+        f"paths.folds={work / 'folds.csv'}",
+        *outs,
+        *TINY_TRAIN,
+        f"train.epochs={epochs}",
+    ]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_cfg, tiny_root, tmp_path):

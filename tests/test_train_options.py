@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import TINY
 
 from maskcomp.core.device import Placement
 from maskcomp.core.errors import MaskcompError
@@ -19,13 +18,13 @@ from maskcomp.train import batchsize
 from maskcomp.train.batchsize import largest_fitting
 from maskcomp.train.trainer import FoldTrainer, run_manifest, train
 
-from conftest import config_for, fold_dir
+from conftest import TINY_TRAIN, config_for, fold_dir
 
 pytestmark = pytest.mark.slow  # trains or runs whole stages
 
 
 def _cfg(tiny_root, tmp_path, *overrides):
-    cfg = config_for(tiny_root, tmp_path, *TINY, *overrides)
+    cfg = config_for(tiny_root, tmp_path, *TINY_TRAIN, *overrides)
     crop_faces(cfg)
     make_folds(cfg)
     return cfg

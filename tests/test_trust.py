@@ -31,31 +31,9 @@ from maskcomp.runs import read_oof, read_test_probs, resolve_run
 from maskcomp.train.dataset import build_cache
 from maskcomp.train.trainer import train
 
-from conftest import TINY_MODEL, config_for
+from conftest import TINY, config_for, copy_data, latest, run_pipeline
 
 pytestmark = pytest.mark.slow  # trains or runs whole stages
-
-TINY = (*TINY_MODEL, "infer.batch_size=32", "train.epochs=1", "infer.tta=[identity]")
-
-
-def copy_data(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def run_pipeline(cfg: dict) -> Path:
-    crop_faces(cfg)
-    make_folds(cfg)
-    train(cfg)
-    infer(cfg)
-    return ensemble(cfg)
-
-
-@pytest.fixture
-def tiny(tiny_root, tmp_path):
-    """A private copy of the tiny data and a config writing under tmp_path/work."""
-    root = copy_data(tiny_root, tmp_path / "data")
-    return root, config_for(root, tmp_path / "work", *TINY)
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +57,6 @@ def swap_eval(root: Path, other: Path) -> None:
     shutil.rmtree(root / "eval")
     shutil.copytree(other / "eval", root / "eval")
     shutil.copy(other / "eval_answers.csv", root / "eval_answers.csv")
-
-
-def latest(cfg: dict):
-    return resolve_run(Paths.from_config(cfg), cfg.experiment)
 
 
 def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
