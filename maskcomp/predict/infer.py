@@ -139,7 +139,7 @@ class EvalInputs:
     crops: dict
     size: tuple[int, int]
 
-    @property
+    @functools.cached_property
     def paths(self) -> Paths:
         return Paths.from_config(self.cfg)
 
