@@ -299,7 +299,7 @@ def score_sections(a: Analysis) -> list[htmlpage.Section]:
 
 def render_page(a: Analysis, cfg: Settings, out: Path, extra: list[htmlpage.Section] = ()) -> Path:
     """The experiment's analysis page: where the score is lost first, then every section (`extra`: where the model
-    attention_maps)."""
+    looks)."""
     lead = [
         *headline(a.y, a.pred, a.per_class),
         f"<p>OOF macro F1 (all {len(a.oof)} images): "

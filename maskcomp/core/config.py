@@ -1,4 +1,4 @@
-"""Settings loading: the settings schema (settings.py) gives every key's default; config files (each may name a
+"""Config loading: the settings schema (settings.py) gives every key's default; config files (each may name a
 parent with `base: <file>`) and dotted overrides change them; every value is checked against its declaration with a
 one-line error; the result is a typed Settings object (`cfg.train.lr`)."""
 
@@ -39,7 +39,8 @@ def yaml_problem(path: Path, text: str, err: yaml.YAMLError) -> str:
     if mark is None:
         return f"{path}: not valid YAML ({problem}); fix the syntax"
     where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
-    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
     if "\t" in line[: mark.column + 1]:
         return f"{where}: a tab character; YAML indents with spaces only, replace the tab with spaces"
     return f"{where}: not valid YAML ({problem}); fix the syntax"

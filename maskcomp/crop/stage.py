@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 
 ITEMS = "items.csv"  # the crop stage's record of what it consumed: every image's key, split, person and digest
+ITEM_COLUMNS = ["key", "split", "person_id", "digest"]
 CROP_KEYS = tuple(k for k in section_keys("crop", "crop") if k not in DETECTOR_KEYS)  # how a box becomes a crop
 DIGEST_CHARS = 16
 
@@ -76,9 +77,6 @@ def crop_manifest(cfg: Settings, items: list[Item]) -> Manifest:
 def train_crops_digest(crops: dict) -> str:
     """What the training crops depend on (training images and crop settings; eval images never enter them)."""
     return digest_of([crops["inputs"]["train"], crops["config"]])
-
-
-ITEM_COLUMNS = ["key", "split", "person_id", "digest"]
 
 
 def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:

@@ -21,7 +21,7 @@ from ..core.metrics import macro_f1
 from ..core.paths import Paths
 from ..core.settings import EnsembleSettings
 from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbnails
-from ..predict.infer import require_current_predictions, required_refits, run_config
+from ..predict.infer import require_current_predictions, required_refits
 from ..runs import RunRef, eval_models, read_oof, read_test_probs, read_test_table, resolve_run
 from .names import groups_file
 
@@ -49,7 +49,7 @@ def load_experiment(cfg: Settings, spec: str) -> Experiment:
     fold's model or than the eval set are refused."""
     ref = resolve_run(Paths.from_config(cfg), spec, cfg.run if spec == cfg.experiment else "latest")
     require_complete(cfg, ref)
-    refits = required_refits(run_config(cfg, ref), ref) if cfg.ensemble.models != "folds" else []
+    refits = required_refits(cfg, ref) if cfg.ensemble.models != "folds" else []  # refit.* are the invocation's
     require_current_predictions(cfg, ref, refits)
     folds = ref.trained_folds()
     if not folds:
@@ -62,7 +62,8 @@ def load_experiment(cfg: Settings, spec: str) -> Experiment:
     oof = read_oof(ref, Paths.from_config(cfg), tta=True)
     ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
-    for files in eval_models(ref, cfg.ensemble.models, refits):
+    models = eval_models(ref, cfg.ensemble.models, refits)
+    for files in models:
         probs, model_ids = read_test_probs(ref, files)
         if ids is not None and model_ids != ids:
             raise MaskcompError(f"{files.test_ids}: eval images differ between models; run `make infer` again")
@@ -70,7 +71,7 @@ def load_experiment(cfg: Settings, spec: str) -> Experiment:
         tests.append(probs)
         if ordinal:
             ords.append(read_test_table(ref, files)[labels.AGE_ORD_COLUMNS].to_numpy())
-    names = [str(files.dir.relative_to(ref.dir)) for files in eval_models(ref, cfg.ensemble.models, refits)]
+    names = [str(files.dir.relative_to(ref.dir)) for files in models]
     return Experiment(oof, np.mean(tests, axis=0), np.mean(ords, axis=0) if ordinal else None, ids, ref, names)
 
 

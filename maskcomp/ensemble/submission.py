@@ -119,7 +119,7 @@ def sidecar_of(
         f"{ens_cfg.models}: "
         + "; ".join(f"{e.ref.label} {', '.join(e.eval_models)}" for e in loaded)
         + " averaged on eval; the CV comes from the fold models' OOF",
-        {r.label: r.missing_folds() for r in runs if r.missing_folds()},
+        {r.label: missing for r in runs if (missing := r.missing_folds())},
     )
     return Sidecar(
         summary,

@@ -159,8 +159,8 @@ def cropped_eval_rows(cfg: Settings) -> pd.DataFrame:
     info = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")[["ImageID"]]
     records = load_crops(cfg)
     cropped = set(records.loc[records["split"] == "eval", "key"])
-    keys = [paths.image_key(str(paths.eval_images / i)) for i in info["ImageID"]]
-    has = np.array([k in cropped for k in keys], dtype=bool)
+    files = np.array([str(paths.eval_images / i) for i in info["ImageID"]], dtype=object)
+    has = np.array([paths.image_key(f) in cropped for f in files], dtype=bool)
     if not has.all() and not cfg.data.skip_bad:
         missing = paths.eval_images / info["ImageID"][~has].iloc[0]
         raise MaskcompError(
@@ -169,9 +169,7 @@ def cropped_eval_rows(cfg: Settings) -> pd.DataFrame:
         )
     if not has.all():
         log.warning("eval set: leaving out %d image(s) without a crop (data.skip_bad=true)", int((~has).sum()))
-    out = info[has].reset_index(drop=True)
-    out["image_path"] = [str(paths.eval_images / i) for i in out["ImageID"]]
-    return out
+    return info[has].reset_index(drop=True).assign(image_path=files[has].tolist())
 
 
 def eval_inputs(cfg: Settings, run: RunRef) -> EvalInputs:
