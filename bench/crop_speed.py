@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from maskcomp.core.config import load_config
-from maskcomp.core.paths import Paths
 from maskcomp.crop.detect import DecodeDataset, make_detectors, run_detection
 from maskcomp.crop.items import Item
 from maskcomp.data.sample import make_sample
@@ -28,7 +27,7 @@ def images(n: int, work: Path) -> tuple[list[Item], str]:
     source = "aaf_masks (real faces)"
     if not root.exists():
         data = work / "data"
-        make_sample(Paths.from_config(load_config(None, [f"paths.data_root={data}"])), n // 7 + 1, 0, seed=0)
+        make_sample(load_config(None, [f"paths.data_root={data}"]).paths.resolved, n // 7 + 1, 0, seed=0)
         root, source = data / "train" / "images", "generated sample"
     paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))[:n]
     return [Item(str(p), "train", str(p), p.parent.name) for p in paths], source

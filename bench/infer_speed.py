@@ -10,7 +10,6 @@ import torch
 
 from maskcomp.core.config import load_config
 from maskcomp.core.device import resolve_device
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.sample import make_sample
 from maskcomp.data.tables import load_eval
@@ -33,7 +32,7 @@ def run(eval_persons: int = 60, repeats: int = 2) -> list[dict]:
             "crop.mode=center",
         ]
         cfg = load_config("configs/sample.yaml", over)
-        make_sample(Paths.from_config(cfg), 2, eval_persons, seed=0)
+        make_sample(cfg.paths.resolved, 2, eval_persons, seed=0)
         crop_faces(cfg)
         size = tuple(cfg.train.img_size)
         cache = build_cache(cfg, size)

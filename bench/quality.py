@@ -31,7 +31,6 @@ from maskcomp.core import labels
 from maskcomp.core.config import Settings, load_config
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.ensemble.blend import load_experiment
@@ -126,7 +125,7 @@ class Submission:
 def first_submission(cfg: Settings) -> Submission:
     """One model and argmax, as a first submission is made; CV = the folds' best-epoch OOF predictions pooled."""
     run = infer(cfg, folds=[0])
-    oof = read_oof(run, Paths.from_config(cfg), tta=False)
+    oof = read_oof(run, cfg.paths.resolved, tta=False)
     cv = macro_f1(oof["label"].to_numpy(), oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
     probs, ids = read_test_probs(run, 0)
     return Submission(
@@ -161,7 +160,7 @@ def pipeline_submission(cfg: Settings, answer_table: pd.DataFrame) -> Submission
 
 def run_recipe(recipe: str, cfg: Settings) -> dict:
     """All stages of one recipe; returns its CV and eval scores."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     answer_table = pd.read_csv(paths.eval_answers, dtype={"ImageID": str, "person_id": str}).set_index("ImageID")
     answers = answer_table["ans"]
     records = crop_faces(cfg)

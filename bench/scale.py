@@ -23,7 +23,6 @@ import pandas as pd
 
 from maskcomp.core.config import load_config
 from maskcomp.core.fileio import write_text
-from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
 
 from common import RESULTS, ROOT, print_table, save_results
@@ -66,9 +65,7 @@ def overrides_for(work: Path) -> list[str]:
 
 
 def measure(work: Path, eval_persons: int) -> list[dict]:
-    make_sample(
-        Paths.from_config(load_config(None, [f"paths.data_root={work / 'data'}"])), TRAIN_PERSONS, eval_persons, 0
-    )
+    make_sample(load_config(None, [f"paths.data_root={work / 'data'}"]).paths.resolved, TRAIN_PERSONS, eval_persons, 0)
     eval_images, train_images = eval_persons * 7, TRAIN_PERSONS * 7
     args = overrides_for(work)
     rows = [

@@ -15,7 +15,6 @@ import torch
 
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.device import Placement, autocast, resolve_device
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.sample import make_sample
@@ -89,7 +88,7 @@ def run(persons: int = 120, threads: int | None = None) -> list[dict]:
             *([f"train.threads={threads}"] if threads is not None else []),
         ]
         cfg = load_config("configs/sample.yaml", over)
-        make_sample(Paths.from_config(cfg), persons, 2, seed=0)
+        make_sample(cfg.paths.resolved, persons, 2, seed=0)
         crop_faces(cfg)
         make_folds(cfg)
         alone = measure(cfg, "alone")

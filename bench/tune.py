@@ -30,7 +30,6 @@ from optuna.trial import TrialState
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import macro_f1
-from maskcomp.core.paths import Paths
 from maskcomp.core.settings import value_of
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -90,7 +89,7 @@ def eval_score(cfg, answers: pd.Series) -> dict:
     cfg = updated(cfg, {"run": open_run(cfg, run_manifest(cfg), write=False).run_id})
     infer(cfg)
     sub = pd.read_csv(ensemble(cfg), dtype={"ImageID": str})
-    side = json.loads(Path(Paths.from_config(cfg).submissions / f"{cfg.experiment}.json").read_text())
+    side = json.loads(Path(cfg.paths.resolved.submissions / f"{cfg.experiment}.json").read_text())
     return {"cv": side["cv_macro_f1"], "eval_macro_f1": macro_f1(answers.loc[sub["ImageID"]].to_numpy(), sub["ans"])}
 
 

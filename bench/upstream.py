@@ -66,10 +66,9 @@ def make_data(data: Path, train_persons: int, eval_persons: int) -> None:
         return
     sys.path.insert(0, str(ROOT))
     from maskcomp.core.config import load_config
-    from maskcomp.core.paths import Paths
     from maskcomp.data.sample import make_sample
 
-    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={data}"])), train_persons, eval_persons, seed=0)
+    make_sample(load_config(None, [f"paths.data_root={data}"]).paths.resolved, train_persons, eval_persons, seed=0)
 
 
 def run_code(code: Path, program: str, args: list[str]) -> str:

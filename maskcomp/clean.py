@@ -67,7 +67,7 @@ def clean_models(models: Path, everything: bool, done: Cleaned) -> None:
 
 
 def clean(cfg: Settings, everything: bool = False) -> Cleaned:
-    paths, done = Paths.from_config(cfg), Cleaned()
+    paths, done = cfg.paths.resolved, Cleaned()
     for path in (paths.crops, paths.reports, paths.cache, *folds_files(paths)):
         _remove(path, done)
     clean_models(paths.models, everything, done)

@@ -24,7 +24,6 @@ import torch
 from .core.config import PROJECT_ROOT, Settings, dump_config, load_config, updated
 from .core.device import resolve_amp
 from .core.fileio import write_text
-from .core.paths import Paths
 from .crop.stage import crop_faces
 from .data.folds import make_folds
 from .data.sample import make_sample
@@ -97,7 +96,7 @@ def _config(work: Path, device: str, *extra: str) -> Settings:
 
 def _train_rate(cfg: Settings) -> float:
     train(cfg)
-    metrics = pd.read_csv(resolve_run(Paths.from_config(cfg), cfg.experiment).fold(0).metrics)
+    metrics = pd.read_csv(resolve_run(cfg.paths.resolved, cfg.experiment).fold(0).metrics)
     return float(metrics["images_per_s"].iloc[-1])
 
 
@@ -129,7 +128,7 @@ def _ddp(work: Path, device: str, processes: int) -> float:
     if proc.returncode:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"torchrun exited {proc.returncode}")
-    metrics = resolve_run(Paths.from_config(cfg), "gpucheck_ddp").fold(1).metrics
+    metrics = resolve_run(cfg.paths.resolved, "gpucheck_ddp").fold(1).metrics
     return float(pd.read_csv(metrics)["images_per_s"].iloc[-1])
 
 
@@ -137,7 +136,7 @@ def run_check(device: str = "cuda", compile_step: bool = False, ddp_processes: i
     with tempfile.TemporaryDirectory(prefix="maskcomp-gpu-check-") as tmp:
         work = Path(tmp)
         base = _config(work, device)
-        make_sample(Paths.from_config(base), PERSONS, EVAL_PERSONS, seed=0)
+        make_sample(base.paths.resolved, PERSONS, EVAL_PERSONS, seed=0)
         images = (PERSONS + EVAL_PERSONS) * 7
         rows = [_measure("crop (MTCNN)", device, "fp32", lambda: _timed(lambda: crop_faces(base), images))]
         make_folds(base)

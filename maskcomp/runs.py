@@ -173,7 +173,7 @@ def open_run(cfg: Settings, manifest: Manifest, write: bool = True) -> RunRef:
     """The run for this manifest; with `write`, created (run.json, config, manifest) if new. It becomes `latest`
     only once a fold of it is finished (mark_latest)."""
     run_id = manifest.digest[:RUN_ID_CHARS]
-    ref = RunRef(cfg.experiment, run_id, Paths.from_config(cfg).models / cfg.experiment / run_id)
+    ref = RunRef(cfg.experiment, run_id, cfg.paths.resolved.models / cfg.experiment / run_id)
     if not write:
         return ref
     if read_manifest(ref.dir) is None:

@@ -2,14 +2,13 @@
 
 from maskcomp.core.cli import parse_stage_args, stage_parser
 from maskcomp.core.errors import cli
-from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    make_sample(Paths.from_config(cfg), cfg.sample.persons, cfg.sample.eval_persons, cfg.sample.seed)
+    make_sample(cfg.paths.resolved, cfg.sample.persons, cfg.sample.eval_persons, cfg.sample.seed)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import pytest
 
 from maskcomp.core import cli
 from maskcomp.core.config import load_config
-from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
 from maskcomp.runs import RunRef, resolve_run
 
@@ -50,7 +49,7 @@ def config_for(data_root: Path, work: Path, *overrides: str, config: str = "conf
 
 def latest(cfg) -> RunRef:
     """The config experiment's latest run."""
-    return resolve_run(Paths.from_config(cfg), cfg.experiment)
+    return resolve_run(cfg.paths.resolved, cfg.experiment)
 
 
 def copy_data(src: Path, dst: Path) -> Path:
@@ -75,7 +74,7 @@ def run_pipeline(cfg) -> Path:
 
 def fold_dir(cfg: dict, fold: int, experiment: str = "sample") -> Path:
     """Fold `fold` of the experiment's latest run."""
-    return resolve_run(Paths.from_config(cfg), experiment).fold_dir(fold)
+    return resolve_run(cfg.paths.resolved, experiment).fold_dir(fold)
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +89,7 @@ def fresh_invocation():
 def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "data"
     cfg = load_config(None, [f"paths.data_root={root}"])
-    make_sample(Paths.from_config(cfg), SAMPLE_PERSONS, SAMPLE_EVAL_PERSONS, seed=0)
+    make_sample(cfg.paths.resolved, SAMPLE_PERSONS, SAMPLE_EVAL_PERSONS, seed=0)
     return root
 
 
@@ -113,5 +112,5 @@ def tiny(tiny_root, tmp_path):
 def tiny_root(tmp_path_factory) -> Path:
     """6 train persons and 2 eval persons, for stages whose cost grows with the image count."""
     root = tmp_path_factory.mktemp("tiny") / "data"
-    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 6, 2, seed=3)
+    make_sample(load_config(None, [f"paths.data_root={root}"]).paths.resolved, 6, 2, seed=3)
     return root

@@ -14,7 +14,6 @@ from maskcomp.analyze import attention
 from maskcomp.analyze.attention import attention_report, attention_sections, face_box_in_input, face_share, greyed
 from maskcomp.core import labels
 from maskcomp.core.config import load_config
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.predict.infer import infer
@@ -88,9 +87,9 @@ def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path,
     make_folds(cfg)
     train(cfg)
     infer(cfg)
-    run = resolve_run(Paths.from_config(cfg), "sample")
+    run = resolve_run(cfg.paths.resolved, "sample")
     out = tmp_path / "page"
-    report = attention_report(cfg, run, read_oof(run, Paths.from_config(cfg)), out)
+    report = attention_report(cfg, run, read_oof(run, cfg.paths.resolved), out)
     assert set(report["heads"]) == set(labels.HEADS) == set(report["causal"])
     for head, r in report["heads"].items():
         assert (out / "attention" / f"attention_{head}.png").exists()
@@ -99,7 +98,7 @@ def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path,
         assert 0.0 <= report["causal"][head]["f1_background_greyed"] <= 1.0
     assert report["embedding"]["images"] > 0 and (out / "attention" / "embedding.png").exists()
     stamp = (out / "attention" / "attention.json").stat().st_mtime_ns
-    assert attention_report(cfg, run, read_oof(run, Paths.from_config(cfg)), out) == json.loads(
+    assert attention_report(cfg, run, read_oof(run, cfg.paths.resolved), out) == json.loads(
         (out / "attention" / "attention.json").read_text()
     )
     assert (out / "attention" / "attention.json").stat().st_mtime_ns == stamp, "computed once per content"

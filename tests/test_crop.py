@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from skimage import data as skdata
 
-from maskcomp.core.paths import Paths
 from maskcomp.core.settings import CropSettings
 from maskcomp.crop import detect
 from maskcomp.crop import stage as crop_stage
@@ -86,13 +85,13 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
         assert col in saved
     detected = saved["source"].isin(["mtcnn", "mtcnn_relaxed"])
     assert saved.loc[detected, "score"].astype(float).between(0, 1).all()
-    report = Paths.from_config(cfg).reports / "crop"
+    report = cfg.paths.resolved.reports / "crop"
     assert (report / "random_crops.png").exists() and (report / "fallback_crops.png").exists()
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["detection_rate"]["train"]) == {"all", "wear", "incorrect", "not_wear"}
 
     # an interrupted run: the last 5 detections never made it, the last line is torn, two crops are gone
-    det_file = next(Paths.from_config(cfg).crops.glob("det-*/detections.jsonl"))
+    det_file = next(cfg.paths.resolved.crops.glob("det-*/detections.jsonl"))
     lines = det_file.read_text().splitlines()
     det_file.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])
     gone = saved["crop_path"].iloc[:2].tolist()
@@ -140,6 +139,6 @@ def test_unreadable_image_is_listed_not_fatal(tiny_root, tmp_path):
     # the data layer's check is off, so the broken file reaches the crop stage itself
     cfg = config_for(root, tmp_path / "w", "crop.mode=center", "data.image_check=none")
     crop_faces(cfg)
-    listed = pd.read_csv(Paths.from_config(cfg).reports / "crop" / "unreadable_images.csv")
+    listed = pd.read_csv(cfg.paths.resolved.reports / "crop" / "unreadable_images.csv")
     assert listed["image_path"].tolist() == [str(victim)]
     assert str(victim) not in load_crops(cfg).index

@@ -9,7 +9,6 @@ import pytest
 from maskcomp.core import labels
 from maskcomp.core.config import load_config
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.data.sample import draw_persons, make_sample
 from maskcomp.data.tables import drop_age_bands, load_eval, load_train, training_labels
 
@@ -99,7 +98,7 @@ def test_skip_bad_writes_list_and_drops_person(data_copy, tmp_path):
     cfg = config_for(data_copy, tmp_path / "work", "data.skip_bad=true")
     df = load_train(cfg)
     assert len(df) == (SAMPLE_PERSONS - 1) * 7
-    skipped = pd.read_csv(Paths.from_config(cfg).reports / "skipped_train.csv")
+    skipped = pd.read_csv(cfg.paths.resolved.reports / "skipped_train.csv")
     assert len(skipped) == 1 and "mask3" in skipped["file"][0]
 
 
@@ -151,9 +150,7 @@ def test_sample_is_deterministic_by_seed(tmp_path):
     digests = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         root = tmp_path / name
-        make_sample(
-            Paths.from_config(load_config(None, [f"paths.data_root={root}"])), persons=4, eval_persons=2, seed=seed
-        )
+        make_sample(load_config(None, [f"paths.data_root={root}"]).paths.resolved, persons=4, eval_persons=2, seed=seed)
         digests.append(_digest(root))
     assert digests[0] == digests[1] != digests[2]
 

@@ -1,5 +1,4 @@
 from maskcomp.analyze.eda import run_eda
-from maskcomp.core.paths import Paths
 
 from conftest import config_for
 
@@ -9,7 +8,7 @@ PLOTS = ("class_counts", "mask", "gender", "age_group", "age_hist", "gender_age"
 def test_eda_writes_plots_and_summary(sample_root, tmp_path):
     cfg = config_for(sample_root, tmp_path)
     index = run_eda(cfg)
-    out = Paths.from_config(cfg).reports / "eda"
+    out = cfg.paths.resolved.reports / "eda"
     assert index == out / "index.html"
     for name in PLOTS:
         png = out / f"{name}.png"

@@ -14,7 +14,6 @@ from maskcomp.analyze.noise import CANDIDATE_COLUMNS, relabel
 from maskcomp.analyze.pages import analyze, closing_summary
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.label_fixes import read_label_fixes
@@ -37,7 +36,7 @@ PLANTED_GENDER_FLIPS = 5
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     root = work / "data"
-    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 70, 12, seed=11)
+    make_sample(load_config(None, [f"paths.data_root={root}"]).paths.resolved, 70, 12, seed=11)
     persons = pd.read_csv(root / "train" / "train.csv", dtype=str)
     planted = np.random.default_rng(5).choice(len(persons), PLANTED_GENDER_FLIPS, replace=False)
     persons.loc[planted, "gender"] = persons.loc[planted, "gender"].map({"male": "female", "female": "male"})
@@ -113,11 +112,11 @@ def test_analysis_report_from_run_files(pipeline):
     )
     summary = closing_summary(cfg, [index]).splitlines()
     assert summary[2].startswith(
-        f"submission: {Paths.from_config(cfg).submissions / 'sample.csv'} (CV macro F1, nested: 0."
+        f"submission: {cfg.paths.resolved.submissions / 'sample.csv'} (CV macro F1, nested: 0."
     )
     assert summary[3].startswith("eval macro F1 against eval_answers.csv: ") and summary[4] == f"report: {index}"
     assert summary[5].startswith("weakest classes (OOF F1): ") and summary[5].count("/") == 2 * 3
-    runs_page = (Paths.from_config(cfg).reports / "index.html").read_text()
+    runs_page = (cfg.paths.resolved.reports / "index.html").read_text()
     run = fold_dir(cfg, 0).parent.name
     assert f">{run}</td>" in runs_page and "sample.csv</a>" in runs_page and "eval macro F1" in runs_page
 
@@ -125,7 +124,7 @@ def test_analysis_report_from_run_files(pipeline):
 def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
     cfg, _, _, planted = pipeline
     analyze(cfg)
-    out = Paths.from_config(cfg).reports / "analysis" / "sample"
+    out = cfg.paths.resolved.reports / "analysis" / "sample"
     candidates = pd.read_csv(out / "label_fix_candidates.csv", dtype=str, keep_default_na=False)
     top = candidates[candidates["fix"] == "gender"]["person_id"].head(2 * PLANTED_GENDER_FLIPS).tolist()
     found = planted & set(top)
@@ -156,13 +155,13 @@ def test_relabel_writes_fixes_that_the_loader_applies(pipeline):
 def report_pages(cfg) -> list:
     run_eda(cfg)
     analyze(cfg)
-    return sorted(Paths.from_config(cfg).reports.rglob("index.html"))
+    return sorted(cfg.paths.resolved.reports.rglob("index.html"))
 
 
 def test_report_pages_have_no_broken_links_or_images(pipeline):
     cfg, _, _, _ = pipeline
     pages = report_pages(cfg)
-    reports = Paths.from_config(cfg).reports
+    reports = cfg.paths.resolved.reports
     assert {str(p.relative_to(reports)) for p in pages} >= {
         "index.html",
         "eda/index.html",

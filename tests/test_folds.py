@@ -4,7 +4,6 @@ import pytest
 
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.data.folds import load_folds, make_folds, oversample, split_fold
 from maskcomp.data.tables import load_train
 
@@ -27,27 +26,27 @@ def test_no_person_in_two_folds_and_strata_balanced(folds_cfg):
     for s in strata.unique():
         per_fold = persons[strata == s].groupby("fold").size().reindex(range(4), fill_value=0)
         assert per_fold.max() - per_fold.min() <= 1, f"stratum {s} unbalanced: {per_fold.tolist()}"
-    assert (Paths.from_config(folds_cfg).folds.with_name("fold_summary.csv")).exists()
+    assert (folds_cfg.paths.resolved.folds.with_name("fold_summary.csv")).exists()
 
 
 def test_folds_reproducible_and_seed_sensitive(folds_cfg, sample_root, tmp_path):
     make_folds(folds_cfg)
-    first = Paths.from_config(folds_cfg).folds.read_bytes()
+    first = folds_cfg.paths.resolved.folds.read_bytes()
     make_folds(folds_cfg)
-    assert Paths.from_config(folds_cfg).folds.read_bytes() == first
+    assert folds_cfg.paths.resolved.folds.read_bytes() == first
     other = config_for(sample_root, tmp_path / "o", "folds.k=4", "folds.seed=7")
     make_folds(other)
-    assert Paths.from_config(other).folds.read_bytes() != first
+    assert other.paths.resolved.folds.read_bytes() != first
 
 
 def test_noop_fix_file_keeps_folds_identical(folds_cfg, sample_root, tmp_path):
     make_folds(folds_cfg)
-    first = Paths.from_config(folds_cfg).folds.read_bytes()
+    first = folds_cfg.paths.resolved.folds.read_bytes()
     empty = tmp_path / "fixes.csv"
     empty.write_text("person_id,fix,value,note\n")
     cfg = config_for(sample_root, tmp_path, "folds.k=4", f"data.label_fixes=[{empty}]")
     make_folds(cfg)
-    assert Paths.from_config(cfg).folds.read_bytes() == first
+    assert cfg.paths.resolved.folds.read_bytes() == first
 
 
 def test_label_fixes_applied_including_swap(sample_root, tmp_path):
@@ -69,7 +68,7 @@ def test_label_fixes_applied_including_swap(sample_root, tmp_path):
     others = after["person_id"] != p
     assert after[others].reset_index(drop=True).equals(before[before["person_id"] != p].reset_index(drop=True))
     persons = make_folds(cfg)
-    applied = pd.read_csv(Paths.from_config(cfg).folds.with_name("applied_fixes.csv"))
+    applied = pd.read_csv(cfg.paths.resolved.folds.with_name("applied_fixes.csv"))
     assert applied["fix"].tolist() == ["gender", "age", "swap_incorrect_normal"]
     assert persons.loc[persons["person_id"] == p, "age_group"].item() == 2
 

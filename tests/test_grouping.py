@@ -9,7 +9,6 @@ import pytest
 
 from maskcomp.core import labels
 from maskcomp.core.config import load_config
-from maskcomp.core.paths import Paths
 from maskcomp.data.sample import make_sample
 from maskcomp.predict import grouping
 from maskcomp.predict.grouping import Groups, group_images, nested_grouping, pool, purity_completeness, thumbnails
@@ -18,7 +17,7 @@ from maskcomp.predict.grouping import Groups, group_images, nested_grouping, poo
 @pytest.fixture(scope="module")
 def eval_persons(tmp_path_factory):
     root = tmp_path_factory.mktemp("grouping") / "data"
-    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 2, 12, seed=7)
+    make_sample(load_config(None, [f"paths.data_root={root}"]).paths.resolved, 2, 12, seed=7)
     answers = pd.read_csv(root / "eval_answers.csv", dtype=str)
     return answers, thumbnails([str(root / "eval" / "images" / i) for i in answers["ImageID"]])
 

@@ -19,7 +19,6 @@ from maskcomp.analyze.runs_index import runs_index
 from maskcomp.core.cli import parse_stage_args, stage_parser
 from maskcomp.core.config import updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.tables import load_train, read_train
@@ -72,7 +71,7 @@ def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tm
     assert second.read_text() == first_csv
     assert side["person_grouping"] == first_side["person_grouping"] and side["person_grouping"]["mode"] == "on"
     assert side["summary"]["cv_macro_f1"] == first_side["summary"]["cv_macro_f1"]
-    oof = read_oof(run, Paths.from_config(cfg2))
+    oof = read_oof(run, cfg2.paths.resolved)
     assert oof["image_path"].str.startswith(str(moved)).all()
     stored = pd.read_csv(run.fold_dir(0) / "oof.csv")["image_path"]
     assert stored.str.startswith("train/images/").all()
@@ -87,7 +86,7 @@ def test_oof_files_written_with_absolute_paths_of_another_root_still_read(tiny, 
     old = pd.read_csv(oof_csv)
     old["image_path"] = ["/somewhere/else/data/" + key for key in old["image_path"]]  # the layout before keys
     old.to_csv(oof_csv, index=False)
-    oof = read_oof(run, Paths.from_config(cfg))
+    oof = read_oof(run, cfg.paths.resolved)
     assert oof["image_path"].map(lambda p: Path(p).is_file()).all()
     assert oof["image_path"].str.startswith(str(root)).all()
 
@@ -269,7 +268,7 @@ def test_a_backbone_that_cannot_take_the_size_stops_before_any_run_folder(tiny):
         r"the smallest size of this aspect it takes is train.img_size=\[(\d+), (\d+)\]",
     ) as err:
         train(cfg)
-    assert not (Paths.from_config(cfg).models / "sample").exists()
+    assert not (cfg.paths.resolved.models / "sample").exists()
     height, width = (int(v) for v in str(err.value).rsplit("[", 1)[1].rstrip("]").split(","))
     model = timm.create_model("inception_v3", pretrained=False, num_classes=0).eval()
     with torch.inference_mode():
@@ -293,7 +292,7 @@ def test_a_failed_start_leaves_latest_alone_and_says_why(tiny, tmp_path):
     with pytest.raises(MaskcompError, match="no such weights file"):
         train(broken)
     assert latest(cfg).run_id == good.run_id
-    failed = [p.parent for p in (Paths.from_config(cfg).models / "sample").glob("*/failed.json")]
+    failed = [p.parent for p in (cfg.paths.resolved.models / "sample").glob("*/failed.json")]
     assert len(failed) == 1 and failed[0].name != good.run_id
     with pytest.raises(
         MaskcompError,
@@ -348,7 +347,7 @@ def test_an_older_runs_folder_is_moved_into_models_with_a_line(tmp_path, caplog)
     legacy.mkdir(parents=True)
     (legacy / "run.json").write_text("{}")
     cfg = config_for(tmp_path / "data", tmp_path / "work")
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     assert (tmp_path / "work" / "runs").exists(), "building paths moves nothing"
     with caplog.at_level(logging.INFO, logger="maskcomp.core.paths"):
         parse_stage_args(stage_parser("x"), ["--config", "configs/sample.yaml", f"paths.models={paths.models}"])

@@ -19,7 +19,6 @@ import yaml
 
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.ensemble.stage import ensemble
@@ -155,7 +154,7 @@ def test_a_run_with_a_missing_fold_is_not_submitted_unless_asked(tiny_root, tmp_
     for path in sorted(run.fold_dir(1).rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     run.fold_dir(1).rmdir()
-    subs = Paths.from_config(cfg).submissions
+    subs = cfg.paths.resolved.submissions
     with pytest.raises(MaskcompError, match=r"fold\(s\) 1 of 2 not trained .*`make train infer ensemble"):
         ensemble(cfg)
     assert not any(subs.glob("*.csv")), "nothing submitted"
@@ -170,9 +169,9 @@ def test_a_run_with_a_missing_fold_is_not_submitted_unless_asked(tiny_root, tmp_
 
 def submission_files(cfg, names: dict[str, int]) -> list[str]:
     """Submissions (every row the given class) with sidecars, under the config's submissions folder."""
-    subs = Paths.from_config(cfg).submissions
+    subs = cfg.paths.resolved.submissions
     subs.mkdir(parents=True, exist_ok=True)
-    ids = pd.read_csv(Paths.from_config(cfg).eval_csv, dtype=str)["ImageID"]
+    ids = pd.read_csv(cfg.paths.resolved.eval_csv, dtype=str)["ImageID"]
     for name, answer in names.items():
         pd.DataFrame({"ImageID": ids, "ans": answer}).to_csv(subs / f"{name}.csv", index=False)
         summary = {"cv_macro_f1": 0.5, "runs": [f"{name}@run"]}

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from maskcomp.core import labels
-from maskcomp.core.paths import Paths
 from maskcomp.core.settings import LossSettings
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -82,12 +81,12 @@ def test_ordinal_run_end_to_end(tiny_root, tmp_path):
     make_folds(cfg)
     train(cfg)
     run = infer(cfg)
-    oof = read_oof(run, Paths.from_config(cfg))
+    oof = read_oof(run, cfg.paths.resolved)
     assert set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)
     assert set(labels.AGE_ORD_COLUMNS) <= set(read_test_table(run, 0).columns)
     side = json.loads(ensemble(cfg).with_suffix(".json").read_text())
     assert side["age_cuts"]["applied"] is True and len(side["age_cuts"]["per_fold"]) == 2
     young, old = side["age_cuts"]["cuts"]
     assert young in labels.AGE_CUTS and old in labels.AGE_CUTS and young < old
-    assert resolve_run(Paths.from_config(cfg), "sample").run_id == run.run_id
+    assert resolve_run(cfg.paths.resolved, "sample").run_id == run.run_id
     assert pd.read_csv(run.fold_dir(0) / "metrics.csv")["f1_age"].notna().all()

@@ -12,7 +12,6 @@ import yaml
 from maskcomp.core.config import dump_config, load_config
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.manifests import digest_cache
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data import tables
 from maskcomp.data.folds import make_folds
@@ -59,7 +58,7 @@ def test_building_paths_moves_nothing_and_the_digest_cache_is_read_once(tmp_path
     legacy.mkdir(parents=True)
     (legacy / "run.json").write_text("{}")
     cfg = load_config(None, [f"paths.models={tmp_path / 'models'}", f"paths.cache={tmp_path / 'cache'}"])
-    Paths.from_config(cfg)
+    cfg.paths.resolved
     assert (legacy / "run.json").exists() and not (tmp_path / "models").exists()
     assert digest_cache(cfg) is digest_cache(cfg)
 

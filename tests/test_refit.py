@@ -11,7 +11,6 @@ import pytest
 
 from maskcomp.core.config import updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.tables import load_train
@@ -56,7 +55,7 @@ def test_refit_trains_on_everyone_and_submits_with_the_folds_cv(tiny_root, tmp_p
     names = f"refit/epochs{epochs}-seed0, refit/epochs{epochs}-seed1"
     assert sides["refit"]["summary"]["eval_models"].startswith(f"refit: {run.label} {names} averaged")
     assert sides["both"]["summary"]["eval_models"].startswith(f"both: {run.label} fold0, fold1, {names} averaged")
-    subs = {m: pd.read_csv(Paths.from_config(cfg).submissions / f"{m}.csv") for m in sides}
+    subs = {m: pd.read_csv(cfg.paths.resolved.submissions / f"{m}.csv") for m in sides}
     refit_probs = np.mean([np.load(files.test_probs) for files in models], axis=0)
     assert (subs["refit"]["ans"].to_numpy() == refit_probs.argmax(1)).mean() > 0.9  # biases may move a few
 
@@ -69,4 +68,4 @@ def test_ensemble_models_refit_without_refit_models_says_what_to_run(tiny_root, 
     infer(cfg)
     with pytest.raises(MaskcompError, match=r"has no refit model; run `make refit`, or set ensemble.models=folds"):
         ensemble(cfg)
-    assert resolve_run(Paths.from_config(cfg), "sample").finished_refits() == []
+    assert resolve_run(cfg.paths.resolved, "sample").finished_refits() == []

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from maskcomp.analyze.review import review_server
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.tables import load_train
@@ -31,7 +30,7 @@ def reviewed_run(tiny_root, tmp_path):
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg, folds=[0])
-    run = resolve_run(Paths.from_config(cfg), "sample")
+    run = resolve_run(cfg.paths.resolved, "sample")
     persons = load_train(cfg).drop_duplicates("person_id")["person_id"].tolist()[:3]
     rows = [
         (persons[0], "gender", "male", "female", "male"),

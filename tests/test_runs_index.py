@@ -9,7 +9,6 @@ import pytest
 
 from maskcomp.analyze.runs_index import runs_index
 from maskcomp.core.config import updated
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.ensemble.stage import ensemble
@@ -37,7 +36,7 @@ def test_one_row_per_run_best_first_with_its_changes(tiny_root, tmp_path):
         train(cfg)
         infer(cfg)
         ensemble(cfg)
-        runs[lr] = resolve_run(Paths.from_config(cfg), "sample").run_id
+        runs[lr] = resolve_run(cfg.paths.resolved, "sample").run_id
     submitted = sorted(p.name for p in (tmp_path / "submissions").glob("sample_cv*.csv"))
     assert len(submitted) == 2, "each ensemble wrote a stamped copy"
     rows = table_rows(runs_index(base).read_text())

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
 
-from maskcomp.core.paths import Paths
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.runs import resolve_run
@@ -62,7 +61,7 @@ def test_a_fold_run_is_tracked_offline_with_config_history_and_summary(tiny_root
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg, folds=[0])
-    run = resolve_run(Paths.from_config(cfg), "sample")
+    run = resolve_run(cfg.paths.resolved, "sample")
     logs = list((run.dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1, "one offline W&B run for the one fold trained"
     records = wandb_records(logs[0])
@@ -92,7 +91,7 @@ def test_the_analysis_stage_adds_oof_scores_confusion_and_plots(tiny_root, tmp_p
     train(cfg)
     infer(cfg)
     analyze(cfg)
-    run = resolve_run(Paths.from_config(cfg), "sample")
+    run = resolve_run(cfg.paths.resolved, "sample")
     logs = list((run.dir / "wandb").glob(f"offline-run-*-{run.run_id}-analysis/run-*.wandb"))
     assert len(logs) == 1
     records = wandb_records(logs[0])

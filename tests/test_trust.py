@@ -19,7 +19,6 @@ from maskcomp.core import fileio, manifests
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.manifests import DigestCache
-from maskcomp.core.paths import Paths
 from maskcomp.crop import detect
 from maskcomp.crop.stage import crop_faces, load_crops
 from maskcomp.data.folds import make_folds
@@ -40,7 +39,7 @@ pytestmark = pytest.mark.slow  # trains or runs whole stages
 def other_eval(tmp_path_factory) -> Path:
     """Another tiny dataset: its eval set has as many images as tiny_root's, but other ones."""
     root = tmp_path_factory.mktemp("other") / "data"
-    make_sample(Paths.from_config(load_config(None, [f"paths.data_root={root}"])), 6, 2, seed=4)
+    make_sample(load_config(None, [f"paths.data_root={root}"]).paths.resolved, 6, 2, seed=4)
     return root
 
 
@@ -73,11 +72,11 @@ def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
     second = latest(cfg)
     assert second.run_id != first.run_id and best.read_bytes() == before
     persons = pd.read_csv(root / "train" / "train.csv", dtype=str).set_index("id")
-    oof = read_oof(second, Paths.from_config(cfg), tta=False)
+    oof = read_oof(second, cfg.paths.resolved, tta=False)
     expected = oof["person_id"].map(persons["gender"]).map({"male": 0, "female": 1})
     assert (oof["gender_label"] == expected).all()
     # the old run stays usable by its id
-    assert resolve_run(Paths.from_config(cfg), f"sample@{first.run_id}").trained_folds() == [0, 1]
+    assert resolve_run(cfg.paths.resolved, f"sample@{first.run_id}").trained_folds() == [0, 1]
 
 
 def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny, other_eval, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 
 from maskcomp.core.config import updated
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.paths import Paths
 from maskcomp.ensemble.stage import ensemble
 from maskcomp.ensemble.vote import hard_vote
 
@@ -28,7 +27,7 @@ def write_submission(path, ids, answers, cv):
 @pytest.fixture
 def voting(tiny_root, tmp_path):
     cfg = config_for(tiny_root, tmp_path / "work")
-    ids = pd.read_csv(Paths.from_config(cfg).eval_csv, dtype=str)["ImageID"].tolist()
+    ids = pd.read_csv(cfg.paths.resolved.eval_csv, dtype=str)["ImageID"].tolist()
     return cfg, ids, tmp_path
 
 

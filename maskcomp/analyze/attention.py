@@ -31,7 +31,6 @@ from ..core.config import Settings
 from ..core.fileio import write_json
 from ..core.manifests import Manifest, digest_of, file_digest, is_current, read_manifest, write_manifest
 from ..core.metrics import f1_per_class, macro_f1
-from ..core.paths import Paths
 from ..core.settings import AttentionSettings
 from ..crop.stage import FACE_COLUMNS, crop_dir
 from ..predict.infer import load_fold_model, run_config
@@ -314,7 +313,7 @@ def attention_report(cfg: Settings, run: RunRef, oof: pd.DataFrame, out: Path) -
     folder, manifest = out / "attention", attention_inputs(run, records_path, cfg.attention)
     if is_current(folder, manifest) and (folder / "attention.json").exists():
         return json.loads((folder / "attention.json").read_text())
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     records = records.assign(image_path=[str(paths.image_file(k)) for k in records["key"]])
     src = load_sources(cfg, run, oof.assign(image_path=oof["image_path"].astype(str)), records)
     report = {h: head_report(src, h, cfg.attention, folder) for h in labels.HEADS}

@@ -14,7 +14,6 @@ from ..core import labels
 from ..core.config import Settings
 from ..core.context import stage
 from ..core.fileio import write_text
-from ..core.paths import Paths
 from ..data.tables import load_eval, load_train
 from ..report import htmlpage, plots
 
@@ -115,7 +114,7 @@ PLOTS = (
 @stage
 def run_eda(cfg: Settings) -> Path:
     """Plots, summary.md and index.html (the plots shown with the numbers) in reports/eda/."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     out = paths.reports / "eda"
     df = load_train(cfg)
     eval_df = load_eval(cfg)

@@ -26,7 +26,6 @@ from ..core import labels
 from ..core.config import Settings
 from ..core.context import stage
 from ..core.fileio import write_csv
-from ..core.paths import Paths
 from ..runs import read_oof, resolve_run
 
 CANDIDATE_COLUMNS = ["person_id", "fix", "value", "confidence", "auto", "systematic", "current", "suggested", "note"]
@@ -221,7 +220,7 @@ class RelabelResult:
 def relabel(cfg: Settings) -> RelabelResult:
     """Candidates of the configured experiment's run, written beside its OOF: label_fix_candidates.csv (all) and
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     run = resolve_run(paths, cfg.experiment, cfg.run)
     found = candidates(read_oof(run, paths, tta=True), NoiseSettings.from_config(cfg))
     all_path = write_csv(found, run.fix_candidates)

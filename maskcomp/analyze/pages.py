@@ -18,7 +18,6 @@ from ..core.context import stage
 from ..core.fileio import write_csv
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
-from ..core.paths import Paths
 from ..ensemble.names import groups_file, submission_file
 from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def read_runs(cfg: Settings, spec: str) -> tuple[pd.DataFrame, dict[int, pd.DataFrame], RunRef]:
     """All folds' OOF rows (TTA re-scored where present) and metrics of the experiment's chosen run."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     ref = resolve_run(paths, spec, cfg.run if spec == cfg.experiment else "latest")
     return read_oof(ref, paths, tta=True), read_metrics(ref), ref
 
@@ -238,7 +237,7 @@ def candidate_strips(a: Analysis, crops: dict[str, str], path: Path) -> None:
 
 
 def analyze_experiment(cfg: Settings, experiment: str) -> Path:
-    out = Paths.from_config(cfg).reports / "analysis" / experiment.replace("@", "-")
+    out = cfg.paths.resolved.reports / "analysis" / experiment.replace("@", "-")
     a = compute(cfg, experiment)
     write_csv(a.per_class, out / "per_class.csv")
     write_csv(a.candidates, out / "label_fix_candidates.csv")
@@ -252,7 +251,7 @@ def analyze_experiment(cfg: Settings, experiment: str) -> Path:
 
 def page_links(a: Analysis, cfg: Settings, out: Path) -> list[str]:
     """The run's files and the other report pages, as relative links (the pages work after reports/ is moved)."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     own = [
         (a.run.config, "config"),
         (a.run.oof, "OOF"),
@@ -334,7 +333,7 @@ STRIP_GROUPS = 3  # groups shown from each end of the confidence order
 def group_strips(cfg: Settings, out: Path) -> list[htmlpage.Section]:
     """The eval person groups of the submission (if grouping was applied): the least and the most confident groups,
     one strip of thumbnails each, captioned with each image's similarity to its group."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     groups_csv = groups_file(submission_file(cfg))
     if not groups_csv.exists():
         return []
@@ -375,7 +374,7 @@ def group_strips(cfg: Settings, out: Path) -> list[htmlpage.Section]:
 
 
 def compare_experiments(cfg: Settings, experiments: list[str]) -> Path:
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     out = paths.reports / "analysis" / "compare"
     table, errors = [], {}
     for exp in experiments:
@@ -409,7 +408,7 @@ def _crop_paths(cfg: Settings) -> dict[str, str]:
     if not records.exists():
         return {}
     df = pd.read_csv(records, keep_default_na=False)
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     return {paths.image_file(key): crop for key, crop in zip(df["key"], df["crop_path"])}
 
 
@@ -437,7 +436,7 @@ WEAKEST = 3
 def closing_summary(cfg: Settings, pages: list[Path]) -> str:
     """What `make all` produced, in a few lines: submission, CV (nested), eval score when answers exist, the report
     pages and the weakest classes of the OOF predictions."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     submission = submission_file(cfg)
     lines = ["", "== summary"]
     if submission.exists():

@@ -24,7 +24,6 @@ from ..core.cli import label_fixes_override, make_command
 from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
-from ..core.paths import Paths
 from ..crop.stage import crop_dir
 from ..data.label_fixes import FIX_COLUMNS
 from ..runs import RunRef, resolve_run
@@ -107,7 +106,7 @@ def _now() -> str:
 
 
 def load_review(cfg: Settings) -> Review:
-    run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
+    run = resolve_run(cfg.paths.resolved, cfg.experiment, cfg.run)
     if not run.fix_candidates.exists():
         raise MaskcompError(f"{run.fix_candidates}: no candidates yet; run `make relabel` first")
     candidates = pd.read_csv(run.fix_candidates, dtype=str, keep_default_na=False)

@@ -129,7 +129,7 @@ def with_changes(table: pd.DataFrame, refs: dict[str, RunRef]) -> pd.DataFrame:
 
 def runs_index(cfg: Settings) -> Path:
     """reports/index.html: every run of every experiment, best first (nested CV, then OOF), unfinished ones last."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     subs, rows, refs = submissions(paths), [], {}
     for ref in list_runs(paths):
         refs[ref.run_id] = ref

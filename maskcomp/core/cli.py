@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .config import Settings, load_config
 from .errors import MaskcompError
-from .paths import Paths, adopt_legacy_runs
+from .paths import adopt_legacy_runs
 from .settings import leaves
 
 DATA_ROOT_KEY = "paths.data_root"
@@ -87,7 +87,7 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     global _invocation
     _invocation = Invocation(args.config, tuple(args.overrides))
     cfg = load_config(args.config, args.overrides)
-    adopt_legacy_runs(Paths.from_config(cfg).models)  # the one step that may move a folder: explicit, here
+    adopt_legacy_runs(cfg.paths.resolved.models)  # the one step that may move a folder: explicit, here
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

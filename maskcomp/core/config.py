@@ -13,9 +13,9 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 
 from .errors import MaskcompError
+from .paths import PROJECT_ROOT
 from .settings import Settings, is_section, setting_info
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
 

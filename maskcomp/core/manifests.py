@@ -104,9 +104,8 @@ _CACHES: dict[Path, DigestCache] = {}  # one per file and process: read once, no
 def digest_cache(cfg: Settings) -> DigestCache:
     """The process's digest cache of the config's cache folder (entries are checked against each file's stat, so
     one kept in memory never answers for a changed file)."""
-    from .paths import Paths
 
-    path = Paths.from_config(cfg).cache / "digests.json"
+    path = cfg.paths.resolved.cache / "digests.json"
     if path not in _CACHES:
         _CACHES[path] = DigestCache(path)
     return _CACHES[path]

@@ -1,4 +1,5 @@
-"""Where every stage reads and writes; all paths come from the config's `paths` section."""
+"""Where every stage reads and writes: the config's `paths` section made absolute (`cfg.paths.resolved`, built once per
+settings object)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Settings
-
 log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # relative paths in a config are relative to it
 LEGACY_MODELS = "runs"  # where trained runs lived before models/
 _ADOPTED: set[Path] = set()
 
@@ -50,9 +50,10 @@ class Paths:
         return str(self.data_root / key)
 
     @classmethod
-    def from_config(cls, cfg: Settings) -> "Paths":
-        """The config's paths, absolute; nothing on disk is looked at or moved (adopt_legacy_runs is the CLI's)."""
-        return cls(**{name: _abs(value) for name, value in cfg.paths.model_dump().items()})
+    def absolute(cls, values: dict[str, str]) -> "Paths":
+        """The `paths` section's values, absolute; nothing on disk is looked at or moved (adopt_legacy_runs is the
+        command line's)."""
+        return cls(**{name: _abs(value) for name, value in values.items()})
 
     @property
     def train_csv(self) -> Path:

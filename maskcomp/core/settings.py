@@ -14,11 +14,13 @@ after runs were trained: while it holds its default it stays out of the manifest
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import labels
+from .paths import Paths
 
 # A number keeps the type it was written with (1 stays 1, 1.0 stays 1.0): stage manifests digest the values, so a
 # float conversion would change every run id of a config that writes `warmup_epochs: 1`.
@@ -82,6 +84,11 @@ class PathsSettings(Section):
     reports: str = setting("reports", "report pages and plots")
     submissions: str = setting("submissions", "submission CSVs with their JSON sidecars")
     cache: str = setting("cache", "decoded crops at training resolution (uint8 memmaps)")
+
+    @functools.cached_property
+    def resolved(self) -> Paths:
+        """These paths, absolute, built once per settings object (settings are not changed after loading)."""
+        return Paths.absolute(self.model_dump())
 
 
 class DataSettings(Section):

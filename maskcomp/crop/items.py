@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from ..core.config import Settings
 from ..core.manifests import digest_cache
-from ..core.paths import Paths
 from ..data.tables import load_eval, load_train
 
 
@@ -22,7 +21,7 @@ class Item:
 
 
 def list_items(cfg: Settings) -> list[Item]:
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     train = load_train(cfg)
     evals = load_eval(cfg)
     cache = digest_cache(cfg)

@@ -36,7 +36,6 @@ from ..core.manifests import (
     require_current,
     write_manifest,
 )
-from ..core.paths import Paths
 from ..core.progress import progress
 from ..core.settings import CropSettings, section_keys
 from ..data.csvfiles import read_csv_with
@@ -62,7 +61,7 @@ def crop_hash(crop_cfg: CropSettings) -> str:
 
 
 def crop_dir(cfg: Settings) -> Path:
-    return Paths.from_config(cfg).crops / f"crop-{crop_hash(cfg.crop)}"
+    return cfg.paths.resolved.crops / f"crop-{crop_hash(cfg.crop)}"
 
 
 def crop_manifest(cfg: Settings, items: list[Item]) -> Manifest:
@@ -87,7 +86,7 @@ def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
     path = folder / ITEMS
     if not path.exists():
         return None
-    paths, cache = Paths.from_config(cfg), digest_cache(cfg)
+    paths, cache = cfg.paths.resolved, digest_cache(cfg)
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     listed = set(read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")["ImageID"])
     cropped = {Path(k).name for k in table.loc[table["split"] == "eval", "key"]}
@@ -181,7 +180,7 @@ def _image_size(path: str, img: np.ndarray | None) -> tuple[int, int]:
 def crop_faces(cfg: Settings) -> pd.DataFrame:
     """Run the crop stage; returns the per-image records (also in crop-<hash>/records.csv)."""
     crop_cfg = cfg.crop
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     start = time.perf_counter()
     items = list_items(cfg)
     out_dir = crop_dir(cfg)

@@ -26,7 +26,6 @@ from ..core.manifests import (
     require_current,
     write_manifest,
 )
-from ..core.paths import Paths
 from ..core.settings import target_class
 from .label_fixes import fix_files
 from .tables import drop_age_bands, read_train, training_labels
@@ -49,13 +48,13 @@ def assign_folds(persons: pd.DataFrame, k: int, seed: int) -> pd.Series:
 
 
 def manifest_file(cfg: Settings) -> Path:
-    folds = Paths.from_config(cfg).folds
+    folds = cfg.paths.resolved.folds
     return folds.with_name(folds.stem + ".manifest.json")
 
 
 def folds_manifest(cfg: Settings) -> Manifest:
     """What folds.csv depends on: train.csv and the label-fix files by content, and the folds settings."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     cache = digest_cache(cfg)
     inputs = {
         "train_csv": cache.digest(paths.train_csv),
@@ -71,7 +70,7 @@ def require_current_folds(cfg: Settings) -> dict:
     require_current(
         place,
         manifest,
-        str(Paths.from_config(cfg).folds),
+        str(cfg.paths.resolved.folds),
         "made from other labels or folds settings",
         "run `make folds` first",
     )
@@ -81,7 +80,7 @@ def require_current_folds(cfg: Settings) -> dict:
 @stage
 def make_folds(cfg: Settings) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     train = read_train(cfg)
     images = train.images
     persons = images.drop_duplicates("person_id")[["person_id", "gender", "age", "gender_label", "age_group"]]
@@ -119,7 +118,7 @@ def make_folds(cfg: Settings) -> pd.DataFrame:
 
 def load_folds(cfg: Settings, images: pd.DataFrame) -> pd.Series:
     """Fold of every image row; fails if folds.csv is missing or misses persons."""
-    path = Paths.from_config(cfg).folds
+    path = cfg.paths.resolved.folds
     if not path.exists():
         raise MaskcompError(f"{path}: no folds yet; run `make folds` (or folds/make_folds.py) first")
     folds = pd.read_csv(path, dtype={"person_id": str}).set_index("person_id")["fold"]
@@ -181,9 +180,7 @@ def split_fold(cfg: Settings, images: pd.DataFrame, fold: int) -> tuple[pd.DataF
     """
     fold_of = load_folds(cfg, images)
     if fold not in set(fold_of):
-        raise MaskcompError(
-            f"{Paths.from_config(cfg).folds}: there is no fold {fold}; folds are {sorted(set(fold_of))}"
-        )
+        raise MaskcompError(f"{cfg.paths.resolved.folds}: there is no fold {fold}; folds are {sorted(set(fold_of))}")
     val = images[fold_of == fold].reset_index(drop=True)
     train, weights = training_split(cfg, images[fold_of != fold], f"fold {fold}", cfg.seed + fold)
     return train, val, weights

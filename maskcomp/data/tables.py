@@ -244,7 +244,7 @@ def read_train(cfg: Settings) -> TrainImages:
 
 
 def _read_train(cfg: Settings) -> TrainImages:
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     persons = read_persons(paths)
     persons, applied_fixes = apply_label_fixes(persons, read_fixes(cfg, persons))
     for source, count in applied_fixes.groupby("source", sort=False).size().items():
@@ -287,7 +287,7 @@ def load_eval(cfg: Settings) -> pd.DataFrame:
 
 
 def _load_eval(cfg: Settings) -> pd.DataFrame:
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     df = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")
     if df.empty:
         raise MaskcompError(

@@ -18,7 +18,6 @@ from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.metrics import macro_f1
-from ..core.paths import Paths
 from ..core.settings import EnsembleSettings
 from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbnails
 from ..predict.infer import require_current_predictions, required_refits
@@ -47,7 +46,7 @@ class Experiment:
 def load_experiment(cfg: Settings, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
-    ref = resolve_run(Paths.from_config(cfg), spec, cfg.run if spec == cfg.experiment else "latest")
+    ref = resolve_run(cfg.paths.resolved, spec, cfg.run if spec == cfg.experiment else "latest")
     require_complete(cfg, ref)
     refits = required_refits(cfg, ref) if cfg.ensemble.models != "folds" else []  # refit.* are the invocation's
     require_current_predictions(cfg, ref, refits)
@@ -59,7 +58,7 @@ def load_experiment(cfg: Settings, spec: str) -> Experiment:
             raise MaskcompError(
                 f"{ref.fold(fold).oof_tta}: missing; run `make infer` for experiment '{ref.experiment}'"
             )
-    oof = read_oof(ref, Paths.from_config(cfg), tta=True)
+    oof = read_oof(ref, cfg.paths.resolved, tta=True)
     ordinal = set(labels.AGE_ORD_COLUMNS) <= set(oof.columns)  # an ordinal age head: its P(age >= k) are needed too
     tests, ords, ids = [], [], None
     models = eval_models(ref, cfg.ensemble.models, refits)
@@ -245,7 +244,7 @@ def person_grouping(
     if mode == "auto" and result.gain <= 0:
         log.info("person grouping not applied: on held-out folds it changes macro F1 by %+.4f", result.gain)
         return StepResult(oof_blend, test_blend, summary)
-    eval_paths = [str(Paths.from_config(cfg).eval_images / i) for i in first.ids]
+    eval_paths = [str(cfg.paths.resolved.eval_images / i) for i in first.ids]
     test_blend, groups = apply_grouping(test_blend, thumbnails(eval_paths), result.weights, min_sim)
     groups_csv = write_groups(first.ids, groups, out)
     log.info(

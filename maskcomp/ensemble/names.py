@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.config import Settings
-from ..core.paths import Paths
 
 
 def submission_name(cfg: Settings) -> str:
@@ -20,7 +19,7 @@ def submission_name(cfg: Settings) -> str:
 
 def submission_file(cfg: Settings) -> Path:
     """submissions/<name>.csv: the one place its name is made (ensemble, vote, analysis page, closing summary)."""
-    return Paths.from_config(cfg).submissions / f"{submission_name(cfg)}.csv"
+    return cfg.paths.resolved.submissions / f"{submission_name(cfg)}.csv"
 
 
 def groups_file(submission: Path) -> Path:

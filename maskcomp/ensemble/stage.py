@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..core.config import Settings
 from ..core.context import stage
-from ..core.paths import Paths
 from .blend import blend, load_all
 from .decide import decide
 from .names import submission_file
@@ -35,7 +34,7 @@ def ensemble(cfg: Settings) -> Path:
     ensemble.stamped_copy also <name>_cv<CV>_<date>.csv, a file name a leaderboard upload can be told apart by."""
     if cfg.ensemble.vote:
         return vote(cfg)
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     ens_cfg = cfg.ensemble
     experiments = ens_cfg.experiments or [cfg.experiment]
     loaded = load_all(cfg, experiments)

@@ -18,7 +18,6 @@ from ..core.config import PROJECT_ROOT, Settings
 from ..core.context import stage
 from ..core.errors import MaskcompError
 from ..core.manifests import file_digest
-from ..core.paths import Paths
 from ..runs import git_commit
 from .names import submission_file
 from .submission import append_index, keep_replaced, validate_submission, write_submission
@@ -125,7 +124,7 @@ def require_distinct(files: list[Path], out: Path) -> None:
 def vote(cfg: Settings) -> Path:
     """Write the hard vote of ensemble.vote's files as submissions/<name>.csv (name default: vote) with its sidecar,
     and list it in submissions/index.csv."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
     files = vote_files(cfg)
     if len(files) < 2:

@@ -141,7 +141,7 @@ class EvalInputs:
 
     @functools.cached_property
     def paths(self) -> Paths:
-        return Paths.from_config(self.cfg)
+        return self.cfg.paths.resolved
 
     @functools.cached_property
     def cache(self) -> CropCache:
@@ -155,7 +155,7 @@ class EvalInputs:
 def cropped_eval_rows(cfg: Settings) -> pd.DataFrame:
     """info.csv's rows that have a crop, in its order, with each image's path: from the crop records, no image
     opened. A row without a crop stops with one line, or is left out with data.skip_bad (counted)."""
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     info = read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")[["ImageID"]]
     records = load_crops(cfg)
     cropped = set(records.loc[records["split"] == "eval", "key"])
@@ -335,7 +335,7 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
 def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
     predictions do not match its current checkpoint, eval set and TTA (infer.json)."""
-    run = resolve_run(Paths.from_config(cfg), cfg.experiment, cfg.run)
+    run = resolve_run(cfg.paths.resolved, cfg.experiment, cfg.run)
     for op in cfg.infer.tta:
         tta_view(torch.zeros(1, 3, 8, 8), op)
     inputs = eval_inputs(cfg, run)

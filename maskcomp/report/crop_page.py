@@ -15,7 +15,6 @@ import pandas as pd
 from ..core import labels
 from ..core.config import Settings
 from ..core.fileio import write_json, write_text
-from ..core.paths import Paths
 from . import htmlpage, plots
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ def _eval_mask_status(cfg: Settings, records: pd.DataFrame) -> pd.Series:
     train = records["split"] == "train"
     stems = records.loc[train, "image_path"].map(lambda p: Path(p).stem)
     status[train] = stems.map(labels.IMAGE_MASK_STATUS)
-    answers = Paths.from_config(cfg).eval_answers
+    answers = cfg.paths.resolved.eval_answers
     if answers.exists():
         truth = pd.read_csv(answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
         ids = records.loc[~train, "image_path"].map(lambda p: Path(p).name)
@@ -143,7 +142,7 @@ def warn_when_detection_is_low(cfg: Settings, crops: CropSummary, out: Path) -> 
 
 def write_crop_report(cfg: Settings, records: pd.DataFrame, seconds: float) -> Path:
     """reports/crop/: summary.json, summary.md, the two galleries and index.html; a warning when detection is low."""
-    out = Paths.from_config(cfg).reports / "crop"
+    out = cfg.paths.resolved.reports / "crop"
     crops = summarise(cfg, records, seconds)
     write_json(crops.summary, out / "summary.json")
     write_markdown(crops, out)

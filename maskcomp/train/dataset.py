@@ -56,7 +56,7 @@ def build_cache(cfg: Settings, size: tuple[int, int]) -> CropCache:
     """Open (building once if needed) the crop array for the current crop config at size (h, w)."""
     h, w = size
     manifest = require_current_crops(cfg)
-    paths = Paths.from_config(cfg)
+    paths = cfg.paths.resolved
     folder = paths.cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
     array_path, index_path = folder / "images.npy", folder / "index.csv"
     crops = load_crops(cfg)

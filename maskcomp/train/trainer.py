@@ -27,7 +27,6 @@ from ..core.errors import MaskcompError
 from ..core.fileio import write_csv, write_json
 from ..core.manifests import Manifest, config_keys, digest_cache
 from ..core.metrics import scores
-from ..core.paths import Paths
 from ..core.progress import progress
 from ..crop.stage import require_current_crops, train_crops_digest
 from ..data.folds import load_folds, require_current_folds, split_fold
@@ -67,7 +66,7 @@ def run_manifest(cfg: Settings) -> Manifest:
     cache = digest_cache(cfg)
     inputs = {
         "labels_and_folds": folds["digest"],
-        "folds_csv": cache.digest(Paths.from_config(cfg).folds),
+        "folds_csv": cache.digest(cfg.paths.resolved.folds),
         "train_crops": train_crops_digest(crops),
     }
     cache.save()
@@ -384,7 +383,7 @@ class FoldTrainer:
         improved = self.stopper.update(state, val["f1"], epoch + 1)
         if improved:
             self.checkpoints.save_best(self.eval_model, self.cfg, state)
-            write_csv(oof_table(self.val_df, self.fold, probs, head_probs, Paths.from_config(self.cfg)), self.files.oof)
+            write_csv(oof_table(self.val_df, self.fold, probs, head_probs, self.cfg.paths.resolved), self.files.oof)
         sinks.epoch(row, state, improved)
         self.checkpoints.save_last(self._resumable(), state)
 

@@ -19,7 +19,6 @@ from optuna.trial import TrialState  # noqa: E402
 
 from ..core.config import nested_value, parse_override  # noqa: E402
 from ..core.fileio import write_text  # noqa: E402
-from ..core.paths import Paths  # noqa: E402
 from ..report import htmlpage  # noqa: E402
 from .space import search_space  # noqa: E402
 from .study import TuneJob, _safe_url  # noqa: E402
@@ -35,7 +34,7 @@ PLOTS = {
 
 def trials_table(study: optuna.Study, job: TuneJob, out: Path) -> pd.DataFrame:
     """One row per trial (over-budget placeholders left out), best first, with a link to its run."""
-    paths = Paths.from_config(job.cfg)
+    paths = job.cfg.paths.resolved
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("over_budget"):
@@ -84,7 +83,7 @@ def draw_plots(study: optuna.Study, out: Path) -> list[htmlpage.Section]:
 
 
 def write_study_page(study: optuna.Study, job: TuneJob) -> Path:
-    out = Paths.from_config(job.cfg).reports / "tune" / job.study
+    out = job.cfg.paths.resolved.reports / "tune" / job.study
     table = trials_table(study, job, out)
     states = table["state"].value_counts().to_dict() if len(table) else {}
     meta = [

@@ -25,7 +25,6 @@ from ..core import labels
 from ..core.config import Settings, updated
 from ..core.context import stage
 from ..core.errors import MaskcompError
-from ..core.paths import Paths
 from ..data.folds import load_folds
 from ..data.tables import load_train
 from ..ensemble.decide import decide
@@ -65,7 +64,7 @@ def storage_url(cfg: Settings, study: str) -> str:
             return "postgresql+psycopg2://" + url.removeprefix(plain)
     if url:
         return url
-    path = (Paths.from_config(cfg).models / STUDIES / f"{study}.db").resolve()
+    path = (cfg.paths.resolved.models / STUDIES / f"{study}.db").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -159,7 +158,7 @@ def trial_folds(cfg: Settings) -> list[int]:
 
 def nested_cv(cfg: Settings, ref: RunRef) -> float:
     """The CV macro F1 the submission would report for this run alone: the nested decision on its pooled OOF."""
-    oof = read_oof(ref, Paths.from_config(cfg), tta=False)
+    oof = read_oof(ref, cfg.paths.resolved, tta=False)
     logp = np.log(np.clip(oof[labels.PROB_COLUMNS].to_numpy(), 1e-9, None))
     return decide(logp, oof["label"].to_numpy(), oof["fold"].to_numpy(), cfg.ensemble).cv_f1
 
