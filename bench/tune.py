@@ -39,7 +39,7 @@ from maskcomp.runs import open_run
 from maskcomp.train.trainer import run_manifest
 from maskcomp.tune.page import best_config, write_study_page
 from maskcomp.tune.space import search_space
-from maskcomp.tune.study import TuneJob, optimise
+from maskcomp.tune.study import TuneJob, open_storage, optimise
 
 from common import RESULTS, ROOT, SHARED_DATA
 
@@ -51,7 +51,8 @@ def phase(search: Path, overrides: list[str], queue: list[dict]) -> tuple[optuna
     """One search: its trials queued first (`queue`), then sampled ones; returns the study and its wall time."""
     cfg = load_config(search, overrides)
     job = TuneJob.from_config(cfg, search, overrides)
-    study = optuna.create_study(study_name=job.study, storage=job.storage, direction="maximize", load_if_exists=True)
+    storage = open_storage(job)
+    study = optuna.create_study(study_name=job.study, storage=storage, direction="maximize", load_if_exists=True)
     for params in queue[len(study.get_trials(deepcopy=False)) :]:  # a rerun continues: only the trials it lacks
         study.enqueue_trial(params)
     start = time.perf_counter()

@@ -212,3 +212,48 @@ def test_ddp_two_gloo_processes(tiny_cfg, tiny_root):
     env_json = json.loads((fold1 / "env.json").read_text())
     assert env_json["world_size"] == 2
     assert len(pd.read_csv(fold1 / "metrics.csv")) == 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(launch: list[str], args: list[str], env: dict) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("torchrun")), *launch, str(ROOT / "train.py"), *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_two_torchrun_nodes_train_what_one_node_with_two_processes_trains(tiny_cfg, tiny_root):
+    """Two launchers on 127.0.0.1 as two nodes of one process each (c10d rendezvous, gloo): the same checkpoint and
+    OOF as one node with two processes; only global rank 0 writes (on node 1 that process's local rank is 0 too)."""
+    work = Path(tiny_cfg.paths.models).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--config", "configs/sample.yaml", "--fold", "1", *_overrides(tiny_root, work, epochs=1)]
+    finished(torchrun(["--standalone", "--nproc_per_node=2"], [*args, f"paths.models={work / 'one_node'}"], env))
+    rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    nodes = [
+        torchrun(
+            [*rdzv, f"--node_rank={rank}", "--rdzv-id=maskcomp-two-nodes"], [*args, f"paths.models={work / 'two'}"], env
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        finished(node)
+    one, two = (next((work / name).glob("sample/*/fold1")) for name in ("one_node", "two"))
+    assert one.parent.name == two.parent.name  # the same run id: the node layout is not part of what a run is
+    weights = [torch.load(d / "best.pt", map_location="cpu", weights_only=False)["model"] for d in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    pd.testing.assert_frame_equal(pd.read_csv(one / "oof.csv"), pd.read_csv(two / "oof.csv"))
+    assert json.loads((two / "env.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (work / "two" / "sample").iterdir() if p.is_dir()) == [two.parent.name]

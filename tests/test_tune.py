@@ -18,11 +18,12 @@ import yaml
 from optuna.trial import TrialState
 
 from maskcomp.core.config import load_config
+from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.runs import open_run
 from maskcomp.train.trainer import run_manifest
-from maskcomp.tune.study import TuneJob, optimise
+from maskcomp.tune.study import TuneJob, open_storage, optimise
 
 from conftest import TINY_MODEL, config_for
 
@@ -59,7 +60,7 @@ def worker(search: Path, overrides: list[str], env: dict | None = None, log: Pat
 
 def study_of(search: Path, overrides: list[str]) -> optuna.Study:
     job = TuneJob.from_config(load_config(search, overrides), search, overrides)
-    return optuna.load_study(study_name=job.study, storage=job.storage)
+    return optuna.load_study(study_name=job.study, storage=open_storage(job))
 
 
 def real_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -176,6 +177,31 @@ def test_two_workers_share_a_postgresql_study(sample_root, tmp_path, postgres, m
     assert not (tmp_path / "models" / "tune").exists() or not any((tmp_path / "models" / "tune").glob("*.db"))
     monkeypatch.setenv("TUNE_STORAGE", postgres)
     check_all_finished_once(study_of(search, overrides), 4)
+
+
+def test_two_workers_share_a_journal_file_study(sample_root, tmp_path, monkeypatch):
+    """No database server: the study is an append-only journal file on a (shared) filesystem."""
+    search, overrides = tune_setup(sample_root, tmp_path, trials=4)
+    journal = tmp_path / "shared" / "studies" / "search.log"
+    env = {"TUNE_STORAGE": f"journal://{journal}"}
+    logs = [tmp_path / f"journal_worker{i}.log" for i in range(2)]
+    procs = [worker(search, overrides, env=env, log=log) for log in logs]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    assert journal.stat().st_size > 0 and not (tmp_path / "models" / "tune").exists()
+    printed = "".join(log.read_text() for log in logs)
+    assert printed.count("[tune search] trial") == 4 and "best so far" in printed
+    monkeypatch.setenv("TUNE_STORAGE", f"journal://{journal}")
+    check_all_finished_once(study_of(search, overrides), 4)
+
+
+def test_an_unwritable_journal_folder_is_one_line(sample_root, tmp_path, monkeypatch):
+    search, overrides = tune_setup(sample_root, tmp_path, trials=1)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the journal's folder would be\n")
+    monkeypatch.setenv("TUNE_STORAGE", f"journal://{blocker}/search.log")
+    job = TuneJob.from_config(load_config(search, overrides), search, overrides)
+    with pytest.raises(MaskcompError, match=r"^tune storage journal://.*not_a_folder/search.log: cannot write it"):
+        open_storage(job)
 
 
 def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypatch):

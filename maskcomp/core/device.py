@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -99,18 +101,32 @@ def configure_cuda(train_cfg: TrainSettings, device: torch.device) -> dict:
 
 
 def configure_threads(threads: int) -> int:
-    """Intra-op threads of this process: `threads` when > 0, OMP_NUM_THREADS when set, else one per CPU this
-    process may use that other processes are not keeping busy. Measured on 2 cores (`make bench ARGS=train`):
-    with one competing busy process, 2 threads collapse to a quarter of their speed (they wait for each other
-    while one core is taken) and 1 thread keeps 0.6 of the 2-thread speed alone. Returns the count."""
+    """Intra-op threads of this process: `threads` when > 0, OMP_NUM_THREADS when set, else one per usable CPU that
+    other processes are not keeping busy. Measured on 2 cores (`make bench ARGS=contention`, training steps of the
+    quality recipe): beside one busy process, 1 thread keeps 0.59 of the 2-thread speed alone, 2 threads 0.55 when
+    they sleep while waiting (openmp.py) and 0.20 when they spin. Returns the count."""
     if threads > 0:
         count = threads
     elif os.environ.get("OMP_NUM_THREADS"):
         count = torch.get_num_threads()
     else:
-        count = choose_threads(len(os.sched_getaffinity(0)), busy_cpus_of_others())
+        count = choose_threads(usable_cpus(), busy_cpus_of_others())
     torch.set_num_threads(count)
     return count
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on (its affinity), capped by its container's CPU quota (docker --cpus=1.5 sees
+    every core of the host but may use 1.5 of them: threads beyond the quota only wait for each other)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        return cpus
 
 
 def choose_threads(usable_cpus: int, busy_others: float) -> int:

@@ -1,8 +1,8 @@
-"""The study: Optuna storage (SQLite under models/tune/ by default, TUNE_STORAGE for a shared database), pruner,
-and the objective. A trial is an ordinary training run: its settings decide its run id, so a trial that repeats a
-configuration reuses the folds already trained, and a pruned trial's finished folds stay usable. Folds are trained
-one at a time; after each the running fold mean is reported and the pruner may stop the trial. The value is the CV
-the submission would report: the nested decision (ensemble.tune_biases) on the run's OOF."""
+"""The study: Optuna storage (SQLite under models/tune/ by default; TUNE_STORAGE names a shared database or journal
+file), pruner, and the objective. A trial is an ordinary training run: its settings decide its run id, so a trial
+that repeats a configuration reuses the folds already trained, and a pruned trial's finished folds stay usable.
+Folds are trained one at a time; after each the running fold mean is reported and the pruner may stop the trial. The
+value is the CV the submission would report: the nested decision (ensemble.tune_biases) on the run's OOF."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..core import labels
@@ -35,6 +36,7 @@ from .space import Dimension, search_space, suggest
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "TUNE_STORAGE"
+JOURNAL = "journal://"  # TUNE_STORAGE=journal:///shared/studies/search.log: an append-only file, no server
 STUDIES = "tune"  # models/tune/: the SQLite studies (a search's record: nothing regenerates it)
 SCHEMA_ATTEMPTS = 5  # workers starting together race to create the storage's tables; the losers open them after
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -57,7 +59,8 @@ class TuneJob:
 
 
 def storage_url(cfg: Settings, study: str) -> str:
-    """TUNE_STORAGE (any SQLAlchemy URL, e.g. postgresql://user@host/db) or an SQLite file under models/tune/."""
+    """TUNE_STORAGE (any SQLAlchemy URL, e.g. postgresql://user@host/db, or journal:///<file> for a journal file on a
+    shared filesystem) or an SQLite file under models/tune/."""
     url = os.environ.get(STORAGE_ENV, "").strip()
     for plain in ("postgresql://", "postgres://"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
         if url.startswith(plain):
@@ -69,11 +72,33 @@ def storage_url(cfg: Settings, study: str) -> str:
     return f"sqlite:///{path}"
 
 
-def open_storage(job: TuneJob) -> RDBStorage:
-    """The RDB storage with heartbeats: a trial whose worker died is failed after two missed beats and retried."""
-    engine = {"connect_args": {"timeout": 60}} if job.storage.startswith("sqlite") else {"pool_pre_ping": True}
+def open_storage(job: TuneJob) -> RDBStorage | JournalStorage:
+    """The RDB storage with heartbeats (a trial whose worker died is failed after two missed beats and retried), or a
+    journal file. PostgreSQL: connections checked before use (a server restart or an idle timeout is not an error)
+    and a small pool per worker (its main thread and its heartbeat thread), so many workers fit the server's
+    max_connections."""
+    if job.storage.startswith(JOURNAL):
+        return _journal_storage(job.storage.removeprefix(JOURNAL))
+    if job.storage.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 60}}
+    else:
+        engine = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1}
     with _sqlite_lock(job.storage):
         return _rdb_storage(job, engine)
+
+
+def _journal_storage(file: str) -> JournalStorage:
+    """Optuna's journal file: workers on any machines that share the filesystem (NFS included: its lock is a
+    symlink) append to one log; no server. Optuna keeps no heartbeats there: a killed worker's trial stays running."""
+    path = Path(file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise MaskcompError(
+            f"tune storage {JOURNAL}{path}: cannot write it ({err.strerror}); set {STORAGE_ENV} to a journal file "
+            "in a folder every worker can write"
+        ) from None
 
 
 def _schema_race(err: Exception) -> bool:
