@@ -1,6 +1,6 @@
 """`make bench`: every speed benchmark; prints a table per benchmark and writes bench/results/<name>-<date>.json.
 
-Usage: python bench/run.py [crop train infer make_all digest contention]   (no names: all)
+Usage: python bench/run.py [crop train infer make_all digest contention engine]   (no names: all)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ BENCHES = {
     "make_all": "make_all_time",
     "digest": "digest_speed",
     "contention": "contention",
+    "engine": "engine_speed",
 }
 
 

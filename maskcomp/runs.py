@@ -75,6 +75,10 @@ class FoldFiles:
     predictions_manifest = property(lambda self: self.dir / "infer.json")
     manifest = property(lambda self: self.dir / MANIFEST)  # a refit model's inputs (run, epochs, seed)
 
+    def onnx(self, model_digest: str) -> Path:
+        """best.pt exported for infer.engine=onnxruntime, named by the checkpoint's content."""
+        return self.dir / f"best-{model_digest[:16]}.onnx"
+
 
 @dataclass(frozen=True)
 class RunRef:

@@ -351,6 +351,14 @@ class InferSettings(Section):
         stages=("infer",),
     )
     batch_size: int = setting(64, "images per forward pass", low=1)
+    engine: str = setting(
+        "torch",
+        "torch | onnxruntime: each fold model exported once to ONNX beside its checkpoint and run by onnxruntime "
+        "(CPU only; 2-4x torch's speed on 2 cores, probabilities equal to ~1e-6: make bench ARGS=engine)",
+        choices=("torch", "onnxruntime"),
+        stages=("infer",),
+        added=True,
+    )
     person_grouping: bool | str = setting(
         "auto",
         "auto | on | off: group eval images into persons and decide "

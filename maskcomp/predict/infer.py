@@ -45,6 +45,7 @@ from ..train.dataset import CropCache, LoaderSpec, build_cache, crop_loader, exi
 from ..train.evaluate import oof_table, predict, probability_table, tta_view
 from ..train.models import create_model, normalisation
 from ..train.refit import chosen_refits
+from .engine import OnnxModel, engine_model
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class FoldPrediction:
     spec: LoaderSpec
     tta: tuple[str, ...]
     reduce: str
+    engine: str
 
     @classmethod
     def of(cls, cfg: Settings, inputs: EvalInputs) -> FoldPrediction:
@@ -284,21 +286,26 @@ class FoldPrediction:
         device = resolve_device(run_cfg.train.device)
         mean, std = normalisation(run_cfg.model.backbone)
         spec = LoaderSpec(run_cfg.infer.batch_size, run_cfg.train.workers, pin_memory=device.type == "cuda")
-        return cls(
-            inputs, device, eval_transform(inputs.size, mean, std), spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce
-        )
+        transform = eval_transform(inputs.size, mean, std)
+        return cls(inputs, device, transform, spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce, cfg.infer.engine)
+
+    def model(self, files: FoldFiles, what: str, run: RunRef) -> torch.nn.Module | OnnxModel:
+        """The model of a fold (or refit) checkpoint, in the engine infer.engine names."""
+        model = load_fold_model(files, what, self.device, self.inputs.cfg, run.config)
+        digest = digest_cache(self.inputs.cfg).digest(files.best)
+        return engine_model(model, files, digest, self.inputs.size, self.engine, self.device)
 
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
         inputs, out, amp = self.inputs, run.fold(fold), amp_dtype_of(self.inputs.cfg.train.amp)
-        model = load_fold_model(out, f"fold {fold}", self.device, inputs.cfg, run.config)
+        model = self.model(out, f"fold {fold}", run)
         loader = crop_loader(inputs.cache, val, self.transform, self.spec)
         probs, heads = predict(model, progress(loader, f"{step}: validation"), self.device, amp, self.tta, self.reduce)
         write_csv(oof_table(val, fold, probs, heads, inputs.paths), out.oof_tta)
         report_tta(run, fold, val, probs, self.tta, inputs.paths)
         self.predict_eval(model, out, step)
 
-    def predict_eval(self, model: torch.nn.Module, out: FoldFiles, step: str) -> None:
+    def predict_eval(self, model: torch.nn.Module | OnnxModel, out: FoldFiles, step: str) -> None:
         """The eval set through one model (test_probs.*)."""
         inputs, amp = self.inputs, amp_dtype_of(self.inputs.cfg.train.amp)
         loader = crop_loader(inputs.cache, inputs.evals, self.transform, self.spec, with_targets=False)
@@ -325,8 +332,7 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
             log.info("%s: predictions up to date in %s", what, out.dir)
             continue
         out.predictions_manifest.unlink(missing_ok=True)
-        model = load_fold_model(out, what, prediction.device, inputs.cfg, run.config)
-        prediction.predict_eval(model, out, f"{what}, TTA {'+'.join(prediction.tta)}")
+        prediction.predict_eval(prediction.model(out, what, run), out, f"{what}, TTA {'+'.join(prediction.tta)}")
         write_manifest(out.predictions_manifest, manifest)
         log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(inputs.evals), out.dir)
 
