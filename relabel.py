@@ -17,12 +17,14 @@ def main(argv: list[str] | None = None) -> None:
         f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}"
     )
     review = make_command("review")
+    for why in result.held:
+        print(f"held for review: {why}")
     if result.automatic:
         retrain = make_command("folds train infer ensemble", [label_fixes_override(cfg.data.label_fixes, result.fixes)])
         print(f"next: {review} to check the candidates by eye, or apply the automatic fixes as they are: {retrain}")
         print("(train.csv is never changed)")
     else:
-        print(f"next: nothing is confident enough to apply on its own; review the candidates: {review}")
+        print(f"next: no fix is both confident and of a kind measured precise enough to apply on its own; {review}")
 
 
 if __name__ == "__main__":

@@ -204,10 +204,13 @@ def load_script(name: str):
 @pytest.mark.parametrize("automatic", [0, 2])
 def test_relabel_says_make_review_next_with_the_users_context(monkeypatch, capsys, automatic):
     script = load_script("relabel")
-    result = SimpleNamespace(automatic=automatic, to_review=3, candidates="c.csv", fixes="auto.csv")
+    held = ["gender: automatic fixes measured precision 0.75 on planted errors (...), below the 0.8 bar"]
+    result = SimpleNamespace(automatic=automatic, to_review=3, candidates="c.csv", fixes="auto.csv", held=held)
     monkeypatch.setattr(script, "relabel", lambda cfg: result)
     script.main(["--config", "configs/sample.yaml", "paths.data_root=/d", "train.epochs=2"])
-    nxt = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("next:"))
+    printed = capsys.readouterr().out.splitlines()
+    assert f"held for review: {held[0]}" in printed
+    nxt = next(line for line in printed if line.startswith("next:"))
     assert "make review CONFIG=configs/sample.yaml DATA=/d ARGS=train.epochs=2" in nxt
     if automatic:
         assert "ARGS='train.epochs=2 data.label_fixes=[auto.csv]'" in nxt

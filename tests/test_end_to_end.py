@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from maskcomp.analyze.eda import run_eda
-from maskcomp.analyze.noise import CANDIDATE_COLUMNS, relabel
+from maskcomp.analyze.noise import CANDIDATE_COLUMNS, MEASURED_PRECISION, relabel
 from maskcomp.analyze.pages import analyze, closing_summary
 from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
@@ -131,10 +131,12 @@ def test_planted_gender_flips_rank_near_the_top_of_candidates(pipeline):
     assert len(found) >= PLANTED_GENDER_FLIPS - 1, f"planted {sorted(planted)}, top gender candidates {top}"
 
 
-def test_relabel_writes_fixes_that_the_loader_applies(pipeline):
+def test_relabel_writes_fixes_that_the_loader_applies(pipeline, monkeypatch):
     """The loop's mechanics (which candidates are right is tested on planted OOF tables in test_noise.py): the
-    automatic fixes file is in the label-fixes format and load_train applies exactly those fixes."""
+    automatic fixes file is in the label-fixes format and load_train applies exactly those fixes. Gender fixes are
+    automatic here as if planted errors had measured them precise (they did not: test_noise.py)."""
     cfg, _, _, _ = pipeline
+    monkeypatch.setitem(MEASURED_PRECISION, "gender", (1.0, "as if measured"))
     # 5 flips among 70 persons (the prior says so), and the sample's small model is never 80 % sure: the bar is set
     # at the most confident applicable candidate, so that the mechanics are exercised whatever the model's numbers
     cfg = updated(cfg, {"relabel.prior": PLANTED_GENDER_FLIPS / 70})

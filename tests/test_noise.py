@@ -4,7 +4,14 @@ cannot learn does not flood the list."""
 import numpy as np
 import pandas as pd
 
-from maskcomp.analyze.noise import NoiseSettings, candidates, estimated_precision, fix_file_rows
+from maskcomp.analyze.noise import (
+    MEASURED_PRECISION,
+    NoiseSettings,
+    candidates,
+    estimated_precision,
+    fix_file_rows,
+    held_for_review,
+)
 from maskcomp.core import labels
 
 PERSONS = 300
@@ -111,4 +118,25 @@ def test_fix_file_rows_are_the_automatic_ones_in_the_fixes_format():
     assert (
         len(rows) == found["auto"].sum()
         and set(rows.loc[rows["fix"] == "swap_incorrect_normal", "person_id"]) == swapped
+    )
+
+
+def test_confident_gender_fixes_go_to_review_because_planted_errors_measured_them_below_the_bar(monkeypatch):
+    """The estimate alone would apply them; the planted-noise benchmark measured automatic gender fixes right 3 times
+    in 4 (0.75 < 0.8), so they go to review, and the reason is given. A kind measured above the bar is applied."""
+    oof, _, swapped = generated_oof()
+    settings = NoiseSettings(prior=0.3)  # label errors assumed common: the estimate calls many gender flips certain
+    found = candidates(oof, settings)
+    confident = found["confidence"] >= 0.8
+    assert (confident & (found["fix"] == "gender")).any(), "the generated model should make confident gender flips"
+    assert not found.loc[found["fix"] == "gender", "auto"].any()
+    assert set(found.loc[found["auto"], "person_id"]) == swapped
+    held = held_for_review(found, settings)
+    assert [why.split(":")[0] for why in held] == ["age", "gender"]  # age: not asked for (relabel.auto_kinds)
+    assert held[1].startswith("gender: automatic fixes measured precision 0.75 on planted errors")
+    monkeypatch.setitem(MEASURED_PRECISION, "gender", (0.9, "a benchmark that measured them right 9 times in 10"))
+    again = candidates(oof, settings)
+    gender = again["fix"] == "gender"
+    assert again.loc[gender & (again["confidence"] >= 0.8), "auto"].all() and all(
+        not why.startswith("gender") for why in held_for_review(again, settings)
     )

@@ -31,6 +31,15 @@ from ..runs import read_oof, resolve_run
 CANDIDATE_COLUMNS = ["person_id", "fix", "value", "confidence", "auto", "systematic", "current", "suggested", "note"]
 FIX_FILE_COLUMNS = ["person_id", "fix", "value", "note"]
 EPS = 1e-6
+# The precision of each kind's automatic fixes as measured by the planted-noise benchmark (make bench-noise: errors
+# planted in the real faces of ../shared/data, the quality recipe, every seed run): the lowest share of automatic fixes
+# that undid a planted error. The estimated precision of a candidate is only a model of it; a kind is fixed
+# automatically only where this measurement reached relabel.auto_min_confidence too, else its fixes go to review.
+MEASURED_PRECISION = {
+    "swap_incorrect_normal": (1.0, "12 of 12 right on each of 2 seeds, bench/results/noise-2026-11-25*.md"),
+    "gender": (0.75, "3 of 4 right, bench/results/noise-2026-11-25.md; the fixed run scored 0.526 against 0.553"),
+    "age": (None, "never confident enough to measure (0 automatic fixes on 2 seeds)"),
+}
 # an age label two groups off (<30 written for a person over 60, or the reverse) is a far rarer slip than one across a
 # single boundary: such directions get this share of the prior
 SKIP_GROUP_PRIOR = 0.1
@@ -44,6 +53,23 @@ class NoiseSettings:
     top: int = 50  # rows shown on the analysis page
     # age fixes are reviewed by a person by default: the suggested age is the group's median, not the person's age
     auto_kinds: tuple[str, ...] = ("gender", "swap_incorrect_normal")
+
+    def automatic_kinds(self) -> tuple[str, ...]:
+        """The kinds fixed without review: asked for (auto_kinds) and measured precise enough (MEASURED_PRECISION)."""
+        return tuple(kind for kind in self.auto_kinds if not self.why_reviewed(kind))
+
+    def why_reviewed(self, kind: str) -> str:
+        """Why `kind`'s confident candidates still go to review ('' when they are applied automatically)."""
+        if kind not in self.auto_kinds:
+            return f"{kind}: not in relabel.auto_kinds"
+        measured, source = MEASURED_PRECISION[kind]
+        if measured is None or measured < self.auto_min_confidence:
+            shown = "unmeasured" if measured is None else f"{measured:.2f}"
+            return (
+                f"{kind}: automatic fixes measured precision {shown} on planted errors ({source}), below the "
+                f"{self.auto_min_confidence} bar"
+            )
+        return ""
 
     @classmethod
     def from_config(cls, cfg: Settings) -> "NoiseSettings":
@@ -193,11 +219,17 @@ def candidates(oof: pd.DataFrame, settings: NoiseSettings) -> pd.DataFrame:
     out["auto"] = (
         (out["confidence"] >= settings.auto_min_confidence)
         & ~out["systematic"]
-        & out["fix"].isin(settings.auto_kinds)
+        & out["fix"].isin(settings.automatic_kinds())
         & ((out["fix"] != "age") | (out["value"] != ""))
     )
     out = out.sort_values(["systematic", "confidence", "score"], ascending=[True, False, False], kind="stable")
     return out[CANDIDATE_COLUMNS].reset_index(drop=True)
+
+
+def held_for_review(found: pd.DataFrame, settings: NoiseSettings) -> list[str]:
+    """Why the kinds with confident candidates that are not applied automatically go to review, one line each."""
+    confident = found[(found["confidence"] >= settings.auto_min_confidence) & ~found["systematic"] & ~found["auto"]]
+    return [why for why in map(settings.why_reviewed, sorted(set(confident["fix"]))) if why]
 
 
 def fix_file_rows(found: pd.DataFrame) -> pd.DataFrame:
@@ -214,6 +246,7 @@ class RelabelResult:
     fixes: Path  # the automatic ones, in the label-fixes format
     automatic: int
     to_review: int
+    held: list[str]  # why confident candidates of some kinds still go to review
 
 
 @stage
@@ -222,8 +255,9 @@ def relabel(cfg: Settings) -> RelabelResult:
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""
     paths = cfg.paths.resolved
     run = resolve_run(paths, cfg.experiment, cfg.run)
-    found = candidates(read_oof(run, paths, tta=True), NoiseSettings.from_config(cfg))
+    settings = NoiseSettings.from_config(cfg)
+    found = candidates(read_oof(run, paths, tta=True), settings)
     all_path = write_csv(found, run.fix_candidates)
     fixes = write_csv(fix_file_rows(found), run.auto_fixes)
     review = ~found["auto"].astype(bool) & ~found["systematic"]
-    return RelabelResult(all_path, fixes, int(found["auto"].sum()), int(review.sum()))
+    return RelabelResult(all_path, fixes, int(found["auto"].sum()), int(review.sum()), held_for_review(found, settings))

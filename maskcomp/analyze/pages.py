@@ -24,7 +24,7 @@ from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_
 from ..train.track import log_analysis
 from . import noise
 from .attention import attention_report, attention_sections
-from .noise import NoiseSettings
+from .noise import NoiseSettings, held_for_review
 from .runs_index import runs_index
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,13 @@ def noise_section(a: Analysis, cfg: Settings, out: Path) -> htmlpage.Section:
         "systematic (a class the model rarely gets right: its failure, not label noise; listed last). Confidence is "
         "the estimated share of real errors among persons at least this suspicious.</p>"
     ]
+    held = held_for_review(found, settings)
+    if held:
+        items = "".join(f"<li>{html.escape(why)}</li>" for why in held)
+        body.append(
+            "<p>Confident candidates that still go to review (<code>make review</code>): a kind is fixed automatically "
+            f"only where planted label errors showed its automatic fixes to be right often enough.</p><ul>{items}</ul>"
+        )
     if (out / "label_noise.png").exists() and len(found):
         body.append(htmlpage.image("label_noise.png", "top label-noise candidates"))
     shown = found.head(settings.top)
