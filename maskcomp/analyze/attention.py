@@ -194,11 +194,13 @@ def weakest_classes(frame: pd.DataFrame, head: str, count: int) -> list[int]:
 
 
 def examples(frame: pd.DataFrame, classes: list[int], errors: int, correct: int) -> pd.DataFrame:
-    """Each class's most confident errors, then its most confident correct images."""
+    """Each class's most confident errors, then its most confident correct images, one image per person in each (a
+    person's 7 images share gender and age: one person would otherwise fill a row)."""
     picked = []
     for c in classes:
-        mine = frame[frame["truth"] == c].sort_values("conf", ascending=False)
-        picked += [mine[mine["pred"] != c].head(errors), mine[mine["pred"] == c].head(correct)]
+        mine = frame[frame["truth"] == c].sort_values("conf", ascending=False, kind="stable")
+        wrong, right = mine[mine["pred"] != c], mine[mine["pred"] == c]
+        picked += [wrong.drop_duplicates("person_id").head(errors), right.drop_duplicates("person_id").head(correct)]
     return pd.concat(picked) if picked else frame.iloc[:0]
 
 
@@ -251,7 +253,8 @@ def caption(row: pd.Series, head: str) -> str:
     names = labels.HEAD_NAMES[head]
     verdict = "correct" if row["truth"] == row["pred"] else "wrong"
     share = "" if np.isnan(row["face_share"]) else f", face {row['face_share']:.2f}"
-    return f"true {names[row['truth']]}\npred {names[row['pred']]} p={row['conf']:.2f}\n{verdict}{share}"
+    who = f"{row['person_id']}, age {row['age']}"
+    return f"{who}\ntrue {names[row['truth']]}\npred {names[row['pred']]} p={row['conf']:.2f}\n{verdict}{share}"
 
 
 def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path) -> dict:

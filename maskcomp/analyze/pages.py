@@ -191,18 +191,27 @@ def write_plots(a: Analysis, cfg: Settings, out: Path) -> None:
     plots.curves(a.metrics, read_learning_rates(a.run), out / "curves.png")
     plots.reliability(a.reliability, a.ece, out / "reliability.png")
     crops = _crop_paths(cfg)
-    wrong = a.oof.assign(conf=a.probs.max(1), pred=pred)[pred != y].sort_values("conf", ascending=False).head(24)
+    wrong = confidently_wrong(a.oof, a.probs, pred, y)
     images = [_thumb(crops.get(p, p)) for p in wrong["image_path"]]
     captions = [
-        f"true {labels.short_name(t)}\npred {labels.short_name(p)} (p={c:.2f})\n{pid} {Path(path).stem}"
-        for t, p, c, pid, path in zip(
-            wrong["label"], wrong["pred"], wrong["conf"], wrong["person_id"], wrong["image_path"]
+        f"true {labels.short_name(t)}, age {age}\npred {labels.short_name(p)} (p={c:.2f})\n{pid} {Path(path).stem}"
+        for t, age, p, c, pid, path in zip(
+            wrong["label"], wrong["age"], wrong["pred"], wrong["conf"], wrong["person_id"], wrong["image_path"]
         )
     ]
-    plots.image_grid(
-        images, captions, "most confidently wrong (W/I/N: mask worn, incorrect, not worn)", out / "wrong_gallery.png"
-    )
+    title = "most confidently wrong, one image per person (W/I/N: mask worn, incorrect, not worn)"
+    plots.image_grid(images, captions, title, out / "wrong_gallery.png")
     candidate_strips(a, crops, out / "label_noise.png")
+
+
+GALLERY_TILES = 24
+
+
+def confidently_wrong(oof: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    """The wrongly predicted images, most confident first, one per person (its most confident mistake): a person
+    the model misreads on all 7 images would otherwise fill the gallery."""
+    wrong = oof.assign(conf=probs.max(1), pred=pred)[pred != y].sort_values("conf", ascending=False, kind="stable")
+    return wrong.drop_duplicates("person_id").head(GALLERY_TILES)
 
 
 STRIPS_PER_KIND = 4  # persons shown as thumbnails per kind of fix, from the top of the candidate list
