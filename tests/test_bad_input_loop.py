@@ -147,7 +147,7 @@ def test_an_edited_age_of_odd_digits_gets_400_and_saves_nothing(review_server):
     port, run = review_server
     body = json.dumps({"person_id": "000001", "fix": "age", "decision": "edit", "value": "²"}).encode()
     status, data = post(port, body, str(len(body)))
-    assert status == 400 and data["error"] == "'²' is not a age value; give a whole number of years, 0 to 120"
+    assert status == 400 and data["error"] == "'²' is not an age; give a whole number of years, 0 to 120"
     assert not run.review_decisions.exists()
     body = json.dumps({"person_id": "000001", "fix": "age", "decision": "edit", "value": "61"}).encode()
     status, data = post(port, body, str(len(body)))

@@ -8,6 +8,7 @@ import pandas as pd
 
 from maskcomp.analyze.attention import caption, examples
 from maskcomp.analyze.pages import GALLERY_TILES, confidently_wrong
+from maskcomp.analyze.runs_index import changed
 
 
 def oof_rows(persons: int, images: int = 7) -> pd.DataFrame:
@@ -36,3 +37,9 @@ def test_attention_examples_take_one_image_per_person_and_captions_name_person_a
     row = picked.iloc[0].copy()
     row["face_share"] = np.nan
     assert caption(row, "gender").startswith("000000, age 25\ntrue male\npred female")
+
+
+def test_the_runs_index_rounds_the_settings_a_run_changed():
+    changes = changed({"train.lr": 0.002582211501745744, "train.img_size": [96, 72], "seed": 42},
+                      {"train.lr": 0.001, "train.img_size": [96, 72], "seed": 42})  # fmt: skip
+    assert changes == "train.lr=0.002582 (ref 0.001)"

@@ -110,7 +110,7 @@ def test_decisions_are_saved_at_once_and_resumed(reviewed_run, browser):
     box = cards[1].find_element("css selector", "input")
     box.clear()
     box.send_keys("abc", Keys.ENTER)
-    wait_text(browser, "#msg", "'abc' is not a age value")
+    wait_text(browser, "#msg", "'abc' is not an age")
     assert saved(run)[0].equals(fixes), "a bad value changes nothing saved"
     box.clear()
     box.send_keys("58", Keys.ENTER)

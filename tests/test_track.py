@@ -54,7 +54,8 @@ def items_of(records, kind: str) -> list[dict]:
     return out
 
 
-def test_a_fold_run_is_tracked_offline_with_config_history_and_summary(tiny_root, tmp_path, monkeypatch):
+def test_a_fold_run_is_tracked_offline_with_config_history_and_summary(tiny_root, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="maskcomp.train.track")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no login stored anywhere
     cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "train.epochs=2", "train.loggers=[wandb]")
@@ -64,6 +65,8 @@ def test_a_fold_run_is_tracked_offline_with_config_history_and_summary(tiny_root
     run = resolve_run(cfg.paths.resolved, "sample")
     logs = list((run.dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1, "one offline W&B run for the one fold trained"
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B run"))
+    assert said.endswith(f" in {logs[0].parent}")  # the folder `wandb sync` takes, not its files/ inside
     records = wandb_records(logs[0])
     meta = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (meta.run_id, meta.display_name, meta.run_group) == (f"{run.run_id}-fold0",) * 2 + ("sample",)

@@ -121,11 +121,13 @@ def run_eda(cfg: Settings) -> Path:
     persons = df.drop_duplicates("person_id")
     class_counts = class_plots(df, persons, out)
     gender_age = age_plots(persons, out)
-    sizes = _image_sizes(df["image_path"].tolist() + eval_df["image_path"].tolist())
+    every = df["image_path"].tolist() + eval_df["image_path"].tolist()
+    sizes = _image_sizes(every)
+    checked = f"the first {int(sizes.sum())} of {len(every)} images"
     plots.bar(
         sizes.to_numpy(),
         sizes.index.tolist(),
-        "image sizes (first 500 images)",
+        f"image sizes ({checked})",
         out / "image_sizes.png",
         "width x height",
         "images",
@@ -135,7 +137,7 @@ def run_eda(cfg: Settings) -> Path:
         f"persons: {len(persons)}; train images: {len(df)}; eval images: {len(eval_df)}",
         f"female share of persons: {persons['gender_label'].mean():.3f}",
         f"age: min {persons['age'].min()}, median {persons['age'].median():g}, max {persons['age'].max()}",
-        f"image sizes: {', '.join(f'{k} ({v})' for k, v in sizes.items())}",
+        f"image sizes of {checked}: {', '.join(f'{k} ({v} images)' for k, v in sizes.items())}",
     ]
     classes = pd.DataFrame(
         {

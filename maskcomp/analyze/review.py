@@ -98,7 +98,8 @@ def checked_value(fix: str, value: str | None) -> str:
     if fix == "swap_incorrect_normal":
         raise MaskcompError("a swap has no value to edit; accept or reject it")
     want = "male or female" if fix == "gender" else f"a whole number of years, 0 to {MAX_AGE}"
-    raise MaskcompError(f"'{text}' is not a {fix} value; give {want}")
+    noun = "a gender" if fix == "gender" else "an age"
+    raise MaskcompError(f"'{text}' is not {noun}; give {want}")
 
 
 def _now() -> str:

@@ -76,7 +76,15 @@ def changed(settings: dict | None, reference: dict | None) -> str:
 
 
 def _short(value) -> str:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+    """A setting's value as a person reads it: floats to 4 significant digits (a sampled lr of 0.002582211501745744
+    reads 0.002582), lists and mappings compact."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_short, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _run_row(ref: RunRef, paths: Paths, subs: list[Submitted]) -> dict:

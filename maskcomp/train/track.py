@@ -13,6 +13,7 @@ import netrc
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -123,7 +124,8 @@ class WandbSink:
         if self.run is not None:
             self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
             self.run.finish()
-            log.info("W&B run %s written (%s mode) under %s", self.run.name, self.run.settings.mode, self.run.dir)
+            folder = Path(self.run.dir).parent  # the run's folder (wandb sync takes it), not its files/ inside
+            log.info("W&B run %s written (%s mode) in %s", self.run.name, self.run.settings.mode, folder)
 
 
 def log_analysis(cfg: Settings, run_dir, run_id: str, scores: dict, y, pred, plots: list) -> None:
