@@ -86,7 +86,7 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
     detected = saved["source"].isin(["mtcnn", "mtcnn_relaxed"])
     assert saved.loc[detected, "score"].astype(float).between(0, 1).all()
     report = cfg.paths.resolved.reports / "crop"
-    assert (report / "random_crops.png").exists() and (report / "fallback_crops.png").exists()
+    assert (report / "random_crops.jpg").exists() and (report / "fallback_crops.jpg").exists()
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["detection_rate"]["train"]) == {"all", "wear", "incorrect", "not_wear"}
 

@@ -93,9 +93,9 @@ def test_analysis_report_from_run_files(pipeline):
         "confusion_age",
         "curves",
         "reliability",
-        "wrong_gallery",
     ):
-        assert (out / f"{name}.png").exists(), name
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name  # plots: PNG
+    assert (out / "wrong_gallery.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # photos: JPEG
     per_class = pd.read_csv(out / "per_class.csv")
     oof_rows = sum(len(pd.read_csv(p)) for p in fold_dir(cfg, 0).parent.glob("fold*/oof_tta.csv"))
     assert per_class["support"].sum() == oof_rows == 70 * 7
@@ -173,7 +173,7 @@ def test_report_pages_have_no_broken_links_or_images(pipeline):
     for page in pages:
         assert broken_references(page) == [], page
     analysis = (reports / "analysis" / "sample" / "index.html").read_text()
-    assert "<nav>Contents:" in analysis and "href='../../eda/index.html'" in analysis and "label_noise.png" in analysis
+    assert "<nav>Contents:" in analysis and "href='../../eda/index.html'" in analysis and "label_noise.jpg" in analysis
     assert "href='../../../submissions/sample.csv'>submission</a>" in analysis
 
 
@@ -269,11 +269,11 @@ def test_person_grouping_in_the_ensemble(pipeline):
     assert (pd.Series(persons).groupby(groups["group"].to_numpy()).nunique() == 1).all()
     assert groups["grouped"].mean() > 0.8
     page = analyze(cfg)[0]
-    assert (page.parent / "groups.png").exists() and "Person groups (eval)" in page.read_text()
+    assert (page.parent / "groups.jpg").exists() and "Person groups (eval)" in page.read_text()
     # a named submission: the analysis page links it and shows its groups (they were left out before)
     named = updated(forced, {"ensemble.name": "named"})
     ensemble(named)
-    (page.parent / "groups.png").unlink()
+    (page.parent / "groups.jpg").unlink()
     text = analyze(named)[0].read_text()
     assert "submissions/named.csv'>submission</a>" in text and "named.groups.csv</a>" in text
-    assert (page.parent / "groups.png").exists() and "Person groups (eval)" in text
+    assert (page.parent / "groups.jpg").exists() and "Person groups (eval)" in text

@@ -200,11 +200,12 @@ def write_plots(a: Analysis, cfg: Settings, out: Path) -> None:
         )
     ]
     title = "most confidently wrong, one image per person (W/I/N: mask worn, incorrect, not worn)"
-    plots.image_grid(images, captions, title, out / "wrong_gallery.png")
-    candidate_strips(a, crops, out / "label_noise.png")
+    plots.image_grid(images, captions, title, out / WRONG_GALLERY)
+    candidate_strips(a, crops, out / LABEL_NOISE)
 
 
 GALLERY_TILES = 24
+WRONG_GALLERY, LABEL_NOISE, GROUPS = "wrong_gallery.jpg", "label_noise.jpg", "groups.jpg"  # photo grids: JPEG
 
 
 def confidently_wrong(oof: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, y: np.ndarray) -> pd.DataFrame:
@@ -254,7 +255,7 @@ def analyze_experiment(cfg: Settings, experiment: str) -> Path:
     attention_maps = attention_report(cfg, a.run, a.oof, out)
     index = render_page(a, cfg, out, attention_sections(attention_maps, cfg.attention))
     log.info("wrote %s", index)
-    log_analysis(cfg, a.run.dir, a.run.run_id, a.overall, a.y, a.pred, sorted(out.glob("*.png")))
+    log_analysis(cfg, a.run.dir, a.run.run_id, a.overall, a.y, a.pred, sorted([*out.glob("*.png"), *out.glob("*.jpg")]))
     return index
 
 
@@ -299,9 +300,7 @@ def score_sections(a: Analysis) -> list[htmlpage.Section]:
         htmlpage.Section("Per class", [htmlpage.table(a.per_class), *confusions]),
         htmlpage.Section("Training curves", [htmlpage.image("curves.png", "loss, F1 and learning rate per fold")]),
         htmlpage.Section("Calibration", [htmlpage.image("reliability.png", "reliability diagram")]),
-        htmlpage.Section(
-            "Most confidently wrong", [htmlpage.image("wrong_gallery.png", "most confidently wrong images")]
-        ),
+        htmlpage.Section("Most confidently wrong", [htmlpage.image(WRONG_GALLERY, "most confidently wrong images")]),
     ]
 
 
@@ -336,8 +335,8 @@ def noise_section(a: Analysis, cfg: Settings, out: Path) -> htmlpage.Section:
             "<p>Confident candidates that still go to review (<code>make review</code>): a kind is fixed automatically "
             f"only where planted label errors showed its automatic fixes to be right often enough.</p><ul>{items}</ul>"
         )
-    if (out / "label_noise.png").exists() and len(found):
-        body.append(htmlpage.image("label_noise.png", "top label-noise candidates"))
+    if (out / LABEL_NOISE).exists() and len(found):
+        body.append(htmlpage.image(LABEL_NOISE, "top label-noise candidates"))
     shown = found.head(settings.top)
     body.append(htmlpage.table(shown) if len(shown) else "<p>No candidate.</p>")
     return htmlpage.Section("Label-noise candidates", body)
@@ -371,7 +370,7 @@ def group_strips(cfg: Settings, out: Path) -> list[htmlpage.Section]:
         images,
         captions,
         "eval person groups: least (top) and most confident",
-        out / "groups.png",
+        out / GROUPS,
         cols=len(labels.IMAGE_STEMS),
     )
     share = groups["grouped"].mean()
@@ -383,7 +382,7 @@ def group_strips(cfg: Settings, out: Path) -> list[htmlpage.Section]:
                 f"({htmlpage.link(groups_csv, out, groups_csv.name)}); "
                 "each caption is the image's thumbnail similarity to its group's unmasked photo (1.00: the anchor "
                 "itself).</p>",
-                htmlpage.image("groups.png", "eval person groups"),
+                htmlpage.image(GROUPS, "eval person groups"),
             ],
         )
     ]

@@ -92,8 +92,11 @@ def write_galleries(crops: CropSummary, out: Path) -> None:
     for name, subset in (("random_crops", recs), ("fallback_crops", recs[~recs["detected"]])):
         pick = subset.iloc[rng.permutation(len(subset))[:24]]
         images = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in pick["crop_path"]]
-        captions = [f"{src}" + (f" p={sc:.2f}" if sc == sc else "") for src, sc in zip(pick["source"], pick["score"])]
-        plots.image_grid(images, captions, name.replace("_", " "), out / f"{name}.png")
+        captions = [
+            f"{'/'.join(Path(key).parts[-2:])}\n{src}" + (f" p={sc:.2f}" if sc == sc else "")
+            for key, src, sc in zip(pick["key"], pick["source"], pick["score"])
+        ]  # the image's person folder and file name: a wrong box can be traced
+        plots.image_grid(images, captions, name.replace("_", " "), out / f"{name}.jpg")
 
 
 def write_page(crops: CropSummary, out: Path) -> Path:
@@ -114,12 +117,12 @@ def write_page(crops: CropSummary, out: Path) -> Path:
                 f"<p>{html.escape(crops.sources)}</p>",
             ],
         ),
-        htmlpage.Section("Random crops", [htmlpage.image("random_crops.png", "random crops")]),
+        htmlpage.Section("Random crops", [htmlpage.image("random_crops.jpg", "random crops")]),
         htmlpage.Section(
             "Fallback crops",
             [
                 "<p>Images without a detected face, cropped with the fallback box.</p>",
-                htmlpage.image("fallback_crops.png", "fallback crops"),
+                htmlpage.image("fallback_crops.jpg", "fallback crops"),
             ],
         ),
     ]
@@ -136,7 +139,7 @@ def warn_when_detection_is_low(cfg: Settings, crops: CropSummary, out: Path) -> 
             int((~crops.records["detected"]).sum()),
             len(crops.records),
             100 * LOW_DETECTION_RATE,
-            out / "fallback_crops.png",
+            out / "fallback_crops.jpg",
         )
 
 

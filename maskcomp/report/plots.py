@@ -14,8 +14,12 @@ from ..core.fileio import atomic_path  # noqa: E402
 
 
 def save(fig: "plt.Figure", path: Path) -> Path:
+    """PNG for plots (sharp lines and text); JPEG (quality 85) where `path` ends in .jpg: grids of photos, a sixth of
+    their PNG size (label_noise: 3.2 MB as PNG, 0.56 MB as JPEG)."""
+    jpeg = path.suffix == ".jpg"
+    options = {"format": "jpeg", "pil_kwargs": {"quality": 85}} if jpeg else {"format": "png"}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", **options)
     plt.close(fig)
     return path
 
