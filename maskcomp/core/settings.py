@@ -354,7 +354,8 @@ class InferSettings(Section):
     engine: str = setting(
         "torch",
         "torch | onnxruntime: each fold model exported once to ONNX beside its checkpoint and run by onnxruntime "
-        "(CPU only; 2-4x torch's speed on 2 cores, probabilities equal to ~1e-6: make bench ARGS=engine)",
+        "(CPU only; 1.9-3.6x the torch engine's images/s on 2 cores, probabilities within 1e-6; "
+        "make bench ARGS=engine)",
         choices=("torch", "onnxruntime"),
         stages=("infer",),
         added=True,
