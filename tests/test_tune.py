@@ -204,6 +204,14 @@ def test_an_unwritable_journal_folder_is_one_line(sample_root, tmp_path, monkeyp
         open_storage(job)
 
 
+def test_a_postgresql_worker_keeps_a_small_pool_of_checked_connections(sample_root, tmp_path, postgres, monkeypatch):
+    search, overrides = tune_setup(sample_root, tmp_path, trials=1)
+    monkeypatch.setenv("TUNE_STORAGE", postgres)
+    storage = open_storage(TuneJob.from_config(load_config(search, overrides), search, overrides))
+    pool = storage.engine.pool
+    assert (pool.size(), pool._max_overflow, pool._pre_ping) == (2, 1, True)
+
+
 def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypatch):
     """The objective's fold loop against the median pruner, with training stubbed to fixed fold scores: a trial whose
     first fold is below the reference's is stopped there, and its trained fold is kept in the study's record."""
