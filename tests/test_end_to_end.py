@@ -19,6 +19,7 @@ from maskcomp.data.folds import make_folds
 from maskcomp.data.label_fixes import read_label_fixes
 from maskcomp.data.sample import make_sample
 from maskcomp.data.tables import load_train
+from maskcomp.ensemble.names import submission_file
 from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.infer import infer
 from maskcomp.report.crop_page import write_crop_report
@@ -110,6 +111,12 @@ def test_analysis_report_from_run_files(pipeline):
         "Where the score is lost" in page
         and f"<b>{html.escape(weakest['name'])}</b> (class {weakest['class']})" in page
     )
+    # what to try comes from this run: its nested CV and eval score, its age errors by true age, its decision steps,
+    # and levers it does not use (sample.yaml: no oversampling, no soft-F1 term, the 3-way age head)
+    side = json.loads(submission_file(cfg).with_suffix(".json").read_text())
+    assert f"nested CV {side['cv_macro_f1']:.4f}; eval macro F1 0." in page
+    assert "Age group wrong, by true age" in page and "per-class biases" in page  # grouping is off here
+    assert "&gt;=60 is found in" in page and "a soft-F1 loss term" in page
     summary = closing_summary(cfg, [index]).splitlines()
     assert summary[2].startswith(
         f"submission: {cfg.paths.resolved.submissions / 'sample.csv'} (CV macro F1, nested: 0."

@@ -43,3 +43,50 @@ def test_the_runs_index_rounds_the_settings_a_run_changed():
     changes = changed({"train.lr": 0.002582211501745744, "train.img_size": [96, 72], "seed": 42},
                       {"train.lr": 0.001, "train.img_size": [96, 72], "seed": 42})  # fmt: skip
     assert changes == "train.lr=0.002582 (ref 0.001)"
+
+
+def age_oof(errors_by_age: dict[int, float], per_age: int = 40) -> tuple[pd.DataFrame, np.ndarray]:
+    """OOF rows whose age head is wrong for the given share of images at each true age (gender, mask right)."""
+    from maskcomp.core import labels
+
+    rows, preds = [], []
+    for age, share in errors_by_age.items():
+        group = labels.age_group(age)
+        for i in range(per_age):
+            wrong = i < round(share * per_age)
+            seen = (group + 1) % 3 if wrong else group
+            rows.append({"person_id": f"{age:03d}{i:03d}", "age": age, "age_group": group, "label": group})
+            preds.append(seen)
+    return pd.DataFrame(rows), np.array(preds)
+
+
+def test_age_errors_over_whole_groups_are_not_called_a_boundary_problem():
+    from maskcomp.analyze.levers import age_errors_by_band, boundary_problem
+
+    spread, pred = age_oof({19: 0.6, 27: 0.6, 32: 0.25, 45: 0.25, 57: 0.25, 61: 0.64, 70: 0.64})
+    table = age_errors_by_band(spread, pred)
+    assert table.set_index("true age").loc["25-29", "age wrong"] == 0.6 and boundary_problem(table) is False
+    boundary, pred = age_oof({19: 0.05, 27: 0.5, 32: 0.5, 45: 0.05, 57: 0.5, 61: 0.5, 70: 0.05})
+    assert boundary_problem(age_errors_by_band(boundary, pred)) is True
+
+
+def test_levers_skip_what_the_run_already_does_and_give_their_numbers():
+    from maskcomp.analyze.levers import Evidence, age_errors_by_band, age_levers, decision_steps
+    from maskcomp.core.config import load_config
+
+    oof, pred = age_oof({19: 0.6, 32: 0.25, 45: 0.25, 61: 0.5, 70: 0.5})
+    table = age_errors_by_band(oof, pred)
+    plain = age_levers(Evidence(load_config("configs/sample.yaml"), oof, pred, {}), table)
+    assert plain[0].startswith(">=60 is found in 50% of its images: oversample it")
+    assert any(t.startswith("a soft-F1 loss term") for t in plain) and any("model.head=ordinal" in t for t in plain)
+    assert any(t.startswith("the age errors are spread over whole groups") for t in plain)
+    uses_all = load_config("configs/quality_ours_ordinal.yaml")  # oversampling, a soft-F1 term, the ordinal head
+    assert not [t for t in age_levers(Evidence(uses_all, oof, pred, {}), table) if "oversample" in t or "soft-F1" in t
+                or "ordinal" in t]  # fmt: skip
+    sidecar = {"nested_bias_gain": {"gain": 0.020412}, "biases_applied": True,
+               "person_grouping": {"nested_gain": -0.00483, "applied": False}}  # fmt: skip
+    steps = decision_steps(sidecar)
+    assert steps.to_dict("records") == [
+        {"step": "per-class biases", "nested gain": 0.0204, "applied": True},
+        {"step": "person grouping", "nested gain": -0.0048, "applied": False},
+    ]

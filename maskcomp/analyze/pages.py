@@ -19,11 +19,13 @@ from ..core.fileio import write_csv
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..ensemble.names import groups_file, submission_file
+from ..predict.infer import run_config
 from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 from ..train.track import log_analysis
 from . import noise
 from .attention import attention_report, attention_sections
+from .levers import Evidence, eval_score, levers_section, read_sidecar
 from .noise import NoiseSettings, held_for_review
 from .runs_index import runs_index
 
@@ -49,12 +51,6 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return ece, table
 
 
-LEVERS = {
-    "age": "oversample >=60 (folds.oversample.targets={2: 0.15}), train.age_old_threshold=58 with "
-    "train.drop_age_bands, a soft-F1 loss term (loss.terms), model.head=ordinal, infer.person_grouping",
-    "gender": "data.known_label_fixes=true and the label-noise candidates below, infer.person_grouping",
-    "mask": "the crop report (reports/crop/: fallback crops), swap_incorrect_normal label fixes, augment settings",
-}
 HEADLINE_CLASSES = 3
 
 
@@ -68,30 +64,25 @@ def head_at_fault(y: np.ndarray, pred: np.ndarray, cls: int) -> str:
 
 
 def headline(y: np.ndarray, pred: np.ndarray, per_class: pd.DataFrame) -> list[str]:
-    """Where the macro F1 is lost: the weakest and never-predicted classes, the head responsible for each, its share
-    of the macro F1 loss, and the config levers for that head."""
+    """Where the macro F1 is lost: the weakest and never-predicted classes, the head responsible for each and its
+    share of the macro F1 loss (what to try next follows from the run's evidence: levers.py)."""
     present = per_class[per_class["support"] > 0]
     loss = 1 - present["f1"]
     weakest = present.assign(share=loss / max(loss.sum(), 1e-9)).sort_values("f1").head(HEADLINE_CLASSES)
     never = [labels.class_name(c) for c in present["class"] if not (pred == c).any()]
-    rows, heads = [], []
+    rows = []
     for r in weakest.itertuples():
         head = head_at_fault(y, pred, r._1)
-        heads.append(head)
         rows.append(
             f"<li><b>{html.escape(r.name)}</b> (class {r._1}): F1 {r.f1:.2f}, {r.share:.0%} of the macro F1 lost; "
             f"mostly the <b>{head}</b> head is wrong</li>"
         )
-    levers = [f"<li>{head}: {html.escape(LEVERS[head])}</li>" for head in dict.fromkeys(heads) if head in LEVERS]
     return [
         "<div class='headline'><h2>Where the score is lost</h2>",
         f"<p>OOF macro F1 is {1 - loss.mean():.4f}: every class weighs 1/{len(present)}.</p><ul>",
         *rows,
         "</ul>",
         f"<p>Never predicted: {html.escape(', '.join(never)) if never else 'none'}.</p>",
-        "<p>Levers to try:</p><ul>",
-        *levers,
-        "</ul></div>",
     ]
 
 
@@ -307,8 +298,12 @@ def score_sections(a: Analysis) -> list[htmlpage.Section]:
 def render_page(a: Analysis, cfg: Settings, out: Path, extra: list[htmlpage.Section] = ()) -> Path:
     """The experiment's analysis page: where the score is lost first, then every section (`extra`: where the model
     looks)."""
+    submission = submission_file(cfg)
+    evidence = Evidence(run_config(cfg, a.run), a.oof, a.pred, read_sidecar(submission))
     lead = [
         *headline(a.y, a.pred, a.per_class),
+        *levers_section(evidence, eval_score(submission, cfg.paths.resolved.eval_answers)),
+        "</div>",
         f"<p>OOF macro F1 (all {len(a.oof)} images): "
         f"<b>{a.overall['f1']:.4f}</b>; accuracy {a.overall['acc']:.4f}; ECE {a.ece:.4f}</p>",
     ]
