@@ -90,3 +90,18 @@ def test_levers_skip_what_the_run_already_does_and_give_their_numbers():
         {"step": "per-class biases", "nested gain": 0.0204, "applied": True},
         {"step": "person grouping", "nested gain": -0.0048, "applied": False},
     ]
+
+
+def test_a_tta_change_within_noise_is_not_called_a_loss():
+    from maskcomp.predict.infer import tta_change_interval
+
+    rng = np.random.default_rng(0)
+    persons = np.repeat(np.arange(60), 7)
+    y = np.repeat(rng.integers(0, 18, 60), 7)
+    plain = np.where(rng.random(len(y)) < 0.7, y, (y + 1) % 18)
+    one_person_worse = plain.copy()
+    one_person_worse[:7] = (y[:7] + 1) % 18  # the view costs one person: -0.0015-sized changes look like this
+    low, high = tta_change_interval(y, plain, one_person_worse, persons)
+    assert low < 0 <= high, "one person's change is within the noise: no warning"
+    much_worse = np.where(rng.random(len(y)) < 0.5, (y + 2) % 18, plain)
+    assert tta_change_interval(y, plain, much_worse, persons)[1] < 0

@@ -31,7 +31,7 @@ from ..core.manifests import (
     require_current,
     write_manifest,
 )
-from ..core.metrics import macro_f1
+from ..core.metrics import bootstrap_macro_f1, macro_f1
 from ..core.paths import Paths
 from ..core.progress import progress
 from ..core.settings import input_shaping_keys, invocation_keys, value_of
@@ -256,16 +256,29 @@ def report_tta(
     plain = pd.read_csv(plain_path)
     plain.index = [paths.image_key(p) for p in plain["image_path"]]
     plain = plain.loc[[paths.image_key(p) for p in val["image_path"]]]
-    y = val["label"].to_numpy()
-    without, with_tta = macro_f1(y, plain[labels.PROB_COLUMNS].to_numpy().argmax(1)), macro_f1(y, tta_probs.argmax(1))
+    y, plain_pred, tta_pred = (
+        val["label"].to_numpy(),
+        plain[labels.PROB_COLUMNS].to_numpy().argmax(1),
+        tta_probs.argmax(1),
+    )
+    low, high = tta_change_interval(y, plain_pred, tta_pred, val["person_id"].to_numpy())
+    without, with_tta = macro_f1(y, plain_pred), macro_f1(y, tta_pred)
     line = (
         f"fold {fold}: OOF macro F1 {without:.4f} without TTA, {with_tta:.4f} with {'+'.join(tta)} "
-        f"({with_tta - without:+.4f})"
+        f"({with_tta - without:+.4f}; 90 % person-bootstrap interval {low:+.4f} to {high:+.4f})"
     )
-    if with_tta < without:
-        log.warning("%s: this TTA lowers the score; consider infer.tta=[identity]", line)
+    if high < 0:
+        log.warning("%s: this TTA lowers the score beyond noise; consider infer.tta=[identity]", line)
     else:
         log.info(line)
+
+
+def tta_change_interval(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, persons: np.ndarray) -> tuple[float, float]:
+    """The 90 % interval of macro F1 with TTA minus without, over the same person resamples (paired): a change
+    within it is noise, not a reason to drop a view."""
+    change = bootstrap_macro_f1(y, tta, persons) - bootstrap_macro_f1(y, plain, persons)
+    low, high = np.percentile(change, [5, 95])
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
