@@ -140,7 +140,7 @@ def test_an_errors_nearest_training_image_is_found_by_the_fold_models_features()
 
     src = attention.Sources(None, {0: Flat(3 * 8 * 6)}, rows, Fixed((8, 6), (0, 0, 0), (1, 1, 1)))
     view = fold_view(src, 0, rows[rows["fold"] == 0], load_config(None, []).attention)
-    assert view["wrong"].tolist() == [True] + [False] * 5 and view["xy"].shape == (6, 2)
+    assert (view["pred"] != view["label"]).tolist() == [True] + [False] * 5 and view["xy"].shape == (6, 2)
     ((error, pred, near),) = view["errors"]
     assert error["crop_path"] == "0" and pred == 0
     assert near[0][0]["crop_path"] == "11" and near[0][1] == pytest.approx(1.0)

@@ -105,3 +105,15 @@ def test_a_tta_change_within_noise_is_not_called_a_loss():
     assert low < 0 <= high, "one person's change is within the noise: no warning"
     much_worse = np.where(rng.random(len(y)) < 0.5, (y + 2) % 18, plain)
     assert tta_change_interval(y, plain, much_worse, persons)[1] < 0
+
+
+def test_each_embedding_panel_marks_its_own_heads_errors():
+    from maskcomp.analyze.embedding import head_errors
+    from maskcomp.core import labels
+
+    y = np.array([0, 0, 6])  # wear/male/<30 twice, incorrect/male/<30
+    pred = np.array([1, 3, 6])  # the age wrong; the gender wrong; right
+    truth, guess = labels.head_labels(y), labels.head_labels(pred)
+    assert head_errors(truth, guess, "mask").tolist() == [False, False, False]  # an age error is not a mask error
+    assert head_errors(truth, guess, "gender").tolist() == [False, True, False]
+    assert head_errors(truth, guess, "age").tolist() == [True, False, False]

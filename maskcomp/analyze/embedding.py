@@ -63,7 +63,7 @@ def fold_view(src, fold: int, sample: pd.DataFrame, settings: AttentionSettings)
     return {
         "xy": tsne_2d(held_feats) if len(sample) > 4 else np.zeros((len(sample), 2)),
         "label": sample["label"].to_numpy(),
-        "wrong": pred != sample["label"].to_numpy(),
+        "pred": pred,
         "errors": [
             (sample.iloc[i], pred[i], [(train.iloc[j], similarity[k, j]) for j in nearest[k]])
             for k, i in enumerate(worst)
@@ -71,19 +71,25 @@ def fold_view(src, fold: int, sample: pd.DataFrame, settings: AttentionSettings)
     }
 
 
+def head_errors(truth: dict[str, np.ndarray], guess: dict[str, np.ndarray], head: str) -> np.ndarray:
+    """Where one head's prediction is wrong."""
+    return truth[head] != guess[head]
+
+
 def draw_maps(views: dict[int, dict], path: Path) -> Path:
-    """Folds as rows, heads as columns; colour = the head's true class, x = a wrong 18-class prediction."""
+    """Folds as rows, heads as columns; colour = the head's true class, x = this head's own wrong prediction (a mask
+    panel marks mask errors only: an image with the right mask and the wrong age is not a mask error)."""
     fig, axes = plt.subplots(len(views), 3, figsize=(13, 4 * len(views)), squeeze=False)
     for row, (fold, v) in enumerate(views.items()):
-        truth = labels.head_labels(v["label"])
+        truth, guess = labels.head_labels(v["label"]), labels.head_labels(v["pred"])
         for col, head in enumerate(labels.HEADS):
-            ax = axes[row, col]
+            ax, wrong = axes[row, col], head_errors(truth, guess, head)
             for c, name in enumerate(labels.HEAD_NAMES[head]):
-                keep = (truth[head] == c) & ~v["wrong"]
+                keep = (truth[head] == c) & ~wrong
                 ax.scatter(*v["xy"][keep].T, s=14, label=name, alpha=0.8)
-                bad = (truth[head] == c) & v["wrong"]
+                bad = (truth[head] == c) & wrong
                 ax.scatter(*v["xy"][bad].T, s=40, marker="x", color=ax.collections[-1].get_facecolor()[:1])
-            ax.set_title(f"fold {fold}: coloured by true {head} (x: wrong prediction)", fontsize=11)
+            ax.set_title(f"fold {fold}: coloured by true {head} (x: {head} wrong, {wrong.mean():.0%})", fontsize=11)
             ax.set_xlabel("t-SNE 1")
             ax.set_ylabel("t-SNE 2")
             ax.legend(fontsize=9, loc="best")
