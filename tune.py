@@ -7,7 +7,7 @@ ordinary training run, so a repeated configuration trains nothing.
 
 from maskcomp.core.cli import parse_stage_args, stage_parser
 from maskcomp.core.errors import cli
-from maskcomp.tune.page import best_config, write_study_page
+from maskcomp.tune.page import best_config, train_command, write_study_page
 from maskcomp.tune.study import TuneJob, optimise
 
 
@@ -16,9 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_stage_args(stage_parser(__doc__), argv)
     job = TuneJob.from_config(cfg, args.config, args.overrides)
     study = optimise(job)
-    page = write_study_page(study, job)
     best = best_config(study, job)
-    print(f"study {job.study}: page {page}" + (f"; best config {best} (make train CONFIG={best})" if best else ""))
+    page = write_study_page(study, job, best)
+    print(f"study {job.study}: page {page}" + (f"; best config {best} ({train_command(best)})" if best else ""))
 
 
 if __name__ == "__main__":

@@ -117,3 +117,15 @@ def test_each_embedding_panel_marks_its_own_heads_errors():
     assert head_errors(truth, guess, "mask").tolist() == [False, False, False]  # an age error is not a mask error
     assert head_errors(truth, guess, "gender").tolist() == [False, True, False]
     assert head_errors(truth, guess, "age").tolist() == [True, False, False]
+
+
+def test_the_best_configs_command_keeps_the_data_and_drops_args_the_file_holds(monkeypatch):
+    from pathlib import Path
+
+    from maskcomp.core import cli
+    from maskcomp.tune.page import train_command
+
+    monkeypatch.setattr(
+        cli, "_invocation", cli.Invocation("configs/tune/q.yaml", ("paths.data_root=/d", "train.epochs=2"))
+    )
+    assert train_command(Path("configs/tune/q_best.yaml")) == "make train CONFIG=configs/tune/q_best.yaml DATA=/d"

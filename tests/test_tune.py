@@ -86,7 +86,9 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     printed = "".join(log.read_text() for log in logs)
     assert "best so far" in printed and "[tune search] trial" in printed
     page = tmp_path / "reports" / "tune" / "search" / "index.html"
-    assert page.exists() and "history.png" in page.read_text()
+    text = page.read_text()
+    assert "history.png" in text and f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
+    assert "From 4 finished trial(s): with fewer than 20, importances are noise as often as signal" in text
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"
     cfg = load_config(best_file, [o for o in overrides if o.startswith("paths.")])

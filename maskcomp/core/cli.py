@@ -31,14 +31,19 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].strip()
 
 
-def make_command(targets: str, extra: list[str] | tuple[str, ...] = ()) -> str:
+def make_command(
+    targets: str, extra: list[str] | tuple[str, ...] = (), config: str | None = None, keep_args: bool = True
+) -> str:
     """The `make` line that runs `targets` with this process's CONFIG, DATA and ARGS, plus `extra` overrides (which
-    replace the invocation's overrides of the same keys)."""
+    replace the invocation's overrides of the same keys); `config` replaces CONFIG, and keep_args=False leaves the
+    invocation's ARGS out (a config that already holds them: a study's best config)."""
     replaced = {_key(o) for o in extra}
     data = [o.split("=", 1)[1] for o in _invocation.overrides if _key(o) == DATA_ROOT_KEY]
-    args = [o for o in _invocation.overrides if _key(o) not in replaced | {DATA_ROOT_KEY}] + list(extra)
+    kept = [o for o in _invocation.overrides if _key(o) not in replaced | {DATA_ROOT_KEY}] if keep_args else []
+    args = kept + list(extra)
+    config = config or _invocation.config
     parts = ["make", targets]
-    parts += [f"CONFIG={shlex.quote(_invocation.config)}"] if _invocation.config else []
+    parts += [f"CONFIG={shlex.quote(config)}"] if config else []
     parts += [f"DATA={shlex.quote(data[-1])}"] if data else []
     parts += [f"ARGS={shlex.quote(' '.join(args))}"] if args else []
     return " ".join(parts)

@@ -3,6 +3,7 @@ coordinates, a table of trials linking their runs) and configs/tune/<study>_best
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import warnings
@@ -17,6 +18,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from ..core.cli import make_command  # noqa: E402
 from ..core.config import nested_value, parse_override  # noqa: E402
 from ..core.fileio import write_text  # noqa: E402
 from ..report import htmlpage  # noqa: E402
@@ -53,7 +55,7 @@ def trials_table(study: optuna.Study, job: TuneJob, out: Path) -> pd.DataFrame:
                 "folds": t.user_attrs.get("folds_done", 0),
                 "trained": t.user_attrs.get("folds_trained", 0),
                 "train s": t.user_attrs.get("train_s"),
-                **{k: v for k, v in t.params.items()},
+                **{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in t.params.items()},
                 "run": htmlpage.link(target, out, run_id) if run_id else "",
             }
         )
@@ -82,17 +84,33 @@ def draw_plots(study: optuna.Study, out: Path) -> list[htmlpage.Section]:
     return sections
 
 
-def write_study_page(study: optuna.Study, job: TuneJob) -> Path:
+FEW_TRIALS = 20  # below this many finished trials, importances rest on too few points to rank settings
+
+
+def train_command(best: Path) -> str:
+    """The command that trains the best trial's config (every trial's ARGS are in the file; DATA as invoked)."""
+    return make_command("train", config=str(best), keep_args=False)
+
+
+def write_study_page(study: optuna.Study, job: TuneJob, best: Path | None = None) -> Path:
     out = job.cfg.paths.resolved.reports / "tune" / job.study
     table = trials_table(study, job, out)
     states = table["state"].value_counts().to_dict() if len(table) else {}
+    finished = states.get("complete", 0)
     meta = [
         f"Storage {_safe_url(job.storage)}; search file {job.tune_file}; "
         + ", ".join(f"{n} {s}" for s, n in states.items()),
         "Value: the CV macro F1 the submission would report (nested decision on the run's OOF); fold mean: the "
         "running mean of the folds' best macro F1, what the pruner compares.",
     ]
+    if best is not None:
+        meta.append(f"Best config: <code>{best}</code>; train it with <code>{html.escape(train_command(best))}</code>")
     sections = [htmlpage.Section("Trials", [htmlpage.table(table, escape=False)]), *draw_plots(study, out)]
+    if finished < FEW_TRIALS:
+        for section in sections:
+            if section.title == "Parameter importances":
+                section.body.insert(0, f"<p>From {finished} finished trial(s): with fewer than {FEW_TRIALS}, "
+                                    "importances are noise as often as signal; read them as a hint.</p>")  # fmt: skip
     return htmlpage.render(f"Tuning: {job.study}", meta, sections, out / "index.html")
 
 
