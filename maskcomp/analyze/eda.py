@@ -95,8 +95,22 @@ def example_grid(df: pd.DataFrame, out: Path) -> None:
             row = rows.iloc[int(rng.integers(len(rows)))]
             with Image.open(row["image_path"]) as img:
                 examples.append(np.asarray(img.convert("RGB").resize((96, 128))))
-            captions.append(f"{cls}: {labels.short_name(cls)}\n{row['person_id']} {Path(row['image_path']).stem}")
-    plots.image_grid(examples, captions, "one image per class", out / "samples_per_class.png")
+            captions.append(f"class {cls}: {labels.class_name(cls)}\n{row['person_id']} {Path(row['image_path']).stem}")
+    plots.image_grid(examples, captions, "one image per class", out / "samples_per_class.jpg")
+
+
+EVAL_SAMPLES = 12
+
+
+def eval_grid(eval_df: pd.DataFrame, out: Path) -> None:
+    """A fixed draw of eval images, named: what the model will be asked about (no labels there)."""
+    pick = eval_df.sample(min(EVAL_SAMPLES, len(eval_df)), random_state=0)
+    images = []
+    for path in pick["image_path"]:
+        with Image.open(path) as img:
+            images.append(np.asarray(img.convert("RGB").resize((96, 128))))
+    captions = [Path(p).name for p in pick["image_path"]]
+    plots.image_grid(images, captions, f"{len(images)} random eval images", out / "eval_samples.jpg")
 
 
 PLOTS = (
@@ -107,8 +121,8 @@ PLOTS = (
     ("age_hist", "Ages"),
     ("gender_age", "Gender x age group"),
     ("image_sizes", "Image sizes"),
-    ("samples_per_class", "One image per class"),
 )
+PHOTOS = (("samples_per_class", "One image per class"), ("eval_samples", "Eval set: random images"))  # JPEG
 
 
 @stage
@@ -133,6 +147,7 @@ def run_eda(cfg: Settings) -> Path:
         "images",
     )
     example_grid(df, out)
+    eval_grid(eval_df, out)
     facts = [
         f"persons: {len(persons)}; train images: {len(df)}; eval images: {len(eval_df)}",
         f"female share of persons: {persons['gender_label'].mean():.3f}",
@@ -157,6 +172,7 @@ def run_eda(cfg: Settings) -> Path:
         *[f"| {c} | {name} | {n} | {share:.3f} |" for c, name, n, share in classes.itertuples(index=False)],
         "",
         *[f"## {title}\n\n![{title}]({name}.png)\n" for name, title in PLOTS],
+        *[f"## {title}\n\n![{title}]({name}.jpg)\n" for name, title in PHOTOS],
     ]
     summary = write_text("\n".join(lines) + "\n", out / "summary.md")
     sections = [
@@ -165,10 +181,12 @@ def run_eda(cfg: Settings) -> Path:
             [
                 "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>",
                 htmlpage.table(classes),
+                "<p>Persons (not images) by gender and age group:</p>",
                 htmlpage.table(gender_age.rename_axis(columns=None).reset_index()),
             ],
         ),
         *[htmlpage.Section(title, [htmlpage.image(f"{name}.png", title)]) for name, title in PLOTS],
+        *[htmlpage.Section(title, [htmlpage.image(f"{name}.jpg", title)]) for name, title in PHOTOS],
     ]
     index = htmlpage.render(
         "EDA: training data", [f"Data: {html.escape(str(paths.data_root))}"], sections, out / "index.html"
