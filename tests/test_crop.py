@@ -87,6 +87,15 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
     assert saved.loc[detected, "score"].astype(float).between(0, 1).all()
     report = cfg.paths.resolved.reports / "crop"
     assert (report / "random_crops.jpg").exists() and (report / "fallback_crops.jpg").exists()
+    relaxed = records.assign(source="mtcnn")
+    relaxed.loc[relaxed.index[:3], "source"] = "mtcnn_relaxed"  # found only at relaxed thresholds: shown apart
+    write_crop_report(cfg, relaxed, 1.0)
+    page = (report / "index.html").read_text()
+    assert (report / "relaxed_crops.jpg").exists() and "3 faces found only at relaxed thresholds" in page
+    write_crop_report(cfg, relaxed.assign(source="mtcnn"), 1.0)
+    assert (
+        not (report / "relaxed_crops.jpg").exists() and "Relaxed detections" not in (report / "index.html").read_text()
+    )
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["detection_rate"]["train"]) == {"all", "wear", "incorrect", "not_wear"}
 

@@ -86,10 +86,22 @@ def write_markdown(crops: CropSummary, out: Path) -> None:
     write_text("\n".join([*lines, "", crops.sources]) + "\n", out / "summary.md")
 
 
+RELAXED = "mtcnn_relaxed"  # the detector's second pass: lower thresholds on a contrast-equalised copy
+
+
 def write_galleries(crops: CropSummary, out: Path) -> None:
-    """24 random crops and 24 of those cut with a fallback box, captioned with their source and score."""
+    """24 random crops, 24 of those cut with a fallback box and 24 of those found only at relaxed thresholds (the
+    likeliest wrong boxes: a neck, a mask's edge), each captioned with its image, source and score."""
     rng, recs = np.random.default_rng(0), crops.records
-    for name, subset in (("random_crops", recs), ("fallback_crops", recs[~recs["detected"]])):
+    galleries = {
+        "random_crops": recs,
+        "fallback_crops": recs[~recs["detected"]],
+        "relaxed_crops": recs[recs["source"] == RELAXED],
+    }
+    for name, subset in galleries.items():
+        (out / f"{name}.jpg").unlink(missing_ok=True)  # a gallery with nothing to show this time is not left stale
+        if subset.empty:
+            continue
         pick = subset.iloc[rng.permutation(len(subset))[:24]]
         images = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in pick["crop_path"]]
         captions = [
@@ -126,6 +138,10 @@ def write_page(crops: CropSummary, out: Path) -> Path:
             ],
         ),
     ]
+    relaxed = int((crops.records["source"] == RELAXED).sum())
+    if relaxed:
+        note = f"<p>{relaxed} faces found only at relaxed thresholds; the likeliest wrong boxes (24 shown).</p>"
+        sections.append(htmlpage.Section("Relaxed detections", [note, htmlpage.image("relaxed_crops.jpg", "relaxed")]))
     s = crops.summary
     meta = [f"mode {s['mode']}; {s['images']} images; {s['unreadable']} unreadable; {s['seconds']:.1f} s"]
     return htmlpage.render("Crop report", meta, sections, out / "index.html")
