@@ -10,7 +10,7 @@ from skimage import data as skdata
 from maskcomp.core.settings import CropSettings
 from maskcomp.crop import detect
 from maskcomp.crop import stage as crop_stage
-from maskcomp.crop.boxes import choose_box, expand_box, resolve_boxes
+from maskcomp.crop.boxes import OUTLIER_PX, choose_box, expand_box, far_from_person, resolve_boxes
 from maskcomp.crop.detect import run_detection
 from maskcomp.crop.items import Item
 from maskcomp.crop.stage import crop_dir, crop_faces, load_crops
@@ -71,6 +71,21 @@ def test_expanded_box_has_aspect_and_stays_inside(box):
     assert (x2 - x1) / (y2 - y1) == pytest.approx(0.75, abs=0.02)
 
 
+def test_a_box_far_from_the_persons_others_is_listed_and_optionally_replaced_by_their_median():
+    """Six photos of a person with the face at the same place and one whose box found the neck, 250 px lower."""
+    items = [Item(f"train/images/p1/mask{i}.jpg", "train", f"/d/p1/mask{i}.jpg", "p1", f"d{i}") for i in range(7)]
+    boxes = [[100 + i, 100, 200 + i, 230] for i in range(6)] + [[100, 350, 200, 480]]
+    detections = {f"d{i}": {"boxes": [b], "probs": [0.99], "size": (384, 512), "stage": "mtcnn"} for i, b in
+                  enumerate(boxes)}  # fmt: skip
+    kept = resolve_boxes(items, detections, CROP_CFG)
+    corners = pd.DataFrame(kept["box"].tolist(), columns=["x1", "y1", "x2", "y2"]).assign(person_id="p1")
+    distance = far_from_person(corners)
+    assert (distance > OUTLIER_PX).tolist() == [False] * 6 + [True] and kept["source"].eq("mtcnn").all()
+    replaced = resolve_boxes(items, detections, CROP_CFG.model_copy(update={"outlier_fallback": True}))
+    assert replaced["source"].tolist() == ["mtcnn"] * 6 + ["person_outlier"]
+    assert replaced.at[6, "box"] == [102.0, 100.0, 202.0, 230.0]  # the person's median box (of all 7)
+
+
 @pytest.mark.slow
 def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeypatch):
     cfg = config_for(tiny_root, tmp_path, "crop.workers=0")
@@ -92,6 +107,13 @@ def test_crop_stage_records_resume_and_invalidation(tiny_root, tmp_path, monkeyp
     write_crop_report(cfg, relaxed, 1.0)
     page = (report / "index.html").read_text()
     assert (report / "relaxed_crops.jpg").exists() and "3 faces found only at relaxed thresholds" in page
+    far = relaxed.index[relaxed["person_id"] != ""][0]
+    relaxed.loc[far, ["face_y1", "face_y2"]] += 300  # a box found on the neck: listed apart, by name
+    write_crop_report(cfg, relaxed, 1.0)
+    page = (report / "index.html").read_text()
+    assert (
+        "Boxes far from the person" in page and relaxed.at[far, "key"] in page and (report / "far_boxes.jpg").exists()
+    )
     write_crop_report(cfg, relaxed.assign(source="mtcnn"), 1.0)
     assert (
         not (report / "relaxed_crops.jpg").exists() and "Relaxed detections" not in (report / "index.html").read_text()
@@ -151,3 +173,12 @@ def test_unreadable_image_is_listed_not_fatal(tiny_root, tmp_path):
     listed = pd.read_csv(cfg.paths.resolved.reports / "crop" / "unreadable_images.csv")
     assert listed["image_path"].tolist() == [str(victim)]
     assert str(victim) not in load_crops(cfg).index
+
+
+def test_a_crop_setting_added_later_keeps_the_crop_folders_made_before():
+    from maskcomp.core.config import load_config
+    from maskcomp.crop.stage import crop_hash
+
+    crop = load_config("configs/sample.yaml").crop
+    assert crop_hash(crop) == "0ed9d64e97"  # the name every crop folder of this config had before outlier_fallback
+    assert crop_hash(crop.model_copy(update={"outlier_fallback": True})) != "0ed9d64e97"

@@ -42,7 +42,13 @@ from .embedding import embedding_view
 
 log = logging.getLogger(__name__)
 
-DETECTED = ("mtcnn", "mtcnn_relaxed", "person", "median")  # sources with a face box of their own (not centre/none)
+DETECTED = (
+    "mtcnn",
+    "mtcnn_relaxed",
+    "person",
+    "person_outlier",
+    "median",
+)  # sources with a face box of their own (not centre/none)
 
 
 class HeadScores(torch.nn.Module):

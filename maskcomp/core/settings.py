@@ -166,6 +166,13 @@ class CropSettings(Section):
         stages=("crop",),
         shapes_input=True,
     )
+    outlier_fallback: bool = setting(
+        False,
+        "a detected face box whose centre lies more than OUTLIER_PX (80) from the median of the same person's boxes "
+        "(a neck, a bystander) is replaced by that median box; the crop report lists such boxes either way",
+        stages=("crop",),
+        added=True,
+    )
     center_box: list[Number] = setting(
         [0.15, 0.12, 0.85, 0.75],
         "x1, y1, x2, y2 as image fractions, for mode center and the last fallback",

@@ -6,7 +6,9 @@ Among an image's detections the subject is the one maximising
 i.e. a confident, large, central face (bystanders are small and off-centre).
 Fallbacks, in order: relaxed thresholds on a contrast-equalised copy (`mtcnn_relaxed`, in detect.py); the median
 box of the same person's detected images (`person`, the 7 photos share camera and pose); the median detected box
-of the training images (`median`); the configured centre box (`center`).
+of the training images (`median`); the configured centre box (`center`). A detected box far from the same person's
+other boxes (`far_from_person`) is listed by the crop report and, with crop.outlier_fallback, replaced by the
+person's median box (`person_outlier`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ def expand_box(box, width: int, height: int, margin: float, aspect: float) -> tu
     left = float(np.clip(cx - w / 2, 0, width - w))
     top = float(np.clip(cy - h / 2, 0, height - h))
     return int(round(left)), int(round(top)), int(round(left + w)), int(round(top + h))
+
+
+OUTLIER_PX = 80  # a face box centre this far from its person's median centre is not that person's face (7 photos
+# share camera and pose: the boxes of one person lie within a few dozen pixels of each other)
+
+
+def far_from_person(boxes: pd.DataFrame) -> pd.Series:
+    """Pixels between each box's centre (columns x1, y1, x2, y2) and the median centre of the boxes of its person
+    (rows with the same person_id); NaN for a person with fewer than 3 boxes, whose median says nothing."""
+    centre = pd.DataFrame({"x": (boxes["x1"] + boxes["x2"]) / 2, "y": (boxes["y1"] + boxes["y2"]) / 2})
+    by_person = centre.groupby(boxes["person_id"])
+    median = by_person.transform("median")
+    distance = np.hypot(centre["x"] - median["x"], centre["y"] - median["y"])
+    return distance.where(by_person["x"].transform("size") >= 3)
 
 
 def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: CropSettings) -> pd.DataFrame:
@@ -74,6 +90,11 @@ def resolve_boxes(items: list[Item], detections: dict[str, dict], crop_cfg: Crop
     train_boxes = np.array(df.loc[found & (df["split"] == "train"), "box"].tolist()).reshape(-1, 4)
     pool = train_boxes if len(train_boxes) else boxes
     dataset_median = np.median(pool, axis=0).tolist() if len(pool) else None
+    if crop_cfg.outlier_fallback and found.any():
+        corners = pd.DataFrame(boxes, index=df.index[found], columns=["x1", "y1", "x2", "y2"])
+        far = far_from_person(corners.assign(person_id=df.loc[found, "person_id"])) > OUTLIER_PX
+        for i in far.index[far]:
+            df.at[i, "box"], df.at[i, "source"] = person_median.loc[df.at[i, "person_id"]].tolist(), "person_outlier"
     for i in df.index[~found & ~df["unreadable"]]:
         pid = df.at[i, "person_id"]
         if pid and pid in person_median.index:

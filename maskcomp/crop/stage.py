@@ -37,7 +37,7 @@ from ..core.manifests import (
     write_manifest,
 )
 from ..core.progress import progress
-from ..core.settings import CropSettings, section_keys
+from ..core.settings import CropSettings, added_defaults, section_keys
 from ..data.csvfiles import read_csv_with
 from ..data.tables import EVAL_COLUMNS
 from .boxes import expand_box, fixed_box, resolve_boxes
@@ -56,8 +56,11 @@ DIGEST_CHARS = 16
 
 
 def crop_hash(crop_cfg: CropSettings) -> str:
+    """The crop folder's name part: the crop settings, a setting added later left out while at its default (crop
+    folders made before it stay where they are)."""
     keys = CROP_KEYS + (DETECTOR_KEYS if crop_cfg.mode == "mtcnn" else ())
-    return settings_hash({k: getattr(crop_cfg, k) for k in keys})
+    added = {key.removeprefix("crop."): value for key, value in added_defaults("crop").items()}
+    return settings_hash({k: getattr(crop_cfg, k) for k in keys if k not in added or getattr(crop_cfg, k) != added[k]})
 
 
 def crop_dir(cfg: Settings) -> Path:

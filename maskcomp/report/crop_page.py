@@ -15,6 +15,8 @@ import pandas as pd
 from ..core import labels
 from ..core.config import Settings
 from ..core.fileio import write_json, write_text
+from ..crop.boxes import OUTLIER_PX, far_from_person
+from ..crop.stage import FACE_COLUMNS
 from . import htmlpage, plots
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,15 @@ def write_markdown(crops: CropSummary, out: Path) -> None:
 RELAXED = "mtcnn_relaxed"  # the detector's second pass: lower thresholds on a contrast-equalised copy
 
 
+def far_boxes(recs: pd.DataFrame) -> pd.DataFrame:
+    """Detected face boxes far from the same person's other boxes (boxes.far_from_person), farthest first."""
+    detected = recs[recs["detected"]]
+    corners = detected[FACE_COLUMNS].set_axis(["x1", "y1", "x2", "y2"], axis=1).assign(person_id=detected["person_id"])
+    distance = far_from_person(corners)
+    far = detected.assign(px=distance.round(0))[distance > OUTLIER_PX]
+    return far.sort_values("px", ascending=False)
+
+
 def write_galleries(crops: CropSummary, out: Path) -> None:
     """24 random crops, 24 of those cut with a fallback box and 24 of those found only at relaxed thresholds (the
     likeliest wrong boxes: a neck, a mask's edge), each captioned with its image, source and score."""
@@ -97,6 +108,7 @@ def write_galleries(crops: CropSummary, out: Path) -> None:
         "random_crops": recs,
         "fallback_crops": recs[~recs["detected"]],
         "relaxed_crops": recs[recs["source"] == RELAXED],
+        "far_boxes": far_boxes(recs),
     }
     for name, subset in galleries.items():
         (out / f"{name}.jpg").unlink(missing_ok=True)  # a gallery with nothing to show this time is not left stale
@@ -138,6 +150,16 @@ def write_page(crops: CropSummary, out: Path) -> Path:
             ],
         ),
     ]
+    far = far_boxes(crops.records)
+    if len(far):
+        listed = far[["key", "source", "px"]].rename(columns={"px": "px from the person's median"}).head(50)
+        note = (
+            f"<p>{len(far)} detected boxes lie more than {OUTLIER_PX} px from the median of the same person's boxes "
+            "(a neck, a bystander, a mask's edge); <code>crop.outlier_fallback=true</code> replaces them with that "
+            "median box.</p>"
+        )
+        body = [note, htmlpage.table(listed), htmlpage.image("far_boxes.jpg", "boxes far from their person's")]
+        sections.append(htmlpage.Section("Boxes far from the person's other boxes", body))
     relaxed = int((crops.records["source"] == RELAXED).sum())
     if relaxed:
         note = f"<p>{relaxed} faces found only at relaxed thresholds; the likeliest wrong boxes (24 shown).</p>"
