@@ -14,6 +14,7 @@ Everything is keyed on the run's models, OOF and crop records and the attention 
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from dataclasses import dataclass
@@ -252,7 +253,12 @@ def overlay(src: Sources, row: pd.Series) -> np.ndarray:
     x1, y1, x2, y2 = face_box_in_input(row, src.inputs.size)
     boxed = cv2.rectangle(np.ascontiguousarray(image), (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (0, 200, 0), 1)
     gap = np.full((crop.shape[0], 2, 3), 255, np.uint8)
-    return np.hstack([(crop * 255).astype(np.uint8), gap, boxed])
+    pair = np.hstack([(crop * 255).astype(np.uint8), gap, boxed])
+    scale = max(1, OVERLAY_MIN_HEIGHT // pair.shape[0])  # a 96x72 input would print as a 75-pixel stamp
+    return cv2.resize(pair, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale > 1 else pair
+
+
+OVERLAY_MIN_HEIGHT = 192  # pixels: the maps are drawn at least this tall, whatever the model's input size
 
 
 def caption(row: pd.Series, head: str) -> str:
@@ -275,12 +281,14 @@ def head_report(src: Sources, head: str, settings: AttentionSettings, out: Path)
             f"{head} head, Grad-CAM: weakest classes' confident errors, then correct ones (green: face box)",
             out / f"attention_{head}.png",
             cols=settings.errors + settings.correct,
+            fontsize=10,
         )
     measured = explain(src, measured_sample(frame, "truth", settings.per_class), head)
     classes = [
         {
             "class": labels.HEAD_NAMES[head][c],
             "face_share": _mean(g["face_share"]),
+            "sd": float(g["face_share"].std()) if g["face_share"].notna().sum() > 1 else None,
             "images": int(g["face_share"].notna().sum()),
         }
         for c, g in measured.groupby("truth")
@@ -354,7 +362,13 @@ def attention_sections(report: dict | None, settings: AttentionSettings) -> list
             )
     shares = pd.DataFrame(
         [
-            {"head": h, "class": c["class"], "face share": round(c["face_share"], 3), "images": c["images"]}
+            {
+                "head": h,
+                "class": c["class"],
+                "face share": round(c["face_share"], 3),
+                "sd": None if c.get("sd") is None else round(c["sd"], 3),
+                "images": c["images"],
+            }  # fmt: skip
             for h, r in heads.items()
             for c in r["classes"]
         ]  # fmt: skip
@@ -382,6 +396,7 @@ def attention_sections(report: dict | None, settings: AttentionSettings) -> list
         "the face box greyed out. A large drop means the head uses the background; background removal would then "
         "change what it learns.</p>",
         htmlpage.table(causal),
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in causal_advice(report["causal"])) + "</ul>",
         *[htmlpage.image(f"attention/attention_{h}.png", f"Grad-CAM of the {h} head") for h in heads],
     ]
     return [htmlpage.Section("Where the model looks", body), embedding_section(report.get("embedding"))]
@@ -416,6 +431,25 @@ def _first_area(heads: dict) -> float | None:
 
 def _share(value: float | None) -> str:
     return "not measured (no detected face)" if value is None else f"{value:.2f}"
+
+
+BACKGROUND_DROP = 0.05  # macro F1 a head loses without the background before the page calls it a background reader
+
+
+def causal_advice(causal: dict[str, dict]) -> list[str]:
+    """The greyed-background check in words, per head: what the head reads and what that means for the crop."""
+    lines = []
+    for head, c in causal.items():
+        drop = c["f1"] - c["f1_background_greyed"]
+        if drop > BACKGROUND_DROP:
+            lines.append(
+                f"{head} loses {drop:.3f} macro F1 without the background: it reads {WHERE_ELSE[head]}; keep a wide "
+                "crop margin (crop.margin 0.25 or more) rather than a tight face crop, or train it to do without "
+                "(background suppression)"
+            )
+        else:
+            lines.append(f"{head} keeps its score without the background ({-drop:+.3f}): it reads the face")
+    return lines
 
 
 WHERE_ELSE = {"mask": "the background or clothes", "gender": "hair, clothes or background", "age": "hair or clothes"}
