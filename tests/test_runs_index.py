@@ -52,3 +52,11 @@ def test_one_row_per_run_best_first_with_its_changes(tiny_root, tmp_path):
     row_of = {lr: next(r for r in rows if f">{run}</td>" in r) for lr, run in runs.items()}
     assert "sample.csv</a> (copy: " in row_of[0.01], "the last ensemble's file, its stamped copy beside it"
     assert "sample.csv</a>" not in row_of[0.001], "the first run's sample.csv was overwritten: only its copy is its"
+    # the analysis page shows the run analysed last: only that run's row links it, the other says how to get its own
+    from maskcomp.analyze.pages import analyze
+
+    analyze(updated(base, {"train.lr": 0.01}))
+    rows = table_rows(runs_index(base).read_text())
+    row_of = {lr: next(r for r in rows if f">{run}</td>" in r) for lr, run in runs.items()}
+    assert ">analysis</a>" in row_of[0.01] and ">analysis</a>" not in row_of[0.001]
+    assert f"experiment=sample run={runs[0.001]}" in row_of[0.001]

@@ -15,7 +15,7 @@ import pandas as pd
 from ..core import labels
 from ..core.config import Settings
 from ..core.context import stage
-from ..core.fileio import write_csv
+from ..core.fileio import write_csv, write_json
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..ensemble.names import groups_file, submission_file
@@ -27,7 +27,7 @@ from . import noise
 from .attention import attention_report, attention_sections
 from .levers import Evidence, eval_score, levers_section, read_sidecar
 from .noise import NoiseSettings, held_for_review
-from .runs_index import runs_index
+from .runs_index import PAGE_RUN, runs_index
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ def analyze_experiment(cfg: Settings, experiment: str) -> Path:
     a = compute(cfg, experiment)
     write_csv(a.per_class, out / "per_class.csv")
     write_csv(a.candidates, out / "label_fix_candidates.csv")
+    write_json({"experiment": a.run.experiment, "run": a.run.run_id}, out / PAGE_RUN)
     write_plots(a, cfg, out)
     attention_maps = attention_report(cfg, a.run, a.oof, out)
     index = render_page(a, cfg, out, attention_sections(attention_maps, cfg.attention))

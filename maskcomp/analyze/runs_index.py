@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from ..core import labels
+from ..core.cli import make_command
 from ..core.config import Settings, settings_from
 from ..core.errors import MaskcompError
 from ..core.metrics import macro_f1
@@ -87,10 +88,30 @@ def _short(value) -> str:
     return str(value)
 
 
+PAGE_RUN = "page.json"  # beside an analysis page: which run it shows (the index links a run only to its own page)
+
+
+def analysis_page(ref: RunRef, paths: Paths) -> Path | None:
+    """The analysis page that shows this run (a page is per experiment and shows the run analysed last), or None."""
+    analysis = paths.reports / "analysis"
+    for folder in (analysis / f"{ref.experiment}-{ref.run_id}", analysis / ref.experiment):
+        try:
+            shown = json.loads((folder / PAGE_RUN).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if shown.get("run") == ref.run_id and (folder / "index.html").exists():
+            return folder / "index.html"
+    return None
+
+
+def analyze_hint(ref: RunRef) -> str:
+    return make_command("analyze", [f"experiment={ref.experiment}", f"run={ref.run_id}"])
+
+
 def _run_row(ref: RunRef, paths: Paths, subs: list[Submitted]) -> dict:
     oof = read_oof(ref, paths, tta=True)
     best = max(subs, key=lambda s: s.cv if s.cv is not None else -1, default=None)
-    page = paths.reports / "analysis" / ref.experiment / "index.html"
+    page = analysis_page(ref, paths)
     files = [htmlpage.link(f, paths.reports, f.name) for f in best.files] if best else []
     return {
         "experiment": ref.experiment,
@@ -101,7 +122,7 @@ def _run_row(ref: RunRef, paths: Paths, subs: list[Submitted]) -> dict:
         "submission": files[0] + (f" (copy: {', '.join(files[1:])})" if files[1:] else "") if files else "",
         "CV (nested)": round(best.cv, 4) if best and best.cv is not None else None,
         "eval macro F1": round(best.eval, 4) if best and best.eval is not None else None,
-        "pages": htmlpage.link(page, paths.reports, "analysis") if page.exists() else "",
+        "pages": htmlpage.link(page, paths.reports, "analysis") if page else f"not analysed: {analyze_hint(ref)}",
         "note": f"{len(subs)} submissions; the best by CV shown" if len(subs) > 1 else "",
     }
 
