@@ -139,3 +139,38 @@ def test_decisions_are_saved_at_once_and_resumed(reviewed_run, browser):
     assert fixes[fixes["fix"] == "age"]["value"].tolist() == ["61"] and len(decisions) == 3
     server.shutdown()
     server.server_close()
+
+
+def test_many_candidates_progress_filters_jump_zoom_and_lazy_photos(reviewed_run, browser):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    cfg, run, persons = reviewed_run
+    server, url = serve(cfg)
+    browser.get(url)
+    wait_text(browser, "#progress", "0 / 3 decided")
+    photos = browser.find_elements("css selector", "#c0 .crops img")
+    assert {p.get_attribute("loading") for p in photos} == {"lazy"}  # thousands of crops load as they scroll in
+    names = [f.text for f in browser.find_elements("css selector", "#c0 .crops figcaption")]
+    assert names[:2] == ["mask1", "mask2"] and "normal" in names
+    photos[0].click()
+    assert "zoom" in photos[0].get_attribute("class")
+
+    browser.find_element("css selector", "#c0 button[data-decision=accept]").click()
+    wait_text(browser, "#progress", "1 / 3 decided")
+
+    Select(browser.find_element("id", "kind")).select_by_value("age")  # one kind at a time
+    visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
+    assert visible == ["c1"]
+    Select(browser.find_element("id", "kind")).select_by_value("")
+    browser.find_element("id", "open").click()  # undecided only: the accepted one goes
+    visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
+    assert visible == ["c1", "c2"]
+
+    browser.find_element("id", "jump").send_keys(persons[2], Keys.ENTER)
+    assert "sel" in browser.find_element("id", "c2").get_attribute("class")
+    browser.find_element("css selector", "body").send_keys("a")
+    wait_text(browser, "#progress", "2 / 3 decided")
+    assert saved(run)[1]["person_id"].tolist() == [persons[0], persons[2]]
+    server.shutdown()
+    server.server_close()

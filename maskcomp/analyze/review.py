@@ -134,18 +134,36 @@ PAGE_STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1250px;margin:16px auto;padding:0 16px;color:#222}"
     ".card{border:2px solid #ddd;border-radius:8px;padding:10px 14px;margin:12px 0}.card.sel{border-color:#2a6df4}"
     ".card.accept{background:#eefbea}.card.reject{background:#f6f6f6}.card.edit{background:#fff7e0}"
-    ".crops img{height:150px;margin-right:4px;border-radius:4px}.fix{font-size:18px;font-weight:600}"
+    ".crops figure{display:inline-block;margin:0 4px 0 0;text-align:center;font-size:12px;color:#555}"
+    ".crops img{height:150px;border-radius:4px;cursor:zoom-in}.crops img.zoom{height:420px;cursor:zoom-out}"
+    ".fix{font-size:18px;font-weight:600}.bar{position:sticky;top:0;background:#fff;padding:6px 0;z-index:1}"
+    ".hidden{display:none}"
     ".meta{color:#555;font-size:14px}button{font-size:15px;margin-right:6px;padding:4px 12px}"
-    "#msg{position:sticky;top:0;background:#fff;padding:6px 0;font-size:15px}.err{color:#b00020}"
+    "#msg{font-size:15px}.err{color:#b00020}"
     "kbd{border:1px solid #aaa;border-radius:3px;padding:0 4px;font-size:13px}code{background:#f3f5f7;padding:2px}"
 )
 
 SCRIPT = """
 const cards=[...document.querySelectorAll('.card')];let sel=0;
+const shown=k=>!cards[k].classList.contains('hidden');
 function pick(i){if(!cards.length)return;sel=Math.max(0,Math.min(cards.length-1,i));
  cards.forEach((c,k)=>c.classList.toggle('sel',k===sel));cards[sel].scrollIntoView({block:'center'});}
+function step(d){let k=sel+d;while(k>=0&&k<cards.length&&!shown(k))k+=d;if(k>=0&&k<cards.length)pick(k);}
+function progress(){const done=cards.filter(c=>c.querySelector('.state').textContent).length;
+ document.getElementById('progress').textContent=done+' / '+cards.length+' decided';}
+function filter(){const kind=document.getElementById('kind').value,open=document.getElementById('open').checked;
+ cards.forEach(c=>c.classList.toggle('hidden',(kind&&c.dataset.fix!==kind)||
+  (open&&c.querySelector('.state').textContent!=='')));if(!shown(sel))step(1);}
+document.getElementById('kind').addEventListener('change',filter);
+document.getElementById('open').addEventListener('change',filter);
+document.getElementById('jump').addEventListener('keydown',e=>{if(e.key!=='Enter')return;e.preventDefault();
+ const k=cards.findIndex(c=>c.dataset.person===e.target.value.trim());
+ document.getElementById('msg').textContent=k<0?'no candidate for person '+e.target.value:'';
+ if(k>=0){cards[k].classList.remove('hidden');pick(k);}});
+document.querySelectorAll('.crops img').forEach(i=>i.addEventListener('click',e=>{e.stopPropagation();
+ i.classList.toggle('zoom');}));
 function show(card,d){card.classList.remove('accept','reject','edit');card.classList.add(d.decision);
- card.querySelector('.state').textContent='saved: '+d.decision+(d.value?' -> '+d.value:'');}
+ card.querySelector('.state').textContent='saved: '+d.decision+(d.value?' -> '+d.value:'');progress();}
 async function decide(card,decision){const value=card.querySelector('input').value;
  const r=await fetch('/api/decide',{method:'POST',headers:{'Content-Type':'application/json'},
   body:JSON.stringify({person_id:card.dataset.person,fix:card.dataset.fix,decision:decision,value:value})});
@@ -158,10 +176,10 @@ cards.forEach((c,k)=>{c.addEventListener('click',()=>pick(k));
   decide(c,b.dataset.decision);}));
  c.querySelector('input').addEventListener('keydown',e=>{if(e.key==='Enter'){e.preventDefault();decide(c,'edit');
   e.target.blur();}});});
-document.addEventListener('keydown',e=>{if(e.target.tagName==='INPUT')return;const c=cards[sel];
- if(e.key==='j')pick(sel+1);else if(e.key==='k')pick(sel-1);else if(e.key==='a')decide(c,'accept');
+document.addEventListener('keydown',e=>{if(['INPUT','SELECT'].includes(e.target.tagName))return;const c=cards[sel];
+ if(e.key==='j')step(1);else if(e.key==='k')step(-1);else if(e.key==='a')decide(c,'accept');
  else if(e.key==='r')decide(c,'reject');else if(e.key==='e'){e.preventDefault();c.querySelector('input').focus();}});
-const firstOpen=cards.findIndex(c=>!c.querySelector('.state').textContent);pick(firstOpen<0?0:firstOpen);
+const firstOpen=cards.findIndex(c=>!c.querySelector('.state').textContent);pick(firstOpen<0?0:firstOpen);progress();
 """
 
 
@@ -189,9 +207,10 @@ def card(review: Review, row, index: int) -> str:
     decision, state = _saved(review, row.person_id, row.fix)
     person = html.escape(row.person_id)
     crops = "".join(
-        f"<img src='/crop/{person}/{i}' alt='{labels.IMAGE_STEMS[i]}' title='{labels.IMAGE_STEMS[i]}'>"
+        f"<figure><img src='/crop/{person}/{i}' loading='lazy' alt='{labels.IMAGE_STEMS[i]}'>"
+        f"<figcaption>{labels.IMAGE_STEMS[i]}</figcaption></figure>"
         for i in range(len(review.crops.get(row.person_id, [])))
-    )
+    )  # loaded as they scroll into view: hundreds of candidates are thousands of crops
     flags = (" · automatic" if row.auto == "True" else "") + (
         " · systematic (the model's failure, not the label's)" if row.systematic == "True" else ""
     )
@@ -205,6 +224,17 @@ def card(review: Review, row, index: int) -> str:
     )
 
 
+def toolbar(review: Review) -> str:
+    """Progress, a filter by kind, open-only, and a jump to a person id; stays on top while scrolling."""
+    kinds = "".join(f"<option value='{html.escape(k)}'>{html.escape(k)}</option>" for k in
+                    sorted(set(review.candidates["fix"])))  # fmt: skip
+    return (
+        "<div class='bar'><b id='progress'></b> · kind <select id='kind'><option value=''>all</option>"
+        f"{kinds}</select> <label><input type='checkbox' id='open'> undecided only</label> · person "
+        "<input id='jump' size='8' placeholder='id, Enter'> · click a photo to zoom<div id='msg'></div></div>"
+    )
+
+
 def render(review: Review) -> str:
     cards = "".join(card(review, row, i) for i, row in enumerate(review.candidates.itertuples()))
     return (
@@ -213,7 +243,7 @@ def render(review: Review) -> str:
         f"<p class='meta'>{len(review.candidates)} candidates, most likely first. Keys: <kbd>j</kbd>/<kbd>k</kbd> "
         "next/previous, <kbd>a</kbd> accept, <kbd>r</kbd> reject, <kbd>e</kbd> edit the value (Enter saves). Every "
         f"decision is saved at once to <code>{html.escape(str(review.run.reviewed_fixes))}</code>. Then retrain with "
-        f"<code>{html.escape(review.retrain)}</code></p><div id='msg'></div>{cards}<script>{SCRIPT}</script>"
+        f"<code>{html.escape(review.retrain)}</code></p>{toolbar(review)}{cards}<script>{SCRIPT}</script>"
         "</body></html>"
     )
 
