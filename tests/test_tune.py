@@ -87,7 +87,8 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     assert "best so far" in printed and "[tune search] trial" in printed
     page = tmp_path / "reports" / "tune" / "search" / "index.html"
     text = page.read_text()
-    assert "history.png" in text and f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
+    assert "history.png" in text and "intermediate.png" in text
+    assert f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
     assert "From 4 finished trial(s): with fewer than 20, importances are noise as often as signal" in text
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"

@@ -1,5 +1,6 @@
-"""What a study leaves: reports/tune/<study>/index.html (optimisation history, parameter importances, parallel
-coordinates, a table of trials linking their runs) and configs/tune/<study>_best.yaml, a config to train with."""
+"""What a study leaves: reports/tune/<study>/index.html (optimisation history, fold-by-fold values, parameter
+importances, parallel coordinates, a table of trials linking their runs) and configs/tune/<study>_best.yaml, a
+config to train with."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PLOTS = {
     "history": ("Optimisation history", optuna.visualization.matplotlib.plot_optimization_history),
+    # each trial's running fold mean after each fold: where the pruner stopped it, and how far apart folds are
+    "intermediate": ("Fold by fold", optuna.visualization.matplotlib.plot_intermediate_values),
     "importances": ("Parameter importances", optuna.visualization.matplotlib.plot_param_importances),
     "parallel": ("Parallel coordinates", optuna.visualization.matplotlib.plot_parallel_coordinate),
 }
