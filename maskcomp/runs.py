@@ -6,7 +6,7 @@ of them.
         run.json                     and anything else in a new one (a trained model is never overwritten)
         config.yaml  oof.csv         (all folds' OOF, image keys), failed.json (a training that stopped)
         fold<K>/                     best.pt last.pt config.yaml env.json metrics.csv lr.csv oof.csv done.json, and
-                                     from `make infer`: test_probs.npy/.csv test_ids.csv oof_tta.csv infer.json
+                                     from `make infer`: test_probs.npy/.csv test_ids.csv oof_tta.csv predictions.json
         .lock                        held while a process trains this run
     models/<experiment>/latest       the id of the last run of which `make train` finished (or found) a fold
 
@@ -46,6 +46,8 @@ RUN_ID_CHARS = 12
 LATEST = "latest"
 BEST = "best.pt"
 DONE = "done.json"
+PREDICTIONS_MANIFEST = "predictions.json"  # what a fold's eval predictions were made from
+LEGACY_PREDICTIONS_MANIFEST = "infer.json"  # its name before
 FAILED = "failed.json"  # the error that stopped the run's last training, until a training of it succeeds
 REVIEWED_FIXES = "label_fixes_reviewed.csv"  # make review: the accepted and edited fixes
 REVIEW_DECISIONS = "review_decisions.csv"  # make review: every decision, to resume
@@ -72,7 +74,13 @@ class FoldFiles:
     test_probs = property(lambda self: self.dir / "test_probs.npy")  # (eval images, 18)
     test_table = property(lambda self: self.dir / "test_probs.csv")  # every head's probabilities
     test_ids = property(lambda self: self.dir / "test_ids.csv")  # the ImageIDs of test_probs' rows
-    predictions_manifest = property(lambda self: self.dir / "infer.json")
+    @property
+    def predictions_manifest(self) -> Path:
+        """What the fold's eval predictions were made from (checkpoint digest, run, eval set, TTA, engine); a fold
+        predicted before this file had its name keeps its infer.json, read and replaced like it."""
+        legacy = self.dir / LEGACY_PREDICTIONS_MANIFEST
+        return legacy if legacy.exists() else self.dir / PREDICTIONS_MANIFEST
+
     manifest = property(lambda self: self.dir / MANIFEST)  # a refit model's inputs (run, epochs, seed)
 
     def onnx(self, model_digest: str) -> Path:

@@ -86,3 +86,26 @@ def test_only_the_crop_stage_lists_or_opens_the_raw_images(tiny_root, tmp_path, 
         MaskcompError, match=r"crops were made from other images or settings \(train\); run `make crop`"
     ):
         infer(cfg)
+
+
+@pytest.mark.slow
+def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(tiny):
+    from maskcomp.core.config import updated
+
+    from conftest import latest, run_pipeline
+
+    _, cfg = tiny
+    run_pipeline(cfg)
+    run = latest(cfg)
+    folds = [run.fold(f) for f in run.trained_folds()]
+    for files in folds:
+        (files.dir / "predictions.json").rename(files.dir / "infer.json")  # as an older checkout left it
+    stamps = [files.test_probs.stat().st_mtime_ns for files in folds]
+    infer(cfg)
+    assert [files.test_probs.stat().st_mtime_ns for files in folds] == stamps, "nothing predicted again"
+    assert all(files.predictions_manifest.name == "infer.json" for files in folds)
+    ensemble(cfg)  # reads the old manifests as current
+    infer(updated(cfg, {"infer.tta": ["identity", "hflip"]}))  # predictions to make again: written under the new name
+    assert [
+        sorted(p.name for p in files.dir.glob("*.json") if p.name not in ("done.json", "env.json")) for files in folds
+    ] == [["predictions.json"]] * len(folds)

@@ -30,7 +30,7 @@ STAGES = (
     Stage("train", "train.py", "maskcomp.train.trainer:train", "folds.csv, crops",
           "models/<exp>/<run-id>/fold<K>/", ("data", "folds", "model", "loss", "augment", "train")),
     Stage("infer", "infer.py", "maskcomp.predict.infer:infer", "a run's checkpoints, eval crops",
-          "models/<exp>/<run-id>/fold<K>/test_probs.*, oof_tta.csv, infer.json; <run>/oof.csv", ("infer",)),
+          "models/<exp>/<run-id>/fold<K>/test_probs.*, oof_tta.csv, predictions.json; <run>/oof.csv", ("infer",)),
     Stage("ensemble", "ensemble.py", "maskcomp.ensemble.stage:ensemble", "the runs' OOF and eval predictions",
           "submissions/<name>.csv + .json, stamped copy, index.csv", ("ensemble", "infer")),
     Stage("analyze", "analyze.py", "maskcomp.analyze.pages:analyze", "a run, its predictions, the submission",

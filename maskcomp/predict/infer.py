@@ -1,6 +1,6 @@
 """Prediction with test-time augmentation, and the infer stage: each fold's best.pt scores the eval set
 (test_probs.npy + test_ids.csv) and re-scores its validation images with the same TTA (oof_tta.csv).
-infer.json in the fold directory is the predictions' manifest: the checkpoint's digest, the run, the
+predictions.json in the fold directory is the predictions' manifest: the checkpoint's digest, the run, the
 eval crops and ids, the TTA; predictions are remade whenever any of them changes."""
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
 @stage
 def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
-    predictions do not match its current checkpoint, eval set and TTA (infer.json)."""
+    predictions do not match its current checkpoint, eval set and TTA (predictions.json)."""
     run = resolve_run(cfg.paths.resolved, cfg.experiment, cfg.run)
     for op in cfg.infer.tta:
         tta_view(torch.zeros(1, 3, 8, 8), op)
@@ -363,7 +363,7 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
     todo = folds or run.trained_folds()
     for i, fold in enumerate(todo):
         out = run.fold(fold)
-        manifest = prediction_manifest(inputs, run, out)  # a damaged best.pt matches no infer.json: the loader names it
+        manifest = prediction_manifest(inputs, run, out)  # a damaged best.pt matches no manifest: the loader names it
         if is_current(out.predictions_manifest, manifest):
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
