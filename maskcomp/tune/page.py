@@ -36,6 +36,8 @@ PLOTS = {
     "parallel": ("Parallel coordinates", optuna.visualization.matplotlib.plot_parallel_coordinate),
 }
 
+FIGURE_INCHES = {"parallel": (13, 6)}  # one axis per searched setting: they need the width to be read
+
 
 def trials_table(study: optuna.Study, job: TuneJob, out: Path) -> pd.DataFrame:
     """One row per trial (over-budget placeholders left out), best first, with a link to its run."""
@@ -76,7 +78,7 @@ def draw_plots(study: optuna.Study, out: Path) -> list[htmlpage.Section]:
                 warnings.simplefilter("ignore")
                 ax = plot(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(9, 5)
+            fig.set_size_inches(*FIGURE_INCHES.get(name, (9, 5)))
             fig.tight_layout()
             out.mkdir(parents=True, exist_ok=True)
             fig.savefig(out / f"{name}.png", dpi=110)
