@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class CropSummary:
     @property
     def sources(self) -> str:
         return "Sources: " + ", ".join(f"{k}: {v}" for k, v in self.summary["sources"].items())
+
+    @functools.cached_property
+    def far(self) -> pd.DataFrame:
+        """The detected boxes far from their person's other boxes (the gallery and the page's list)."""
+        return far_boxes(self.records)
 
 
 def summarise(cfg: Settings, records: pd.DataFrame, seconds: float) -> CropSummary:
@@ -108,7 +114,7 @@ def write_galleries(crops: CropSummary, out: Path) -> None:
         "random_crops": recs,
         "fallback_crops": recs[~recs["detected"]],
         "relaxed_crops": recs[recs["source"] == RELAXED],
-        "far_boxes": far_boxes(recs),
+        "far_boxes": crops.far,
     }
     for name, subset in galleries.items():
         (out / f"{name}.jpg").unlink(missing_ok=True)  # a gallery with nothing to show this time is not left stale
@@ -150,7 +156,7 @@ def write_page(crops: CropSummary, out: Path) -> Path:
             ],
         ),
     ]
-    far = far_boxes(crops.records)
+    far = crops.far
     if len(far):
         listed = far[["key", "source", "px"]].rename(columns={"px": "px from the person's median"}).head(50)
         note = (
