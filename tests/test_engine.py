@@ -49,4 +49,4 @@ def test_onnxruntime_predicts_what_torch_predicts_and_exports_once(tiny):
 def test_onnxruntime_on_a_gpu_run_is_one_line(tiny):
     _, cfg = tiny
     with pytest.raises(MaskcompError, match=r"^infer.engine=onnxruntime runs on the CPU, but the run predicts on cuda"):
-        engine_model(torch.nn.Identity(), None, "0" * 64, (48, 36), "onnxruntime", torch.device("cuda"))
+        engine_model(torch.nn.Identity(), None, None, (48, 36), "onnxruntime", torch.device("cuda"))

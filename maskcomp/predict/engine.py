@@ -14,6 +14,7 @@ import torch
 
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path
+from ..core.manifests import DigestCache
 from ..runs import FoldFiles
 
 ENGINES = ("torch", "onnxruntime")
@@ -58,9 +59,10 @@ def export_onnx(model: torch.nn.Module, size: tuple[int, int], path: Path) -> Pa
 
 
 def engine_model(
-    model: torch.nn.Module, files: FoldFiles, model_digest: str, size: tuple[int, int], engine: str, device
+    model: torch.nn.Module, files: FoldFiles, digests: DigestCache, size: tuple[int, int], engine: str, device
 ) -> torch.nn.Module | OnnxModel:
-    """`model` itself (engine torch), or its ONNX export (made once per checkpoint content) in onnxruntime."""
+    """`model` itself (engine torch), or its ONNX export (made once per checkpoint content, named by the digest the
+    process's cache knows) in onnxruntime."""
     if engine == "torch":
         return model
     if device.type != "cpu":
@@ -68,7 +70,7 @@ def engine_model(
             f"infer.engine={engine} runs on the CPU, but the run predicts on {device.type}; set infer.engine=torch "
             "(on a GPU torch is the fast engine) or train.device=cpu"
         )
-    path = files.onnx(model_digest)
+    path = files.onnx(digests.digest(files.best))
     if not path.exists():
         export_onnx(model, size, path)
     return OnnxModel(path, torch.get_num_threads())

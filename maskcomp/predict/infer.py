@@ -305,8 +305,7 @@ class FoldPrediction:
     def model(self, files: FoldFiles, what: str, run: RunRef) -> torch.nn.Module | OnnxModel:
         """The model of a fold (or refit) checkpoint, in the engine infer.engine names."""
         model = load_fold_model(files, what, self.device, self.inputs.cfg, run.config)
-        digest = digest_cache(self.inputs.cfg).digest(files.best)
-        return engine_model(model, files, digest, self.inputs.size, self.engine, self.device)
+        return engine_model(model, files, digest_cache(self.inputs.cfg), self.inputs.size, self.engine, self.device)
 
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
