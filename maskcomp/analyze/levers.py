@@ -5,15 +5,14 @@ it does not use yet, each with the number that motivates it. A lever the run alr
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..core import labels
 from ..core.settings import Settings, target_class
+from ..report import htmlpage
 
 # true-age bands of the age error table: the groups' inner ages and the years beside the 30 and 60 boundaries
 AGE_BANDS = ((0, 24), (25, 29), (30, 34), (35, 54), (55, 59), (60, 64), (65, 200))
@@ -111,29 +110,8 @@ def decision_steps(sidecar: dict) -> pd.DataFrame:
     return table
 
 
-def read_sidecar(submission: Path) -> dict:
-    path = submission.with_suffix(".json")
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def eval_score(submission: Path, answers: Path) -> float | None:
-    """The submission's macro F1 on eval answers (benchmark and generated data carry them), else None."""
-    if not (submission.exists() and answers.exists()):
-        return None
-    from ..core.metrics import macro_f1
-
-    sub = pd.read_csv(submission)
-    truth = pd.read_csv(answers).set_index("ImageID").reindex(sub["ImageID"])["ans"]
-    return None if truth.isna().any() else float(macro_f1(truth.to_numpy(), sub["ans"].to_numpy()))
-
-
 def levers_section(ev: Evidence, score_on_eval: float | None) -> list[str]:
     """The page's evidence and suggestions, as HTML blocks."""
-    from ..report import htmlpage
-
     table = age_errors_by_band(ev.oof, ev.pred)
     steps = decision_steps(ev.sidecar)
     cv = ev.sidecar.get("cv_macro_f1")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,14 @@ from ..core.fileio import write_csv, write_json
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
 from ..ensemble.names import groups_file, submission_file
+from ..ensemble.submission import eval_score, read_sidecar
 from ..predict.infer import run_config
 from ..report import htmlpage, plots
 from ..runs import RunRef, read_learning_rates, read_metrics, read_oof, resolve_run, run_info
 from ..train.track import log_analysis
 from . import noise
 from .attention import attention_report, attention_sections
-from .levers import Evidence, eval_score, levers_section, read_sidecar
+from .levers import Evidence, levers_section
 from .noise import NoiseSettings, held_for_review
 from .runs_index import PAGE_RUN, runs_index
 
@@ -451,15 +451,10 @@ def closing_summary(cfg: Settings, pages: list[Path]) -> str:
     submission = submission_file(cfg)
     lines = ["", "== summary"]
     if submission.exists():
-        side = json.loads(submission.with_suffix(".json").read_text())
-        lines.append(f"submission: {submission} (CV macro F1, nested: {side['cv_macro_f1']:.4f})")
-        if paths.eval_answers.exists():
-            sub = pd.read_csv(submission, dtype={"ImageID": str})
-            truth = pd.read_csv(paths.eval_answers, dtype={"ImageID": str}).set_index("ImageID")["ans"]
-            lines.append(
-                f"eval macro F1 against {paths.eval_answers.name}: "
-                f"{macro_f1(truth.loc[sub['ImageID']].to_numpy(), sub['ans'].to_numpy()):.4f}"
-            )
+        lines.append(f"submission: {submission} (CV macro F1, nested: {read_sidecar(submission)['cv_macro_f1']:.4f})")
+        score = eval_score(submission, paths.eval_answers)
+        if score is not None:
+            lines.append(f"eval macro F1 against {paths.eval_answers.name}: {score:.4f}")
     else:
         lines.append(f"submission: none yet at {submission} (run `make ensemble`)")
     lines += [f"report: {page}" for page in pages]

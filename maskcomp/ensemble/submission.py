@@ -17,6 +17,7 @@ from ..core import labels
 from ..core.config import Settings
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_pair, json_default, write_csv
+from ..core.metrics import macro_f1
 from ..runs import git_commit
 from .blend import Blend, Experiment
 from .decide import Decision
@@ -195,3 +196,22 @@ def append_index(index: Path, written: list[Path], sidecar: dict) -> None:
     )
     table = pd.concat([pd.read_csv(index, dtype=str), row.astype(str)], ignore_index=True) if index.exists() else row
     write_csv(table, index)
+
+
+def read_sidecar(submission: Path) -> dict:
+    """A submission's sidecar (<name>.json) as written, or {} where there is none or it cannot be read."""
+    path = submission.with_suffix(".json")
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def eval_score(submission: Path, answers: Path) -> float | None:
+    """The submission's macro F1 on eval answers (benchmark and generated data carry them); None without answers,
+    or when they do not cover the submission's images."""
+    if not (submission.exists() and answers.exists()):
+        return None
+    sub = pd.read_csv(submission, dtype={"ImageID": str})
+    truth = pd.read_csv(answers, dtype={"ImageID": str}).set_index("ImageID").reindex(sub["ImageID"])["ans"]
+    return None if truth.isna().any() else float(macro_f1(truth.to_numpy(), sub["ans"].to_numpy()))
