@@ -141,9 +141,9 @@ def test_decisions_are_saved_at_once_and_resumed(reviewed_run, browser):
     server.server_close()
 
 
-def test_many_candidates_progress_filters_jump_zoom_and_lazy_photos(reviewed_run, browser):
+def test_many_candidates_progress_filters_jump_zoom_lazy_photos_uncropped_undo_unsure_skip(reviewed_run, browser):
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     cfg, run, persons = reviewed_run
     server, url = serve(cfg)
@@ -172,5 +172,31 @@ def test_many_candidates_progress_filters_jump_zoom_and_lazy_photos(reviewed_run
     browser.find_element("css selector", "body").send_keys("a")
     wait_text(browser, "#progress", "2 / 3 decided")
     assert saved(run)[1]["person_id"].tolist() == [persons[0], persons[2]]
+
+    browser.find_element("css selector", "body").send_keys("p")  # the uncropped photos: hair and clothes
+    wait_photos = lambda b: all("/photo/" in i.get_attribute("src") for i in b.find_elements("css selector", "#c2 img"))  # noqa: E731
+    WebDriverWait(browser, 10).until(wait_photos)
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script("const i=document.querySelector('#c2 img');return i.complete&&i.naturalWidth")
+    )
+    size = browser.execute_script("const i=document.querySelector('#c2 img');return [i.naturalWidth,i.naturalHeight]")
+    assert size == [384, 512], "the whole photo, not the face crop"
+
+    browser.find_element("css selector", "body").send_keys("z")  # undo the accept of c2: undecided again
+    wait_text(browser, "#progress", "1 / 3 decided")
+    assert browser.find_element("css selector", "#c2 .state").text == ""
+    fixes, decisions = saved(run)
+    assert decisions["person_id"].tolist() == [persons[0]] and fixes["person_id"].tolist() == [persons[0]]
+
+    browser.find_element("css selector", "body").send_keys("u")  # unsure: remembered, fixes nothing, still open
+    wait_text(browser, "#progress", "1 / 3 decided, 1 unsure")
+    fixes, decisions = saved(run)
+    assert decisions["decision"].tolist() == ["accept", "unsure"] and fixes["person_id"].tolist() == [persons[0]]
+    visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
+    assert visible == ["c1", "c2"], "an unsure candidate stays among the undecided"
+    browser.find_element("id", "jump").send_keys(persons[1], Keys.ENTER)
+    browser.find_element("css selector", "body").send_keys("s")  # skip: on to the next without deciding
+    assert "sel" in browser.find_element("id", "c2").get_attribute("class")
+    assert len(saved(run)[1]) == 2
     server.shutdown()
     server.server_close()

@@ -1,5 +1,6 @@
 """make review: a local page over the ranked label-fix candidates of `make relabel`. Each person's 7 crops,
-current -> suggested label, the evidence and its confidence; accept, reject or edit (keys a, r, e; j/k move).
+current -> suggested label, the evidence and its confidence; accept, reject, edit or mark unsure (keys a, r, e, u;
+z undoes a card's decision; j/k or s move on; p shows the uncropped photos: gender often rests on hair and clothes).
 Every decision is saved at once (atomic writes) to models/<exp>/<run-id>/label_fixes_reviewed.csv (the accepted and
 edited fixes, in the label-fixes format) and review_decisions.csv (every decision: a restart resumes from it).
 The server is the standard library's, bound to 127.0.0.1."""
@@ -30,9 +31,11 @@ from ..runs import RunRef, resolve_run
 
 log = logging.getLogger(__name__)
 
-DECISIONS = ("accept", "reject", "edit")
+DECISIONS = ("accept", "reject", "edit", "unsure")  # unsure: looked at, left for later, fixes nothing
 DECISION_COLUMNS = ["person_id", "fix", "decision", "value", "decided"]
 MAX_AGE = 120
+IMAGE_ROUTES = {"crop": "crops", "photo": "photos"}  # /crop/<person>/<i>, /photo/<person>/<i>
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_BODY = 64 * 1024  # a decision is a few dozen bytes: a request body is never read past this
 
 
@@ -45,6 +48,7 @@ class Review:
     crops: dict[str, list[str]]  # person -> crop files in IMAGE_STEMS order
     decisions: pd.DataFrame
     label_fixes: list[str] = field(default_factory=list)  # the fixes the run was trained with (data.label_fixes)
+    photos: dict[str, list[str]] = field(default_factory=dict)  # person -> the uncropped images, same order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -59,13 +63,23 @@ class Review:
         if decision not in DECISIONS:
             raise MaskcompError(f"decision '{decision}' is unknown; use {', '.join(DECISIONS)}")
         chosen = row["value"] if decision == "accept" else checked_value(fix, value) if decision == "edit" else ""
+        new = {"person_id": person, "fix": fix, "decision": decision, "value": chosen, "decided": _now()}
+        self._save(person, fix, pd.DataFrame([new]))
+        return new
+
+    def undo(self, person: str, fix: str) -> dict:
+        """Forget a candidate's decision: it is undecided again (and out of the reviewed fixes)."""
+        self.candidate(person, fix)
+        self._save(person, fix, pd.DataFrame(columns=DECISION_COLUMNS))
+        return {"person_id": person, "fix": fix, "decision": "", "value": ""}
+
+    def _save(self, person: str, fix: str, new: pd.DataFrame) -> None:
+        """Replace the candidate's decision rows with `new` and write both files."""
         with self.lock:
             kept = self.decisions[~((self.decisions["person_id"] == person) & (self.decisions["fix"] == fix))]
-            new = {"person_id": person, "fix": fix, "decision": decision, "value": chosen, "decided": _now()}
-            self.decisions = pd.concat([kept, pd.DataFrame([new])], ignore_index=True)
+            self.decisions = pd.concat([kept, new], ignore_index=True) if len(new) else kept.reset_index(drop=True)
             write_csv(self.decisions, self.run.review_decisions)
             write_csv(self.fixes(), self.run.reviewed_fixes)
-        return new
 
     def candidate(self, person: str, fix: str) -> pd.Series:
         found = self.candidates[(self.candidates["person_id"] == person) & (self.candidates["fix"] == fix)]
@@ -116,18 +130,20 @@ def load_review(cfg: Settings) -> Review:
         if run.review_decisions.exists()
         else pd.DataFrame(columns=DECISION_COLUMNS)
     )
-    crops = person_crops(cfg, set(candidates["person_id"]))
-    return Review(run, candidates, crops, decisions, list(cfg.data.label_fixes))
+    crops = person_images(cfg, set(candidates["person_id"]), "crop_path")
+    photos = person_images(cfg, set(candidates["person_id"]), "image_path")
+    return Review(run, candidates, crops, decisions, list(cfg.data.label_fixes), photos=photos)
 
 
-def person_crops(cfg: Settings, persons: set[str]) -> dict[str, list[str]]:
+def person_images(cfg: Settings, persons: set[str], column: str) -> dict[str, list[str]]:
+    """Each person's crops (column crop_path) or uncropped images (image_path), in IMAGE_STEMS order."""
     records = crop_dir(cfg) / "records.csv"
     if not records.exists():
         raise MaskcompError(f"{records}: no crop records; run `make crop` first")
     df = pd.read_csv(records, dtype={"person_id": str}, keep_default_na=False)
     df = df[(df["split"] == "train") & df["person_id"].isin(persons)]
     df = df.assign(order=[labels.IMAGE_STEMS.index(Path(k).stem) for k in df["key"]]).sort_values("order")
-    return {p: rows["crop_path"].tolist() for p, rows in df.groupby("person_id")}
+    return {p: rows[column].tolist() for p, rows in df.groupby("person_id")}
 
 
 PAGE_STYLE = (
@@ -145,15 +161,15 @@ PAGE_STYLE = (
 
 SCRIPT = """
 const cards=[...document.querySelectorAll('.card')];let sel=0;
+const FINAL=['accept','reject','edit'];const final=c=>FINAL.includes(c.dataset.decision);
 const shown=k=>!cards[k].classList.contains('hidden');
 function pick(i){if(!cards.length)return;sel=Math.max(0,Math.min(cards.length-1,i));
  cards.forEach((c,k)=>c.classList.toggle('sel',k===sel));cards[sel].scrollIntoView({block:'center'});}
 function step(d){let k=sel+d;while(k>=0&&k<cards.length&&!shown(k))k+=d;if(k>=0&&k<cards.length)pick(k);}
-function progress(){const done=cards.filter(c=>c.querySelector('.state').textContent).length;
- document.getElementById('progress').textContent=done+' / '+cards.length+' decided';}
+function progress(){const done=cards.filter(final).length,unsure=cards.filter(c=>c.dataset.decision==='unsure').length;
+ document.getElementById('progress').textContent=done+' / '+cards.length+' decided'+(unsure?', '+unsure+' unsure':'');}
 function filter(){const kind=document.getElementById('kind').value,open=document.getElementById('open').checked;
- cards.forEach(c=>c.classList.toggle('hidden',(kind&&c.dataset.fix!==kind)||
-  (open&&c.querySelector('.state').textContent!=='')));if(!shown(sel))step(1);}
+ cards.forEach(c=>c.classList.toggle('hidden',(kind&&c.dataset.fix!==kind)||(open&&final(c))));if(!shown(sel))step(1);}
 document.getElementById('kind').addEventListener('change',filter);
 document.getElementById('open').addEventListener('change',filter);
 document.getElementById('jump').addEventListener('keydown',e=>{if(e.key!=='Enter')return;e.preventDefault();
@@ -162,24 +178,32 @@ document.getElementById('jump').addEventListener('keydown',e=>{if(e.key!=='Enter
  if(k>=0){cards[k].classList.remove('hidden');pick(k);}});
 document.querySelectorAll('.crops img').forEach(i=>i.addEventListener('click',e=>{e.stopPropagation();
  i.classList.toggle('zoom');}));
-function show(card,d){card.classList.remove('accept','reject','edit');card.classList.add(d.decision);
- card.querySelector('.state').textContent='saved: '+d.decision+(d.value?' -> '+d.value:'');progress();}
-async function decide(card,decision){const value=card.querySelector('input').value;
- const r=await fetch('/api/decide',{method:'POST',headers:{'Content-Type':'application/json'},
+function photos(card){const on=!card.classList.contains('uncropped');card.classList.toggle('uncropped',on);
+ card.querySelectorAll('.crops img').forEach(i=>{i.src=on?i.dataset.photo:i.dataset.crop;});}
+function show(card,d){card.classList.remove(...FINAL,'unsure');if(d.decision)card.classList.add(d.decision);
+ card.dataset.decision=d.decision;
+ card.querySelector('.state').textContent=d.decision?'saved: '+d.decision+(d.value?' -> '+d.value:''):'';progress();}
+async function send(card,path,decision){const value=card.querySelector('input').value;
+ const r=await fetch(path,{method:'POST',headers:{'Content-Type':'application/json'},
   body:JSON.stringify({person_id:card.dataset.person,fix:card.dataset.fix,decision:decision,value:value})});
  const d=await r.json();const msg=document.getElementById('msg');
- if(!r.ok){msg.className='err';msg.textContent=d.error;return;}
- msg.className='';msg.textContent='saved '+d.person_id+' '+d.fix+': '+d.decision;show(card,d);
- const next=cards.findIndex((c,k)=>k>sel&&!c.querySelector('.state').textContent);pick(next<0?sel:next);}
+ if(!r.ok){msg.className='err';msg.textContent=d.error;return null;}
+ msg.className='';msg.textContent=d.decision?'saved '+d.person_id+' '+d.fix+': '+d.decision:
+  'undone '+d.person_id+' '+d.fix+': undecided again';show(card,d);return d;}
+async function decide(card,decision){if(!await send(card,'/api/decide',decision))return;
+ const next=cards.findIndex((c,k)=>k>sel&&!c.dataset.decision);pick(next<0?sel:next);}
 cards.forEach((c,k)=>{c.addEventListener('click',()=>pick(k));
- c.querySelectorAll('button').forEach(b=>b.addEventListener('click',e=>{e.stopPropagation();pick(k);
+ c.querySelectorAll('button[data-decision]').forEach(b=>b.addEventListener('click',e=>{e.stopPropagation();pick(k);
   decide(c,b.dataset.decision);}));
+ c.querySelector('button.undo').addEventListener('click',e=>{e.stopPropagation();pick(k);send(c,'/api/undo','');});
+ c.querySelector('button.photos').addEventListener('click',e=>{e.stopPropagation();pick(k);photos(c);});
  c.querySelector('input').addEventListener('keydown',e=>{if(e.key==='Enter'){e.preventDefault();decide(c,'edit');
   e.target.blur();}});});
+const KEYS={j:()=>step(1),s:()=>step(1),k:()=>step(-1),a:c=>decide(c,'accept'),r:c=>decide(c,'reject'),
+ u:c=>decide(c,'unsure'),z:c=>send(c,'/api/undo',''),p:c=>photos(c)};
 document.addEventListener('keydown',e=>{if(['INPUT','SELECT'].includes(e.target.tagName))return;const c=cards[sel];
- if(e.key==='j')step(1);else if(e.key==='k')step(-1);else if(e.key==='a')decide(c,'accept');
- else if(e.key==='r')decide(c,'reject');else if(e.key==='e'){e.preventDefault();c.querySelector('input').focus();}});
-const firstOpen=cards.findIndex(c=>!c.querySelector('.state').textContent);pick(firstOpen<0?0:firstOpen);progress();
+ if(KEYS[e.key])KEYS[e.key](c);else if(e.key==='e'){e.preventDefault();c.querySelector('input').focus();}});
+const firstOpen=cards.findIndex(c=>!c.dataset.decision);pick(firstOpen<0?0:firstOpen);progress();
 """
 
 
@@ -207,20 +231,22 @@ def card(review: Review, row, index: int) -> str:
     decision, state = _saved(review, row.person_id, row.fix)
     person = html.escape(row.person_id)
     crops = "".join(
-        f"<figure><img src='/crop/{person}/{i}' loading='lazy' alt='{labels.IMAGE_STEMS[i]}'>"
-        f"<figcaption>{labels.IMAGE_STEMS[i]}</figcaption></figure>"
+        f"<figure><img src='/crop/{person}/{i}' data-crop='/crop/{person}/{i}' data-photo='/photo/{person}/{i}' "
+        f"loading='lazy' alt='{labels.IMAGE_STEMS[i]}'><figcaption>{labels.IMAGE_STEMS[i]}</figcaption></figure>"
         for i in range(len(review.crops.get(row.person_id, [])))
     )  # loaded as they scroll into view: hundreds of candidates are thousands of crops
     flags = (" · automatic" if row.auto == "True" else "") + (
         " · systematic (the model's failure, not the label's)" if row.systematic == "True" else ""
     )
     return (
-        f"<div class='card {decision}' id='c{index}' data-person='{person}' data-fix='{html.escape(row.fix)}'>"
+        f"<div class='card {decision}' id='c{index}' data-person='{person}' data-fix='{html.escape(row.fix)}' "
+        f"data-decision='{decision}'>"
         f"<div class='fix'>#{index + 1} person {person}: {html.escape(row.fix)} {html.escape(row.current)} &rarr; "
         f"{html.escape(row.suggested)}</div><div class='meta'>confidence {float(row.confidence or 0):.2f}{flags} · "
         f"{html.escape(row.note)}</div><div class='crops'>{crops}</div>"
         "<button data-decision='accept'>accept (a)</button><button data-decision='reject'>reject (r)</button>"
-        f"{_editor(row)} <span class='state'>{html.escape(state)}</span></div>"
+        f"{_editor(row)} <button data-decision='unsure'>unsure (u)</button><button class='undo'>undo (z)</button>"
+        f"<button class='photos'>uncropped photos (p)</button> <span class='state'>{html.escape(state)}</span></div>"
     )
 
 
@@ -241,7 +267,9 @@ def render(review: Review) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Review: {html.escape(review.run.label)}</title>"
         f"<style>{PAGE_STYLE}</style></head><body><h1>Label review: run {html.escape(review.run.label)}</h1>"
         f"<p class='meta'>{len(review.candidates)} candidates, most likely first. Keys: <kbd>j</kbd>/<kbd>k</kbd> "
-        "next/previous, <kbd>a</kbd> accept, <kbd>r</kbd> reject, <kbd>e</kbd> edit the value (Enter saves). Every "
+        "next/previous (<kbd>s</kbd> skips), <kbd>a</kbd> accept, <kbd>r</kbd> reject, <kbd>e</kbd> edit the value "
+        "(Enter saves), <kbd>u</kbd> unsure (kept for later, fixes nothing), <kbd>z</kbd> undo, <kbd>p</kbd> the "
+        "uncropped photos (gender often rests on hair and clothes). Every "
         f"decision is saved at once to <code>{html.escape(str(review.run.reviewed_fixes))}</code>. Then retrain with "
         f"<code>{html.escape(review.retrain)}</code></p>{toolbar(review)}{cards}<script>{SCRIPT}</script>"
         "</body></html>"
@@ -270,14 +298,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/decisions":
             return self._json(HTTPStatus.OK, {"decisions": self.review.decisions.to_dict("records")})
         parts = self.path.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "crop" and re.fullmatch(r"[0-9]{1,6}", parts[2]):
-            files = self.review.crops.get(parts[1], [])
+        if len(parts) == 3 and parts[0] in IMAGE_ROUTES and re.fullmatch(r"[0-9]{1,6}", parts[2]):
+            files = getattr(self.review, IMAGE_ROUTES[parts[0]]).get(parts[1], [])
             if int(parts[2]) < len(files) and Path(files[int(parts[2])]).is_file():
-                return self._send(HTTPStatus.OK, Path(files[int(parts[2])]).read_bytes(), "image/jpeg")
+                file = Path(files[int(parts[2])])
+                return self._send(HTTPStatus.OK, file.read_bytes(), IMAGE_TYPES.get(file.suffix.lower(), "image/jpeg"))
         self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
 
     def do_POST(self) -> None:
-        if self.path != "/api/decide":
+        if self.path not in ("/api/decide", "/api/undo"):
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
         length = (self.headers.get("Content-Length") or "0").strip()
         if not re.fullmatch(r"[0-9]{1,12}", length) or int(length) > MAX_BODY:
@@ -286,10 +315,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {length[:40]!r}: expected {want}"})
         try:
             body = json.loads(self.rfile.read(int(length)) or b"{}")
-            saved = self.review.decide(
-                str(body.get("person_id", "")), str(body.get("fix", "")), str(body.get("decision", "")),
-                body.get("value"),
-            )  # fmt: skip
+            person, fix = str(body.get("person_id", "")), str(body.get("fix", ""))
+            saved = (
+                self.review.undo(person, fix)
+                if self.path == "/api/undo"
+                else self.review.decide(person, fix, str(body.get("decision", "")), body.get("value"))
+            )
         except (MaskcompError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         self._json(HTTPStatus.OK, saved)
