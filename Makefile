@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune refit bench bench-tune bench-refit bench-noise bench-quality bench-scale bench-upstream gpu-check clean clean-everything
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune tune-dashboard refit bench bench-tune bench-refit bench-noise bench-quality bench-scale bench-upstream gpu-check clean clean-everything
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -101,6 +101,11 @@ review: setup
 TUNE ?= configs/tune/sample.yaml
 tune: setup
 	$(PY) tune.py --config "$(TUNE)" "paths.data_root=$(DATA)" $(ARGS)
+
+# optuna-dashboard on the same study's storage, on 127.0.0.1 (PORT=8080; a free port when not given): live trials,
+# intermediate values fold by fold, importances, while workers run
+tune-dashboard: setup
+	$(PY) tune_dashboard.py --config "$(TUNE)" "paths.data_root=$(DATA)" --port $(PORT) $(ARGS)
 
 bench: setup
 	$(PY) bench/run.py $(ARGS)

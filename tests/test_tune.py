@@ -90,6 +90,7 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     assert "history.png" in text and "intermediate.png" in text
     assert f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
     assert "From 4 finished trial(s): with fewer than 20, importances are noise as often as signal" in text
+    assert f"make tune-dashboard TUNE={search} DATA={sample_root}" in text
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"
     cfg = load_config(best_file, [o for o in overrides if o.startswith("paths.")])
@@ -242,3 +243,46 @@ def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypa
         1,
     )
     assert calls == [(0.003, [0]), (0.003, [1]), (0.001, [0])]
+
+
+def test_the_dashboard_shows_a_live_study_in_chromium_and_refuses_a_missing_one(tiny_root, tmp_path, browser):
+    """make tune-dashboard: optuna-dashboard over the study's own SQLite file on 127.0.0.1; a trial added while the
+    page is open appears; a study not started yet is one line naming the command that starts it."""
+    import threading
+
+    import requests
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from maskcomp.tune.dashboard import dashboard_server
+
+    cfg = config_for(tiny_root, tmp_path)
+    with pytest.raises(MaskcompError, match=r"no study 'sample' in sqlite:.*make tune TUNE=configs/tune/sample.yaml"):
+        dashboard_server(cfg, "configs/tune/sample.yaml")
+    assert not list((tmp_path / "models").rglob("*.db")), "a refused dashboard creates no empty study"
+
+    study = optuna.create_study(
+        study_name="sample", storage=TuneJob.from_config(cfg, "configs/tune/sample.yaml").storage
+    )
+    study.enqueue_trial({"train.lr": 0.001})
+    study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 100, n_trials=2)
+    server = dashboard_server(cfg, "configs/tune/sample.yaml")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    try:
+        assert host == "127.0.0.1"
+        studies = requests.get(f"http://{host}:{port}/api/studies", timeout=10).json()["study_summaries"]
+        assert [(s["study_name"], s["directions"]) for s in studies] == [("sample", ["minimize"])]
+        url, body = f"http://{host}:{port}/", lambda b: b.find_element("tag name", "body").text
+        browser.set_window_size(1400, 1000)
+        browser.get(url + "dashboard")
+        WebDriverWait(browser, 30).until(lambda b: "sample" in body(b) and "MINIMIZE" in body(b))
+        browser.get(url + f"dashboard/studies/{studies[0]['study_id']}")
+        WebDriverWait(browser, 30).until(lambda b: "train.lr" in body(b) and "Hyperparameter Importance" in body(b))
+        study.optimize(lambda t: 42.0 + t.suggest_float("train.lr", 1e-4, 1e-2, log=True), n_trials=1)
+        api = url + f"api/studies/{studies[0]['study_id']}?after=0"
+        served = lambda _: requests.get(api, timeout=10).json()["trials"]  # noqa: E731
+        trials = WebDriverWait(browser, 30, 1).until(lambda b: len(served(b)) == 3 and served(b))  # a cache of seconds
+        assert trials[-1]["values"][0] > 42, "a trial finished while the page is open is served"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -43,6 +43,8 @@ STAGES = (
           ("refit", "train")),
     Stage("tune", "tune.py", "maskcomp.tune.study:optimise", "a search file (tune.space)",
           "models/tune/<study>.db, reports/tune/<study>/, configs/tune/<study>_best.yaml", ("tune",)),
+    Stage("tune-dashboard", "tune_dashboard.py", "maskcomp.tune.dashboard:dashboard_server",
+          "a study's storage (models/tune/<study>.db or TUNE_STORAGE)", "nothing: a live page on 127.0.0.1", ("tune",)),
     Stage("gpu-check", "gpu_check.py", "maskcomp.gpucheck:run_check", "a tiny generated dataset",
           "a table of every CUDA path (nothing kept)", ()),
     Stage("clean", "-m maskcomp.clean", "maskcomp.clean:clean", "the config's paths",

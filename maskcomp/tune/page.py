@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 
@@ -97,6 +98,12 @@ def train_command(best: Path) -> str:
     return make_command("train", config=str(best), keep_args=False)
 
 
+def dashboard_command(job: TuneJob) -> str:
+    """The make line that opens this study in optuna-dashboard (with the data folder the search used)."""
+    data = job.cfg.paths.data_root
+    return f"make tune-dashboard TUNE={shlex.quote(str(job.tune_file))} DATA={shlex.quote(str(data))}"
+
+
 def write_study_page(study: optuna.Study, job: TuneJob, best: Path | None = None) -> Path:
     out = job.cfg.paths.resolved.reports / "tune" / job.study
     table = trials_table(study, job, out)
@@ -108,6 +115,8 @@ def write_study_page(study: optuna.Study, job: TuneJob, best: Path | None = None
         "Value: the CV macro F1 the submission would report (nested decision on the run's OOF); fold mean: the "
         "running mean of the folds' best macro F1, what the pruner compares.",
     ]
+    meta.append(f"Live view while workers run: <code>{html.escape(dashboard_command(job))}</code> (optuna-dashboard "
+                "on this study's storage, 127.0.0.1)")  # fmt: skip
     if best is not None:
         meta.append(f"Best config: <code>{best}</code>; train it with <code>{html.escape(train_command(best))}</code>")
     sections = [htmlpage.Section("Trials", [htmlpage.table(table, escape=False)]), *draw_plots(study, out)]
