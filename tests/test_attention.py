@@ -151,3 +151,44 @@ def test_an_errors_nearest_training_image_is_found_by_the_fold_models_features()
     assert error["crop_path"] == "0" and pred == 0
     assert near[0][0]["crop_path"] == "11" and near[0][1] == pytest.approx(1.0)
     assert all(other["fold"] == 1 for other, _ in near), "neighbours come from the fold's training images"
+
+
+def test_the_interactive_map_names_the_point_under_the_pointer(tmp_path, browser):
+    """Each point of the plotly map carries its person, image and labels; hovering it in Chromium shows its crop."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from maskcomp.analyze.embedding import interactive_maps
+
+    images = torch.randn(12, 3, 8, 6)
+    rows = pd.DataFrame({"fold": [0] * 6 + [1] * 6, "label": [17] + [0] * 11, "crop_path": [str(i) for i in range(12)],
+                         "person_id": [f"p{i:03d}" for i in range(12)], "age": [61] + [20] * 11,
+                         "image_path": [f"/d/p{i:03d}/mask1.jpg" for i in range(12)]})  # fmt: skip
+
+    class Fixed(attention.Inputs):
+        def batch(self, crop_paths):
+            return images[[int(p) for p in crop_paths]]
+
+        def rgb(self, crop_path):
+            return np.full((8, 6, 3), 0.5, np.float32)
+
+    from maskcomp.analyze.embedding import fold_view
+
+    src = attention.Sources(None, {0: Flat(3 * 8 * 6)}, rows, Fixed((8, 6), (0, 0, 0), (1, 1, 1)))
+    views = {0: fold_view(src, 0, rows[rows["fold"] == 0], load_config(None, []).attention)}
+    page = interactive_maps(src, views, tmp_path / "embedding.html")
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000, "plotly.js beside the page: it opens offline"
+    text = page.read_text()
+    assert '"p000"' in text and '"mask1.jpg"' in text and "jpeg;base64," in text
+
+    browser.set_window_size(1400, 700)
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 20).until(lambda b: b.find_elements("css selector", ".scatterlayer .point"))
+    hovered = browser.find_element("id", "hovered")
+    assert hovered.text == "hover a point"
+    for point in browser.find_elements("css selector", ".scatterlayer .point"):  # until the one >=60 person's point
+        ActionChains(browser).move_to_element(point).perform()
+        if "p000" in hovered.text:
+            break
+    assert hovered.text == "p000 / mask1.jpg: true 17 N/F/60+, predicted 0 W/M/<30, age 61"
+    assert hovered.find_element("tag name", "img").get_attribute("src").startswith("data:image/jpeg;base64,")

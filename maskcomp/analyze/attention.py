@@ -411,12 +411,26 @@ def embedding_section(view: dict | None) -> htmlpage.Section:
             f"<p>Each fold model's penultimate features of {view['images']} OOF images it held out (t-SNE). An error "
             "inside another class's cloud is a look-alike; one among its own label's images whose nearest training "
             "images carry the predicted label may be a label problem.</p>",
+            *interactive_link(view),
             htmlpage.image("attention/embedding.png", "t-SNE of OOF features per fold, coloured by each head"),
             htmlpage.image("attention/neighbours.png", "errors and their nearest training images")
             if view["neighbours"]
             else "<p>No error in the sample.</p>",
         ],
     )
+
+
+def interactive_link(view: dict) -> list[str]:
+    """The interactive map (plotly): which image a point is, on hover."""
+    if not view.get("interactive"):
+        return []
+    target = f"attention/{view['interactive']}"
+    return [
+        f"<p><a href='{target}'>Open the interactive map</a>: hover a point to see its crop, person, image and "
+        "labels; click a legend entry to hide a class; drag to zoom.</p>",
+        f"<iframe src='{target}' title='interactive embedding map' style='width:100%;height:"
+        f"{440 * len(view['folds']) + 80}px;border:1px solid #ddd'></iframe>",
+    ]
 
 
 def _mean(values: pd.Series) -> float | None:
