@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from maskcomp.analyze import attention
-from maskcomp.analyze.attention import attention_report, attention_sections, face_box_in_input, face_share, greyed
+from maskcomp.analyze.attention import attention_report, attention_sections, face_share, greyed
 from maskcomp.core import labels
 from maskcomp.core.config import load_config
+from maskcomp.crop.boxes import face_box_in_input
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.predict.infer import infer

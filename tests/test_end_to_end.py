@@ -214,7 +214,7 @@ def test_browser_check_sees_an_image_that_does_not_decode(tmp_path):
     assert images_broken_in_browser(page, exe) == ["bad.png"]
 
 
-def test_two_experiments_with_fitted_weights_and_head_biases(pipeline):
+def test_two_experiments_with_fitted_weights_and_head_biases_and_one_model_per_head(pipeline):
     cfg, root, single, _ = pipeline
     other = updated(cfg, {"experiment": "sample_b", "seed": 7, "train.epochs": 3})
     train(other)
@@ -239,6 +239,13 @@ def test_two_experiments_with_fitted_weights_and_head_biases(pipeline):
     assert np.allclose(biases, additive, atol=3e-3), "head biases must add up per head, not vary per class"
     info = pd.read_csv(root / "eval" / "info.csv")
     assert pd.read_csv(sub)["ImageID"].tolist() == info["ImageID"].tolist()
+
+    per_head = ensemble(updated(cfg, {"ensemble.heads": {"mask": "sample", "gender": "sample_b", "age": "sample"}}))
+    side = json.loads(per_head.with_suffix(".json").read_text())
+    assert per_head.name == "mask-sample+gender-sample_b+age-sample.csv"
+    runs = dict(zip(side["experiments"], side["summary"]["runs"]))
+    assert side["heads"] == {"mask": runs["sample"], "gender": runs["sample_b"], "age": runs["sample"]}
+    assert side["weights"] == [1.0] and pd.read_csv(per_head)["ImageID"].tolist() == info["ImageID"].tolist()
 
 
 def test_missing_checkpoint_is_one_line(pipeline):

@@ -6,6 +6,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
+from maskcomp.core import labels
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.metrics import bootstrap_macro_f1, macro_f1, scores
 from maskcomp.core.settings import EnsembleSettings
@@ -192,3 +193,43 @@ def test_one_fold_gets_no_unmeasured_biases():
         forced = decide(logp, y, np.zeros(len(y), int), EnsembleSettings(tune_biases=True, bias_rounds=1))
     assert not auto.biases.any() and auto.nested is None and auto.cv_f1 == auto.before["f1"]
     assert forced.biases.any() and forced.nested is None and forced.cv_f1 == forced.before["f1"] < forced.after_f1
+
+
+def test_each_head_comes_from_the_experiment_named_for_it():
+    """ensemble.heads: class (m, g, a) of the composed prediction is P_a(mask=m) * P_b(gender=g) * P_a(age=a), each
+    head's marginal summed by hand from its own experiment's 18 probabilities, on OOF and eval alike."""
+    from maskcomp.ensemble.blend import Experiment, compose_heads
+
+    rng = np.random.default_rng(0)
+
+    def experiment(n_oof=6, n_test=4):
+        oof, test = rng.dirichlet(np.ones(18), n_oof), rng.dirichlet(np.ones(18), n_test)
+        frame = pd.DataFrame(oof, columns=labels.PROB_COLUMNS).assign(label=0, fold=[0, 1] * (n_oof // 2))
+        return Experiment(frame, test, None, [f"e{i}" for i in range(n_test)], None)
+
+    a, b = experiment(), experiment()
+    composed = compose_heads({"mask": "a", "gender": "b", "age": "a"}, {"a": a, "b": b})
+
+    def by_hand(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(pa)
+        for c in range(18):
+            m, g, age = c // 6, (c // 3) % 2, c % 3
+            mask_p = sum(pa[:, k] for k in range(18) if k // 6 == m)
+            gender_p = sum(pb[:, k] for k in range(18) if (k // 3) % 2 == g)
+            age_p = sum(pa[:, k] for k in range(18) if k % 3 == age)
+            out[:, c] = mask_p * gender_p * age_p
+        return out
+
+    oof_a, oof_b = a.oof[labels.PROB_COLUMNS].to_numpy(), b.oof[labels.PROB_COLUMNS].to_numpy()
+    assert np.allclose(composed.oof[labels.PROB_COLUMNS].to_numpy(), by_hand(oof_a, oof_b))
+    assert np.allclose(composed.test_probs, by_hand(a.test_probs, b.test_probs))
+    assert np.allclose(composed.test_probs.sum(1), 1) and composed.ids == a.ids
+    assert composed.oof["fold"].tolist() == a.oof["fold"].tolist(), "folds and labels kept for the decision steps"
+    assert not np.allclose(composed.test_probs, a.test_probs), "the gender head really came from b"
+
+
+def test_ensemble_heads_names_every_head_once():
+    from maskcomp.core.config import load_config
+
+    with pytest.raises(MaskcompError, match=r"ensemble.heads=\{'mask': 'a'\}: expected an experiment for each of mask"):
+        load_config(None, ["ensemble.heads={mask: a}"])

@@ -14,8 +14,10 @@ from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import load_folds, make_folds
 from maskcomp.data.tables import load_train
 from maskcomp.runs import open_run
-from maskcomp.train import batchsize
+from maskcomp.train import augment, batchsize
 from maskcomp.train.batchsize import largest_fitting
+from maskcomp.train.dataset import build_cache
+from maskcomp.train.models import normalisation
 from maskcomp.train.trainer import FoldTrainer, run_manifest, train
 
 from conftest import TINY_TRAIN, config_for, fold_dir
@@ -247,3 +249,45 @@ def test_accumulate_steps_the_optimiser_once_per_k_batches(tiny_root, tmp_path):
     trainer._train_epoch(0)
     assert steps > 3 and len(calls) == -(-steps // 3) == trainer.updates_per_epoch
     assert all(p.grad is None for p in trainer.model.parameters()), "no gradient left over into the next epoch"
+
+
+def test_background_suppression_replaces_what_lies_outside_the_face_box_in_the_training_loader(tiny_root, tmp_path):
+    """augment.background=1 (grey, no jitter): every training image the loader yields is grey outside its record's
+    face box and the cached crop inside it; validation images are left whole."""
+    cfg = _cfg(tiny_root, tmp_path, "crop.mode=mtcnn", "augment.background=1.0", "augment.background_jitter=0",
+               "augment.hflip=0", "augment.color_jitter=0", "augment.shift_scale_rotate=0")  # fmt: skip
+    trainer = _trainer(cfg)
+    dataset, cache = trainer.train_loader.dataset, build_cache(cfg, tuple(cfg.train.img_size))
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalisation(cfg.model.backbone))
+    grey = (augment.GREY / 255 - mean) / std
+    checked = 0
+    for index, row in enumerate(cache.rows(trainer.train_df["image_path"])):
+        x1, y1, x2, y2 = cache.faces[row]
+        if (x2 - x1) * (y2 - y1) >= 0.9 * np.prod(cfg.train.img_size):
+            continue  # a face box as large as the crop leaves no background
+        image, _, _ = dataset[(index, 1234)]
+        crop = (torch.from_numpy(np.asarray(cache.array[row])).permute(2, 0, 1) / 255 - mean) / std
+        outside = torch.ones(image.shape[1:], dtype=torch.bool)
+        outside[y1:y2, x1:x2] = False
+        assert torch.allclose(image[:, outside], grey.expand_as(image)[:, outside], atol=1e-5)
+        assert torch.allclose(image[:, ~outside], crop[:, ~outside], atol=1e-5), "the face is untouched"
+        checked += 1
+    assert checked >= 10
+    assert trainer.val_loader.dataset.background is None
+
+
+@pytest.mark.parametrize("fill", ["grey", "blur", "noise"])
+def test_a_suppressed_background_changes_outside_only_and_repeats_with_the_seed(fill):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    box = np.array([8, 10, 22, 30])
+    out = augment.suppress_background(image, box, fill, np.random.default_rng(1))
+    assert np.array_equal(out[10:30, 8:22], image[10:30, 8:22])
+    outside = np.ones((40, 30), dtype=bool)
+    outside[10:30, 8:22] = False
+    assert (out[outside] != image[outside]).mean() > 0.5
+    step = augment.BackgroundSuppression(1.0, fill, 0.2)
+    first, again = step(image, box, 7), step(image, box, 7)
+    assert np.array_equal(first, again), "the sample's seed decides the draw: a resumed run sees the same images"
+    assert not np.array_equal(first, step(image, box, 8)), "another seed jitters the box elsewhere"
+    assert np.array_equal(augment.BackgroundSuppression(0.0, fill, 0.2)(image, box, 7), image)

@@ -33,7 +33,8 @@ from ..core.fileio import write_json
 from ..core.manifests import Manifest, digest_of, file_digest, is_current, read_manifest, write_manifest
 from ..core.metrics import f1_per_class, macro_f1
 from ..core.settings import AttentionSettings
-from ..crop.stage import FACE_COLUMNS, crop_dir
+from ..crop.boxes import FACE_COLUMNS, face_box_in_input
+from ..crop.stage import crop_dir
 from ..predict.infer import load_fold_model, run_config
 from ..report import htmlpage, plots
 from ..runs import RunRef
@@ -112,16 +113,6 @@ def cams(model: torch.nn.Module, head: str, batch: torch.Tensor, classes: list[i
     layer, reshape = target_layer(model)
     with GradCAM(HeadScores(model, head), [layer], reshape_transform=reshape) as cam:
         return cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-
-
-def face_box_in_input(record: pd.Series, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The face box (image pixels) in the model input's pixels (the crop box resized to `size` = (H, W))."""
-    height, width = size
-    cx1, cy1, cx2, cy2 = (float(record[k]) for k in ("x1", "y1", "x2", "y2"))
-    fx1, fy1, fx2, fy2 = (float(record[k]) for k in FACE_COLUMNS)
-    sx, sy = width / max(cx2 - cx1, 1), height / max(cy2 - cy1, 1)
-    box = [(fx1 - cx1) * sx, (fy1 - cy1) * sy, (fx2 - cx1) * sx, (fy2 - cy1) * sy]
-    return tuple(int(round(np.clip(v, 0, lim))) for v, lim in zip(box, (width, height, width, height)))
 
 
 def face_share(cam: np.ndarray, box: tuple[int, int, int, int]) -> float:

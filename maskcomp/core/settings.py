@@ -273,6 +273,20 @@ class AugmentSettings(Section):
         0.0, "probability of label-preserving left/right half CutMix per sample", low=0.0, high=1.0
     )
     half_cutmix_rare_only: bool = setting(False, "mix only age >= 60 images")
+    background: Number = setting(
+        0.0,
+        "probability that everything outside the (jittered) face box is replaced (background_fill): a model that "
+        "cannot lean on hair, clothes or backdrop; faces from the crop records (crop.mode=mtcnn)",
+        low=0.0,
+        high=1.0,
+        added=True,
+    )
+    background_fill: str = setting(
+        "grey", "what replaces the background: grey, blur or noise", choices=("grey", "blur", "noise"), added=True
+    )
+    background_jitter: Number = setting(
+        0.1, "each face box side moves by up to this share of the box's size", low=0.0, high=0.5, added=True
+    )
 
 
 class TrainSettings(Section):
@@ -411,6 +425,21 @@ class EnsembleSettings(Section):
         "the higher CV in its sidecar)",
     )
     stamped_copy: bool = setting(True, "also write <name>_cv<CV>_<date>.csv (+ .json): an upload you can tell apart")
+    heads: dict[str, str] = setting(
+        {},
+        "the best model per head: {mask: a, gender: b, age: a} (experiments, or experiment@run-id), every head named; "
+        "the 18 classes are composed from each head's experiment on OOF and eval, and the decision steps run on the "
+        "composed OOF; empty: every head from the blend of ensemble.experiments",
+    )
+
+    @classmethod
+    def cross_check(cls, values: dict) -> str | None:
+        heads = values["heads"] or {}
+        named = all(isinstance(v, str) and v.strip() for v in heads.values())
+        if heads and (set(heads) != set(labels.HEADS) or not named):
+            example = "{mask: a, gender: b, age: a}"
+            return f"heads={heads!r}: expected an experiment for each of mask, gender and age, e.g. {example}"
+        return None
 
 
 class RefitSettings(Section):

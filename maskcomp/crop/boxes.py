@@ -19,6 +19,23 @@ import pandas as pd
 from ..core.settings import CropSettings
 from .items import Item
 
+FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]  # the detected face, in image pixels (crop records)
+
+
+def faces_in_input(records: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
+    """(N, 4) face boxes (image pixels) in the model input's pixels: each crop box resized to `size` = (H, W)."""
+    height, width = size
+    crop = records[["x1", "y1", "x2", "y2"]].to_numpy(float).reshape(-1, 4)
+    face = records[FACE_COLUMNS].to_numpy(float).reshape(-1, 4)
+    scale = np.array([width, height]) / np.maximum(crop[:, 2:] - crop[:, :2], 1)
+    box = (face - np.tile(crop[:, :2], 2)) * np.tile(scale, 2)
+    return np.round(np.clip(box, 0, [width, height, width, height])).astype(np.int64)
+
+
+def face_box_in_input(record: pd.Series, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """One record's face box in the model input's pixels (faces_in_input)."""
+    return tuple(int(v) for v in faces_in_input(record.to_frame().T, size)[0])
+
 
 def choose_box(boxes: np.ndarray, probs: np.ndarray, width: int, height: int) -> int:
     """Index of the detection most likely to be the photo's subject (see module docstring)."""

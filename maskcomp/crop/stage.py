@@ -40,15 +40,13 @@ from ..core.progress import progress
 from ..core.settings import CropSettings, added_defaults, section_keys
 from ..data.csvfiles import read_csv_with
 from ..data.tables import EVAL_COLUMNS
-from .boxes import expand_box, fixed_box, resolve_boxes
+from .boxes import FACE_COLUMNS, expand_box, fixed_box, resolve_boxes
 from .detect import DETECTOR_KEYS, detector_hash, read_image_rgb, run_detection, settings_hash
 from .items import Item, list_items
 
 log = logging.getLogger(__name__)
 
 # the face box (detected, or the fallback box) in image pixels; x1..y2 are the crop box it grew into
-FACE_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
-
 ITEMS = "items.csv"  # the crop stage's record of what it consumed: every image's key, split, person and digest
 ITEM_COLUMNS = ["key", "split", "person_id", "digest"]
 CROP_KEYS = tuple(k for k in section_keys("crop", "crop") if k not in DETECTOR_KEYS)  # how a box becomes a crop

@@ -92,6 +92,19 @@ def require_complete(cfg: Settings, ref: RunRef) -> None:
     )
 
 
+def compose_heads(heads: dict[str, str], loaded: dict[str, Experiment]) -> Experiment:
+    """One experiment whose 18 classes are composed per head (ensemble.heads): each head's marginal, on OOF and eval,
+    from the experiment named for it; an ordinal age head's P(age >= k) comes with the age experiment."""
+    age = loaded[heads["age"]]
+
+    def composed(probs_of) -> np.ndarray:
+        return compose({h: labels.head_probs_from_18(probs_of(loaded[heads[h]]))[h] for h in labels.HEADS})
+
+    oof = age.oof.copy()
+    oof[labels.PROB_COLUMNS] = composed(lambda e: e.oof[labels.PROB_COLUMNS].to_numpy())
+    return Experiment(oof, composed(lambda e: e.test_probs), age.test_ord, age.ids, age.ref, age.eval_models)
+
+
 def with_age_cuts(probs: np.ndarray, p_at_least: np.ndarray, young: int, old: int) -> np.ndarray:
     """18-class probabilities whose age groups are cut at `young` and `old` years (mask and gender unchanged)."""
     heads = labels.head_probs_from_18(probs)

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core import labels
 from ..core.config import Settings
 
 
+def blended_experiments(cfg: Settings) -> list[str]:
+    """The experiments an ensemble reads: each named once among ensemble.heads, else ensemble.experiments, else the
+    config's own."""
+    if cfg.ensemble.heads:
+        return list(dict.fromkeys(cfg.ensemble.heads[h] for h in labels.HEADS))
+    return list(cfg.ensemble.experiments or [cfg.experiment])
+
+
 def submission_name(cfg: Settings) -> str:
-    """The submission's file stem: ensemble.name, else the blended experiments joined (a vote: `vote`)."""
+    """The submission's file stem: ensemble.name, else the blended experiments joined (per head with ensemble.heads:
+    mask-a+gender-b+age-a; a vote: `vote`)."""
     if cfg.ensemble.name:
         return cfg.ensemble.name
     if cfg.ensemble.vote:
         return "vote"
-    return "+".join(e.replace("@", "-") for e in (cfg.ensemble.experiments or [cfg.experiment]))
+    if cfg.ensemble.heads:
+        return "+".join(f"{h}-{cfg.ensemble.heads[h].replace('@', '-')}" for h in labels.HEADS)
+    return "+".join(e.replace("@", "-") for e in blended_experiments(cfg))
 
 
 def submission_file(cfg: Settings) -> Path:

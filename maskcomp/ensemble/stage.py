@@ -11,9 +11,9 @@ import pandas as pd
 
 from ..core.config import Settings
 from ..core.context import stage
-from .blend import blend, load_all
+from .blend import blend, compose_heads, load_all
 from .decide import decide
-from .names import submission_file
+from .names import blended_experiments, submission_file
 from .submission import (
     append_index,
     keep_replaced,
@@ -36,11 +36,12 @@ def ensemble(cfg: Settings) -> Path:
         return vote(cfg)
     paths = cfg.paths.resolved
     ens_cfg = cfg.ensemble
-    experiments = ens_cfg.experiments or [cfg.experiment]
+    experiments = blended_experiments(cfg)
     loaded = load_all(cfg, experiments)
     y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
     out = submission_file(cfg)
-    mix = blend(cfg, loaded, out)
+    per_head = [compose_heads(ens_cfg.heads, dict(zip(experiments, loaded)))] if ens_cfg.heads else loaded
+    mix = blend(cfg, per_head, out)
     decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ens_cfg)
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
     sub = submission_table(

@@ -21,6 +21,7 @@ from ..core.metrics import macro_f1
 from ..runs import git_commit
 from .blend import Blend, Experiment
 from .decide import Decision
+from .names import blended_experiments
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Sidecar:
     biases_applied: bool
     cv_macro_f1: float
     class_distribution: dict[str, list[float]]
+    heads: dict[str, str] | None = None  # ensemble.heads: the run each head's probabilities came from
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -126,7 +128,7 @@ def sidecar_of(
         summary,
         mix.grouping,
         mix.age_cuts,
-        ens_cfg.experiments or [cfg.experiment],
+        blended_experiments(cfg),
         mix.weights.tolist(),
         WEIGHTS_NOTE if ens_cfg.weights == "fit" else "equal weights",
         decision.biases.round(3).tolist(),
@@ -138,7 +140,16 @@ def sidecar_of(
         bool(decision.biases.any()),
         decision.cv_f1,
         {"train_oof": class_shares(y), "submission": class_shares(sub["ans"].to_numpy())},
+        head_runs(cfg, loaded),
     )
+
+
+def head_runs(cfg: Settings, loaded: list[Experiment]) -> dict[str, str] | None:
+    """Each head's run (ensemble.heads), by the experiments loaded in blended_experiments' order."""
+    if not cfg.ensemble.heads:
+        return None
+    runs = dict(zip(blended_experiments(cfg), (e.ref.label for e in loaded)))
+    return {h: runs[cfg.ensemble.heads[h]] for h in labels.HEADS}
 
 
 # ensemble.weights=fit chooses the weights on all OOF rows, and the CV is then measured on those same rows

@@ -16,8 +16,7 @@ import pandas as pd
 from ..core import labels
 from ..core.config import Settings
 from ..core.fileio import write_json, write_text
-from ..crop.boxes import OUTLIER_PX, far_from_person
-from ..crop.stage import FACE_COLUMNS
+from ..crop.boxes import FACE_COLUMNS, OUTLIER_PX, far_from_person
 from . import htmlpage, plots
 
 log = logging.getLogger(__name__)

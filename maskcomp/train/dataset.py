@@ -24,7 +24,9 @@ from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.paths import Paths
 from ..core.progress import progress
+from ..crop.boxes import FACE_COLUMNS, faces_in_input
 from ..crop.stage import crop_dir, load_crops, require_current_crops
+from .augment import BackgroundSuppression
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,12 @@ class CropCache:
     root (the crop records' `key`), not by its absolute path: a data folder moved or copied elsewhere, with the
     same contents, keeps using the same rows (the crop manifest, which vouches for them, holds those keys too)."""
 
-    def __init__(self, array: np.ndarray, keys: list[str], paths: Paths, manifest: dict):
+    def __init__(
+        self, array: np.ndarray, keys: list[str], paths: Paths, manifest: dict, faces: np.ndarray | None = None
+    ):
         self.array, self.manifest, self.paths = array, manifest, paths
         self.row_of_key = {k: i for i, k in enumerate(keys)}
+        self.faces = faces  # (N, 4) each crop's face box in the array's pixels (crop records), or None
 
     def has(self, image_paths) -> np.ndarray:
         return np.array([self.paths.image_key(p) in self.row_of_key for p in image_paths], dtype=bool)
@@ -60,10 +65,11 @@ def build_cache(cfg: Settings, size: tuple[int, int]) -> CropCache:
     folder = paths.cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
     array_path, index_path = folder / "images.npy", folder / "index.csv"
     crops = load_crops(cfg)
+    faces = faces_in_cache(crops, size)
     if index_path.exists() and array_path.exists():
         index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-        if "key" in index:  # an index of absolute paths (older layout) is rebuilt
-            return CropCache(np.load(array_path, mmap_mode="r"), index["key"].tolist(), paths, manifest)
+        if "key" in index and index["key"].tolist() == crops["key"].tolist():  # older layouts are rebuilt
+            return CropCache(np.load(array_path, mmap_mode="r"), index["key"].tolist(), paths, manifest, faces)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(crops), h, w, 3))
@@ -77,14 +83,30 @@ def build_cache(cfg: Settings, size: tuple[int, int]) -> CropCache:
         index_path.unlink(missing_ok=True)
     write_csv(pd.DataFrame({"key": crops["key"]}), index_path)
     log.info("cached %d crops at %dx%d in %s", len(crops), h, w, array_path)
-    return CropCache(np.load(array_path, mmap_mode="r"), crops["key"].tolist(), paths, manifest)
+    return CropCache(np.load(array_path, mmap_mode="r"), crops["key"].tolist(), paths, manifest, faces)
+
+
+def faces_in_cache(crops: pd.DataFrame, size: tuple[int, int]) -> np.ndarray | None:
+    """Each crop's face box in the cached array's pixels (None for records made before face boxes were kept)."""
+    if not set(FACE_COLUMNS) <= set(crops.columns):
+        return None
+    return faces_in_input(crops, size)
 
 
 class CropDataset(Dataset):
     """Items are (image tensor, targets dict, position); an index may come with a per-sample augmentation seed."""
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray, targets: dict[str, np.ndarray], transform):
+    def __init__(
+        self,
+        array: np.ndarray,
+        rows: np.ndarray,
+        targets: dict[str, np.ndarray],
+        transform,
+        background: BackgroundSuppression | None = None,
+        faces: np.ndarray | None = None,
+    ):
         self.array, self.rows, self.targets, self.transform = array, rows, targets, transform
+        self.background, self.faces = background, faces  # faces: the array's face boxes, by array row
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,7 +115,10 @@ class CropDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             self.transform.set_random_seed(seed)
-        image = self.transform(image=np.asarray(self.array[self.rows[index]]))["image"]
+        image = np.asarray(self.array[self.rows[index]])
+        if self.background is not None:  # before the geometric steps: they move the face and its background together
+            image = self.background(image, self.faces[self.rows[index]], seed)
+        image = self.transform(image=image)["image"]
         return image, {k: int(v[index]) for k, v in self.targets.items()}, index
 
 
@@ -167,10 +192,16 @@ def crop_loader(
     spec: LoaderSpec,
     sampler: Sampler | None = None,
     with_targets: bool = True,
+    background: BackgroundSuppression | None = None,
 ) -> DataLoader:
     """The one way a loader over cached crops is built (training, validation, inference, benchmarks): rows of `df`
     in order (or in the sampler's order), with their targets unless `with_targets` is false (eval images)."""
-    dataset = CropDataset(cache.array, cache.rows(df["image_path"]), targets_of(df) if with_targets else {}, transform)
+    if background is not None and cache.faces is None:
+        raise MaskcompError(
+            "augment.background needs the crops' face boxes, which these crop records lack; run `make crop` again"
+        )
+    targets = targets_of(df) if with_targets else {}
+    dataset = CropDataset(cache.array, cache.rows(df["image_path"]), targets, transform, background, cache.faces)
     generator = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
     return DataLoader(
         dataset,

@@ -43,7 +43,7 @@ from ..runs import (
     run_lock,
     set_aside,
 )
-from .augment import eval_transform, half_cutmix, train_transform
+from .augment import BackgroundSuppression, eval_transform, half_cutmix, train_transform
 from .batchsize import resolve_batch_size
 from .dataset import EpochSampler, LoaderSpec, build_cache, crop_loader, existing_crops_only, targets_of
 from .evaluate import oof_table, predict
@@ -151,6 +151,7 @@ class FoldTrainer:
                 self.batch_size, train_cfg.workers, pin, self.seed, drop_last=len(self.train_df) > self.batch_size
             ),
             sampler=self.sampler,
+            background=BackgroundSuppression.of(cfg.augment) if not train_cfg.overfit_batches else None,
         )
         self.val_loader = crop_loader(
             cache,
