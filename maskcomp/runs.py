@@ -74,6 +74,7 @@ class FoldFiles:
     test_probs = property(lambda self: self.dir / "test_probs.npy")  # (eval images, 18)
     test_table = property(lambda self: self.dir / "test_probs.csv")  # every head's probabilities
     test_ids = property(lambda self: self.dir / "test_ids.csv")  # the ImageIDs of test_probs' rows
+    neighbours = property(lambda self: self.dir / "neighbours.npz")  # look-alike persons' label shares (infer)
 
     @property
     def predictions_manifest(self) -> Path:

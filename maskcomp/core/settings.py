@@ -381,6 +381,14 @@ class InferSettings(Section):
         stages=("infer",),
         added=True,
     )
+    neighbours: bool = setting(
+        False,
+        "look-alike persons: each fold model's penultimate features find every OOF and eval image's nearest training "
+        "persons of that fold (cosine, a person's images pooled); the ensemble blends their age and gender shares "
+        "into the heads, with k and the weight chosen on OOF and kept only when the nested gain is positive",
+        stages=("infer",),
+        added=True,
+    )
     person_grouping: bool | str = setting(
         "auto",
         "auto | on | off: group eval images into persons and decide "

@@ -23,6 +23,7 @@ from ..predict.grouping import apply_grouping, compose, nested_grouping, thumbna
 from ..predict.infer import require_current_predictions, required_refits
 from ..runs import RunRef, eval_models, read_oof, read_test_probs, read_test_table, resolve_run
 from .names import groups_file
+from .neighbours import look_alikes, read_shares
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ class Blend:
     weights: np.ndarray
     age_cuts: dict | None
     grouping: dict | None
+    neighbours: dict | None = None  # the look-alike persons step (infer.neighbours), when it ran
 
 
 def blend(cfg: Settings, loaded: list[Experiment], out: Path) -> Blend:
@@ -291,5 +293,9 @@ def blend(cfg: Settings, loaded: list[Experiment], out: Path) -> Blend:
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
     oof_blend, test_blend, age_cuts = tune_age_cuts(ens_cfg, loaded, weights, y, folds, oof_blend, test_blend)
+    shares = read_shares(loaded[0].ref, loaded[0].oof["image_path"].tolist(), cfg.paths.resolved)
+    oof_blend, test_blend, alike = look_alikes(
+        shares if cfg.infer.neighbours else None, y, folds, oof_blend, test_blend
+    )
     grouped = person_grouping(cfg, loaded[0], oof_blend, test_blend, out)
-    return Blend(grouped.oof, grouped.test, weights, age_cuts, grouped.summary)
+    return Blend(grouped.oof, grouped.test, weights, age_cuts, grouped.summary, alike)

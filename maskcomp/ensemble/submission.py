@@ -98,6 +98,7 @@ class Sidecar:
     cv_macro_f1: float
     class_distribution: dict[str, list[float]]
     heads: dict[str, str] | None = None  # ensemble.heads: the run each head's probabilities came from
+    look_alike_persons: dict | None = None  # infer.neighbours: k and weight per head, nested gain, applied
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -141,6 +142,7 @@ def sidecar_of(
         decision.cv_f1,
         {"train_oof": class_shares(y), "submission": class_shares(sub["ans"].to_numpy())},
         head_runs(cfg, loaded),
+        mix.neighbours,
     )
 
 

@@ -46,6 +46,7 @@ from ..train.evaluate import oof_table, predict, probability_table, tta_view
 from ..train.models import create_model, normalisation
 from ..train.refit import chosen_refits
 from .engine import OnnxModel, engine_model
+from .neighbours import penultimate, write_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ class FoldPrediction:
     tta: tuple[str, ...]
     reduce: str
     engine: str
+    neighbours: bool = False  # infer.neighbours: look-alike persons' label shares beside the predictions
 
     @classmethod
     def of(cls, cfg: Settings, inputs: EvalInputs) -> FoldPrediction:
@@ -300,7 +302,10 @@ class FoldPrediction:
         mean, std = normalisation(run_cfg.model.backbone)
         spec = LoaderSpec(run_cfg.infer.batch_size, run_cfg.train.workers, pin_memory=device.type == "cuda")
         transform = eval_transform(inputs.size, mean, std)
-        return cls(inputs, device, transform, spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce, cfg.infer.engine)
+        return cls(
+            inputs, device, transform, spec, tuple(cfg.infer.tta), cfg.infer.tta_reduce, cfg.infer.engine,
+            cfg.infer.neighbours,
+        )  # fmt: skip
 
     def model(self, files: FoldFiles, what: str, run: RunRef) -> torch.nn.Module | OnnxModel:
         """The model of a fold (or refit) checkpoint, in the engine infer.engine names."""
@@ -316,6 +321,24 @@ class FoldPrediction:
         write_csv(oof_table(val, fold, probs, heads, inputs.paths), out.oof_tta)
         report_tta(run, fold, val, probs, self.tta, inputs.paths)
         self.predict_eval(model, out, step)
+        if self.neighbours:
+            self.look_alikes(run, fold, val, step)
+
+    def look_alikes(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
+        """neighbours.npz: the fold's OOF and eval images' nearest training persons of this fold (features of the
+        torch model, whatever the engine)."""
+        inputs = self.inputs
+        model = load_fold_model(run.fold(fold), f"fold {fold}", self.device, inputs.cfg, run.config)
+        train = existing_crops_only(fold_rows(inputs.cfg, fold, held_out=False), inputs.cache,
+                                    inputs.cfg.data.skip_bad, "training split")  # fmt: skip
+
+        def feats(rows: pd.DataFrame, what: str, targets: bool = True) -> np.ndarray:
+            loader = crop_loader(inputs.cache, rows, self.transform, self.spec, with_targets=targets)
+            return penultimate(model, progress(loader, f"{step}: features of {what}"), self.device)
+
+        keys = [inputs.paths.image_key(p) for p in val["image_path"]]
+        queries = {"oof": feats(val, "validation"), "eval": feats(inputs.evals, "eval", targets=False)}
+        write_neighbours(run.fold(fold), keys, feats(train, "training persons"), train, queries)
 
     def predict_eval(self, model: torch.nn.Module | OnnxModel, out: FoldFiles, step: str) -> None:
         """The eval set through one model (test_probs.*)."""
@@ -325,10 +348,11 @@ class FoldPrediction:
         write_test_predictions(out, inputs.evals[["ImageID"]].reset_index(drop=True), probs, heads)
 
 
-def validation_rows(cfg: Settings, fold: int) -> pd.DataFrame:
-    """The training images of one fold's validation persons (listed only when a fold is predicted)."""
+def fold_rows(cfg: Settings, fold: int, held_out: bool = True) -> pd.DataFrame:
+    """The training images of one fold's validation persons (held_out), or of its training persons (listed only when
+    a fold is predicted)."""
     images = load_train(cfg)
-    return images[load_folds(cfg, images) == fold].reset_index(drop=True)
+    return images[(load_folds(cfg, images) == fold) == held_out].reset_index(drop=True)
 
 
 def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) -> None:
@@ -367,9 +391,7 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
         out.predictions_manifest.unlink(missing_ok=True)
-        val = existing_crops_only(
-            validation_rows(inputs.cfg, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation"
-        )
+        val = existing_crops_only(fold_rows(inputs.cfg, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation")
         prediction.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(prediction.tta)}")
         write_manifest(out.predictions_manifest, manifest)
         log.info(

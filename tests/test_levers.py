@@ -1,0 +1,92 @@
+"""The winners' levers: look-alike persons (infer.neighbours) found by the fold model's features and blended into the
+heads only when they help on held-out folds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from maskcomp.core import labels
+from maskcomp.crop.stage import crop_faces
+from maskcomp.data.folds import make_folds
+from maskcomp.ensemble.neighbours import Shares, look_alikes
+from maskcomp.ensemble.stage import ensemble
+from maskcomp.predict.infer import infer
+from maskcomp.predict.neighbours import label_shares, pooled_persons
+from maskcomp.runs import resolve_run
+from maskcomp.train.trainer import train
+
+from conftest import TINY, config_for
+
+
+def test_a_planted_look_alike_persons_labels_are_the_shares():
+    """Five training persons whose 7 images lie near the query's direction carry age >=60 and female; fifty others,
+    elsewhere, carry <30 and male: the query's 5 nearest persons (images pooled) give shares of 1 for >=60, female."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=32)
+    near = direction + 0.1 * rng.normal(size=(5 * 7, 32))
+    far = rng.normal(size=(50 * 7, 32))
+    feats = np.concatenate([near, far])
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    persons = np.repeat([f"n{i}" for i in range(5)] + [f"f{i:02d}" for i in range(50)], 7)
+    ids, pooled = pooled_persons(feats, persons)
+    assert len(ids) == 55 and np.allclose(np.linalg.norm(pooled, axis=1), 1)
+    age = np.array([2 if p.startswith("n") else 0 for p in ids])
+    gender = np.array([1 if p.startswith("n") else 0 for p in ids])
+    query = (direction / np.linalg.norm(direction))[None]
+    shares = label_shares(query, pooled, {"age": age, "gender": gender}, ks=(5, 10))
+    assert shares["age"][0].tolist() == [[0.0, 0.0, 1.0]] and shares["gender"][0].tolist() == [[0.0, 1.0]]
+    assert shares["age"][1].tolist() == [[0.5, 0.0, 0.5]], "k=10: the five look-alikes and the five nearest others"
+
+
+def _oof(n: int = 600, seed: int = 0):
+    """18-class OOF probabilities that know mask and gender but are blind to age (uniform age marginal)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 18, n)
+    truth = labels.head_labels(y)
+    heads = {"mask": np.eye(3)[truth["mask"]] * 0.8 + 0.2 / 3, "gender": np.eye(2)[truth["gender"]] * 0.8 + 0.1,
+             "age": rng.dirichlet(np.ones(3) * 50, n)}  # fmt: skip
+    from maskcomp.predict.grouping import compose
+
+    return y, compose(heads), np.arange(n) % 3, truth
+
+
+def test_informative_look_alikes_are_applied_and_uniform_ones_are_not():
+    y, probs, folds, truth = _oof()
+    rng = np.random.default_rng(1)
+    informative = np.eye(3)[np.where(rng.random(len(y)) < 0.8, truth["age"], rng.integers(0, 3, len(y)))]
+    age = np.stack([informative, np.full((len(y), 3), 1 / 3)])  # k choices: an informative one, a useless one
+    gender = np.full((2, len(y), 2), 0.5)
+    shares = Shares((5, 10), {"age": age, "gender": gender}, {"age": age[:, :50], "gender": gender[:, :50]})
+    oof, test, summary = look_alikes(shares, y, folds, probs, probs[:50])
+    assert summary["applied"] and summary["gain"] > 0.1 and summary["choice"]["age"]["k"] == 5
+    assert (oof.argmax(1) == y).mean() > (probs.argmax(1) == y).mean() + 0.2
+    assert not np.allclose(test, probs[:50])
+
+    uniform = Shares((5,), {"age": np.full((1, len(y), 3), 1 / 3), "gender": np.full((1, len(y), 2), 0.5)},
+                     {"age": np.full((1, 50, 3), 1 / 3), "gender": np.full((1, 50, 2), 0.5)})  # fmt: skip
+    oof, test, summary = look_alikes(uniform, y, folds, probs, probs[:50])
+    assert summary["applied"] is False and summary["gain"] == 0.0
+    assert oof is probs and np.array_equal(test, probs[:50]), "not applied: the eval blend is left as it was"
+
+
+@pytest.mark.slow
+def test_infer_writes_look_alike_shares_and_the_ensemble_reports_the_step(tiny_root, tmp_path):
+    cfg = config_for(tiny_root, tmp_path, *TINY, "infer.neighbours=true")
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    infer(cfg)
+    run = resolve_run(cfg.paths.resolved, "sample")
+    for fold in run.trained_folds():
+        with np.load(run.fold(fold).neighbours) as saved:
+            n_val = len(saved["oof_keys"])
+            assert saved["oof_age"].shape == (4, n_val, 3) and saved["eval_gender"].shape == (4, 14, 2)
+            assert np.allclose(saved["oof_age"].sum(-1), 1) and n_val == 21
+            assert all(k.startswith("train/images/") for k in saved["oof_keys"].tolist())
+    side = json.loads(ensemble(cfg).with_suffix(".json").read_text())
+    step = side["look_alike_persons"]
+    assert set(step) == {"gain", "per_fold", "choice", "applied"} and len(step["per_fold"]) == 2
+    assert set(step["choice"]) == {"age", "gender"}
