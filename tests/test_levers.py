@@ -6,17 +6,24 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from maskcomp.core import labels
+from maskcomp.core.config import load_config, updated
+from maskcomp.core.device import Placement
+from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
+from maskcomp.data.pseudo import pseudo_rows
+from maskcomp.data.tables import load_train
 from maskcomp.ensemble.neighbours import Shares, look_alikes
 from maskcomp.ensemble.stage import ensemble
 from maskcomp.predict.infer import infer
 from maskcomp.predict.neighbours import label_shares, pooled_persons
 from maskcomp.runs import resolve_run
-from maskcomp.train.trainer import train
+from maskcomp.train.trainer import FoldTrainer, train
 
 from conftest import TINY, config_for
 
@@ -90,3 +97,59 @@ def test_infer_writes_look_alike_shares_and_the_ensemble_reports_the_step(tiny_r
     step = side["look_alike_persons"]
     assert set(step) == {"gain", "per_fold", "choice", "applied"} and len(step["per_fold"]) == 2
     assert set(step["choice"]) == {"age", "gender"}
+
+
+def _probs_file(folder, rows: list[tuple[str, int, float]]):
+    """A submission with its <name>.probs.csv: each image's class gets `top`, the rest shares what is left."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = []
+    for image, cls, top in rows:
+        probs = np.full(18, (1 - top) / 17)
+        probs[cls] = top
+        table.append([image, *probs])
+    pd.DataFrame(table, columns=["ImageID", *labels.PROB_COLUMNS]).to_csv(folder / "sub.probs.csv", index=False)
+    pd.DataFrame({"ImageID": [r[0] for r in rows], "ans": [r[1] for r in rows]}).to_csv(folder / "sub.csv", index=False)
+    return folder / "sub.csv"
+
+
+def test_pseudo_rows_are_the_confident_eval_images_with_decoded_labels(tmp_path):
+    sub = _probs_file(tmp_path / "s", [("a.jpg", 17, 0.95), ("b.jpg", 3, 0.5), ("c.jpg", 7, 0.91), ("d.jpg", 0, 0.8)])
+    cfg = load_config(
+        None, [f"paths.data_root={tmp_path / 'data'}", f"pseudo.submission={sub}", "pseudo.threshold=0.9"]
+    )
+    rows = pseudo_rows(cfg)
+    assert rows["image_path"].tolist() == [str(tmp_path / "data" / "eval" / "images" / i) for i in ("a.jpg", "c.jpg")]
+    assert rows[["mask", "gender_label", "age_group", "label"]].values.tolist() == [[2, 1, 2, 17], [1, 0, 1, 7]]
+    assert rows["age"].tolist() == [62, 45] and rows["person_id"].tolist() == ["eval:a.jpg", "eval:c.jpg"]
+    # a grouped submission: an image counts with its person's mean confidence: a and d (0.875) stay at 0.85, b and c
+    # (0.705) go, though c alone was confident
+    groups = {"ImageID": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "group": ["a.jpg", "b.jpg", "b.jpg", "a.jpg"]}
+    pd.DataFrame(groups).to_csv(tmp_path / "s" / "sub.groups.csv", index=False)
+    grouped = pseudo_rows(updated(cfg, {"pseudo.threshold": 0.85}))
+    assert [p.rsplit("/", 1)[1] for p in grouped["image_path"]] == ["a.jpg", "d.jpg"]
+    assert grouped["person_id"].tolist() == ["eval:a.jpg", "eval:a.jpg"] and grouped["label"].tolist() == [17, 0]
+    with pytest.raises(MaskcompError, match=r"pseudo.submission: .*nothing.probs.csv is missing .*run `make ensemble`"):
+        pseudo_rows(updated(cfg, {"pseudo.submission": str(tmp_path / "nothing.csv")}))
+
+
+@pytest.mark.slow
+def test_a_pseudo_labelled_run_trains_on_eval_images_and_validates_on_real_labels_only(tiny_root, tmp_path):
+    cfg = config_for(tiny_root, tmp_path, *TINY)
+    crop_faces(cfg)
+    make_folds(cfg)
+    train(cfg)
+    infer(cfg)
+    sub = ensemble(cfg)
+    first = resolve_run(cfg.paths.resolved, "sample")
+    pseudo = updated(cfg, {"pseudo.submission": str(sub), "pseudo.threshold": 0.0})
+    train(pseudo)
+    run = resolve_run(cfg.paths.resolved, "sample")
+    assert run.run_id != first.run_id, "a pseudo-labelled run is a new run, keyed by the probabilities' content"
+    trainer = FoldTrainer(pseudo, 0, load_train(pseudo), run, Placement(torch.device("cpu")))
+    added = trainer.train_df[trainer.train_df["image_path"].str.contains("/eval/images/")]
+    assert len(added) == 14 and not trainer.val_df["image_path"].str.contains("/eval/images/").any()
+    for fold in run.trained_folds():
+        oof = pd.read_csv(run.fold(fold).oof)
+        assert not oof["image_path"].astype(str).str.contains("eval/").any(), "validation folds hold real labels only"
+    train(pseudo)
+    assert resolve_run(cfg.paths.resolved, "sample").run_id == run.run_id, "the same probabilities: the same run"

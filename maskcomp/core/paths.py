@@ -14,7 +14,7 @@ LEGACY_MODELS = "runs"  # where trained runs lived before models/
 _ADOPTED: set[Path] = set()
 
 
-def _abs(p: str) -> Path:
+def absolute(p: str) -> Path:
     path = Path(p)
     return path if path.is_absolute() else PROJECT_ROOT / path
 
@@ -53,7 +53,7 @@ class Paths:
     def absolute(cls, values: dict[str, str]) -> "Paths":
         """The `paths` section's values, absolute; nothing on disk is looked at or moved (adopt_legacy_runs is the
         command line's)."""
-        return cls(**{name: _abs(value) for name, value in values.items()})
+        return cls(**{name: absolute(value) for name, value in values.items()})
 
     @property
     def train_csv(self) -> Path:

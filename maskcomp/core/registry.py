@@ -28,7 +28,7 @@ STAGES = (
     Stage("folds", "folds/make_folds.py", "maskcomp.data.folds:make_folds", "train.csv, label-fix files",
           "folds/folds.csv, fold_summary.csv, applied_fixes.csv, folds.manifest.json", ("data", "folds")),
     Stage("train", "train.py", "maskcomp.train.trainer:train", "folds.csv, crops",
-          "models/<exp>/<run-id>/fold<K>/", ("data", "folds", "model", "loss", "augment", "train")),
+          "models/<exp>/<run-id>/fold<K>/", ("data", "folds", "model", "loss", "augment", "train", "pseudo")),
     Stage("infer", "infer.py", "maskcomp.predict.infer:infer", "a run's checkpoints, eval crops",
           "models/<exp>/<run-id>/fold<K>/test_probs.*, oof_tta.csv, predictions.json; <run>/oof.csv", ("infer",)),
     Stage("ensemble", "ensemble.py", "maskcomp.ensemble.stage:ensemble", "the runs' OOF and eval predictions",

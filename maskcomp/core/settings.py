@@ -450,6 +450,26 @@ class EnsembleSettings(Section):
         return None
 
 
+class PseudoSettings(Section):
+    doc: ClassVar = "pseudo-labels: confident eval predictions of a submission added to every fold's training split"
+    stages: ClassVar = ("train",)
+    submission: str = setting(
+        "",
+        "a submission CSV (submissions/<name>.csv; its <name>.probs.csv beside it, written by make ensemble) whose "
+        "confident eval images join every fold's training split, never a validation fold; empty: none. The "
+        "probabilities' digest is part of the run's identity",
+        added=True,
+    )
+    threshold: Number = setting(
+        0.9,
+        "the confidence (top class probability; a person group's mean when the submission grouped persons) an eval "
+        "image needs to be added",
+        low=0.0,
+        high=1.0,
+        added=True,
+    )
+
+
 class RefitSettings(Section):
     doc: ClassVar = "make refit: models trained on every training person, for the eval predictions"
     stages: ClassVar = ("refit",)
@@ -538,6 +558,7 @@ class Settings(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
+    pseudo: PseudoSettings = Field(default_factory=PseudoSettings)
     refit: RefitSettings = Field(default_factory=RefitSettings)
     relabel: RelabelSettings = Field(default_factory=RelabelSettings)
     attention: AttentionSettings = Field(default_factory=AttentionSettings)

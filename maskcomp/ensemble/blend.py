@@ -235,6 +235,7 @@ def person_grouping(
     """Group images into persons on both sides (infer.person_grouping); the OOF blend comes back pooled with view
     weights fitted on the other folds, the eval blend grouped when the nested gain allows it."""
     mode, min_sim, oof = grouping_mode(cfg), cfg.infer.group_min_similarity, first.oof
+    groups_file(out).unlink(missing_ok=True)  # an earlier submission's groups never pass for this one's
     if mode == "off" or oof["fold"].nunique() < 2:
         if mode != "off":
             log.info("person grouping skipped: measuring it needs OOF of 2 or more folds")

@@ -1,5 +1,6 @@
 """The names of a submission's files, made in one place: the ensemble and the vote write them, the analysis page and
-the closing summary link them."""
+the closing summary link them (the files beside it, <name>.groups.csv and <name>.probs.csv, are named in
+data/pseudo.py, whose pseudo-labels read them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 from ..core import labels
 from ..core.config import Settings
+from ..data.pseudo import groups_file, probs_file
+
+__all__ = ["blended_experiments", "groups_file", "probs_file", "submission_file", "submission_name"]
 
 
 def blended_experiments(cfg: Settings) -> list[str]:
@@ -32,8 +36,3 @@ def submission_name(cfg: Settings) -> str:
 def submission_file(cfg: Settings) -> Path:
     """submissions/<name>.csv: the one place its name is made (ensemble, vote, analysis page, closing summary)."""
     return cfg.paths.resolved.submissions / f"{submission_name(cfg)}.csv"
-
-
-def groups_file(submission: Path) -> Path:
-    """The person groups beside a submission (<name>.groups.csv)."""
-    return submission.with_name(submission.stem + ".groups.csv")

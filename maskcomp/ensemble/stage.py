@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core import labels
 from ..core.config import Settings
 from ..core.context import stage
+from ..core.fileio import write_csv
 from .blend import blend, compose_heads, load_all
 from .decide import decide
-from .names import blended_experiments, submission_file
+from .names import blended_experiments, probs_file, submission_file
 from .submission import (
     append_index,
     keep_replaced,
@@ -25,6 +27,13 @@ from .submission import (
 from .vote import vote
 
 log = logging.getLogger(__name__)
+
+
+def write_eval_probs(ids: list[str], logits: np.ndarray, path: Path) -> Path:
+    """<name>.probs.csv: the submission's decided class probabilities per eval image (what pseudo-labels read)."""
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    table = pd.DataFrame(probs / probs.sum(1, keepdims=True), columns=labels.PROB_COLUMNS).round(5)
+    return write_csv(table.assign(ImageID=ids)[["ImageID", *labels.PROB_COLUMNS]], path)
 
 
 @stage
@@ -44,9 +53,8 @@ def ensemble(cfg: Settings) -> Path:
     mix = blend(cfg, per_head, out)
     decision = decide(np.log(np.clip(mix.oof, 1e-9, None)), y, folds, ens_cfg)
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
-    sub = submission_table(
-        info, loaded[0].ids, (np.log(np.clip(mix.test, 1e-9, None)) + decision.biases).argmax(1), str(out)
-    )
+    decided = np.log(np.clip(mix.test, 1e-9, None)) + decision.biases
+    sub = submission_table(info, loaded[0].ids, decided.argmax(1), str(out))
     sidecar = sidecar_of(cfg, loaded, mix, decision, sub, y).as_json()
     partial = "_partial" if sidecar["summary"]["missing_folds"] else ""  # a run with folds left out (partial_run)
     stamp = f"{out.stem}{partial}_cv{decision.cv_f1:.4f}_{time.strftime('%Y-%m-%d')}.csv"
@@ -55,6 +63,7 @@ def ensemble(cfg: Settings) -> Path:
     for path in written:
         write_submission(sub, sidecar, path)
     append_index(paths.submissions / "index.csv", written, sidecar)
+    write_eval_probs(loaded[0].ids, decided, probs_file(out))
     warn_never_predicted(sub, y)
     gain = f"; nested gain {decision.nested['gain']:+.4f}" if decision.nested else ""
     print(f"OOF macro F1 {decision.before['f1']:.4f} -> {decision.after_f1:.4f} after the decision step{gain}")

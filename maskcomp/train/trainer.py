@@ -30,6 +30,7 @@ from ..core.metrics import scores
 from ..core.progress import progress
 from ..crop.stage import require_current_crops, train_crops_digest
 from ..data.folds import load_folds, require_current_folds, split_fold
+from ..data.pseudo import probs_file, pseudo_submission
 from ..data.tables import load_train
 from ..runs import (
     FoldFiles,
@@ -69,6 +70,9 @@ def run_manifest(cfg: Settings) -> Manifest:
         "folds_csv": cache.digest(cfg.paths.resolved.folds),
         "train_crops": train_crops_digest(crops),
     }
+    pseudo = pseudo_submission(cfg)
+    if pseudo is not None:  # the eval crops then feed training too: the crop manifest's digest covers them
+        inputs.update(pseudo_labels=cache.digest(probs_file(pseudo)), crops=crops["digest"])
     cache.save()
     return Manifest("train", inputs, config_keys(cfg, "train"))
 
