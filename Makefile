@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # about this project (its advice concerns folders shadowing the package, which the setup check below covers)
 EDITABLE_INSTALL = PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps -e .
 
-.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune tune-dashboard refit bench bench-tune bench-refit bench-noise bench-quality bench-scale bench-upstream gpu-check clean clean-everything
+.PHONY: all setup test test-fast lint sample eda crop folds train infer ensemble analyze relabel review tune tune-dashboard refit bench bench-tune bench-refit bench-noise bench-quality bench-scale bench-upstream bench-levers gpu-check clean clean-everything
 
 all: setup sample eda crop folds train infer ensemble analyze
 
@@ -129,6 +129,10 @@ bench-upstream: setup
 # folds vs refit vs both on eval, on a kept quality work folder: make bench-refit ARGS="--work DIR"
 bench-refit: setup
 	$(PY) bench/refit.py $(ARGS)
+
+# the winners' levers on the quality recipe, one row each, then the combination CV chose (configs/quality_best.yaml)
+bench-levers: setup
+	$(PY) bench/levers.py $(ARGS)
 
 # planted label errors in a linked copy of the shared data: detection per kind, then noisy / auto-fixed / oracle runs
 bench-noise: setup

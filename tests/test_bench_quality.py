@@ -103,3 +103,28 @@ def test_noise_benchmark_plants_what_it_reports(sample_root, tmp_path):
     flipped = planted.loc[planted["kind"] == "gender", "person_id"]
     got = images.drop_duplicates("person_id").set_index("person_id").loc[flipped, "gender"]
     assert (got == noisy.loc[flipped, "gender"]).all() and len(images) == len(clean) * 7
+
+
+def test_the_levers_bench_writes_the_combination_cv_chose_as_a_config(tmp_path):
+    """bench/levers.py: only levers whose CV beat ours join the best combination; its config file loads and holds
+    their settings, the pseudo-labels pointing where `make ensemble` writes ours' submission."""
+    from levers import choose_best, row_overrides, write_best_config
+
+    from maskcomp.core.config import load_config
+
+    results = {"pseudo": {"cv_minus_ours": 0.01}, "background": {"cv_minus_ours": -0.02}, "neighbours": {}}
+    best = choose_best(results)
+    assert best == ["pseudo"]
+    config = ROOT / "configs" / "quality_best_test.yaml"
+    try:
+        write_best_config(best + ["neighbours"], config)
+        cfg = load_config(config, [])
+    finally:
+        config.unlink(missing_ok=True)
+    assert cfg.pseudo.submission == "submissions/quality_ours.csv" and cfg.infer.neighbours is True
+    assert cfg.augment.background == 0.0 and cfg.experiment == "quality_ours"
+    assert row_overrides("best", tmp_path, {"best": ["background"]}) == [
+        "augment.background=0.5",
+        "experiment=lever_best",
+    ]
+    assert row_overrides("pseudo", tmp_path, {})[0] == f"pseudo.submission={tmp_path}/submissions/quality_ours.csv"
