@@ -80,6 +80,14 @@ def test_levers_skip_what_the_run_already_does_and_give_their_numbers():
     assert plain[0].startswith(">=60 is found in 50% of its images: oversample it")
     assert any(t.startswith("a soft-F1 loss term") for t in plain) and any("model.head=ordinal" in t for t in plain)
     assert any(t.startswith("the age errors are spread over whole groups") for t in plain)
+    look_alike = "the age group is wrong on 45% of images (mean over groups): blend in look-alike"
+    assert any(t.startswith(look_alike) for t in plain)
+    tried = {"look_alike_persons": {"gain": -0.00123, "applied": False}}
+    told = age_levers(Evidence(load_config("configs/sample.yaml"), oof, pred, tried), table)
+    assert not [t for t in told if "look-alike" in t], "a run whose ensemble tried them is not told to try them"
+    assert decision_steps(tried).to_dict("records") == [
+        {"step": "look-alike persons", "nested gain": -0.0012, "applied": False}
+    ]
     uses_all = load_config("configs/quality_ours_ordinal.yaml")  # oversampling, a soft-F1 term, the ordinal head
     assert not [t for t in age_levers(Evidence(uses_all, oof, pred, {}), table) if "oversample" in t or "soft-F1" in t
                 or "ordinal" in t]  # fmt: skip

@@ -450,7 +450,7 @@ def causal_advice(causal: dict[str, dict]) -> list[str]:
             lines.append(
                 f"{head} loses {drop:.3f} macro F1 without the background: it reads {WHERE_ELSE[head]}; keep a wide "
                 "crop margin (crop.margin 0.25 or more) rather than a tight face crop, or train it to do without "
-                "(background suppression)"
+                "(background suppression: augment.background=0.5)"
             )
         else:
             lines.append(f"{head} keeps its score without the background ({-drop:+.3f}): it reads the face")

@@ -192,7 +192,7 @@ def interactive_maps(src, views: dict[int, dict], path: Path) -> Path:
         write_text(get_plotlyjs(), plotly_js)
     page = pio.to_html(fig, include_plotlyjs="plotly.min.js", full_html=True, post_script=HOVER_SCRIPT)
     hovered = (
-        "<div id='hovered' style='position:fixed;right:12px;top:12px;background:#fff;border:1px solid #ccc;"
+        "<div id='hovered' style='position:fixed;right:12px;bottom:12px;background:#fff;border:1px solid #ccc;"
         "padding:6px;font:14px system-ui;z-index:10;max-width:260px'><img alt='hovered crop' style='height:"
         f"{THUMB_HEIGHT}px;display:block'><span>hover a point</span></div>"
     )

@@ -71,6 +71,12 @@ def age_levers(ev: Evidence, table: pd.DataFrame) -> list[str]:
         out.append("a soft-F1 loss term (loss.terms with name f1): macro F1 weighs every class equally, CE does not")
     if cfg.model.head != "ordinal":
         out.append("model.head=ordinal: the age groups are ordered (compare CV; nested age cut points come with it)")
+    if not ev.sidecar.get("look_alike_persons"):
+        wrong = 1 - np.nanmean([ev.head_recall("age", c) for c in range(3)])
+        out.append(
+            f"the age group is wrong on {wrong:.0%} of images (mean over groups): blend in look-alike persons' ages "
+            "(infer.neighbours=true, then make infer ensemble; applied only on a positive nested gain)"
+        )
     boundary = boundary_problem(table)
     if boundary and cfg.train.age_old_threshold == 60 and not cfg.train.drop_age_bands:
         out.append("errors gather beside 30 and 60: train.age_old_threshold=58 or train.drop_age_bands=[[57, 59]]")
@@ -100,6 +106,9 @@ def decision_steps(sidecar: dict) -> pd.DataFrame:
     if grouping.get("nested_gain") is not None:
         applied = grouping.get("applied")
         rows.append({"step": "person grouping", "nested gain": grouping["nested_gain"], "applied": applied})
+    alike = sidecar.get("look_alike_persons") or {}
+    if alike.get("gain") is not None:
+        rows.append({"step": "look-alike persons", "nested gain": alike["gain"], "applied": alike.get("applied")})
     cuts = sidecar.get("age_cuts") or {}
     if cuts.get("gain") is not None:
         rows.append(
