@@ -44,7 +44,7 @@ def reviewed_run(tiny_root, tmp_path):
                 "value": v,
                 "confidence": 0.9,
                 "auto": False,
-                "systematic": False,
+                "systematic": f == "age",
                 "current": c,
                 "suggested": s,
                 "note": "test evidence",
@@ -144,6 +144,11 @@ def test_many_candidates_progress_filters_jump_zoom_lazy_photos_uncropped_undo_u
     visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
     assert visible == ["c1"]
     Select(browser.find_element("id", "kind")).select_by_value("")
+    Select(browser.find_element("id", "flag")).select_by_value("systematic")  # the model's failures apart
+    visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
+    assert visible == ["c1"]
+    assert "3 candidates (2 label suspects, 1 systematic (the model's failure))" in browser.page_source
+    Select(browser.find_element("id", "flag")).select_by_value("")
     browser.find_element("id", "open").click()  # undecided only: the accepted one goes
     visible = [c.get_attribute("id") for c in browser.find_elements("css selector", ".card") if c.is_displayed()]
     assert visible == ["c1", "c2"]

@@ -155,7 +155,7 @@ PAGE_STYLE = (
     ".fix{font-size:18px;font-weight:600}.bar{position:sticky;top:0;background:#fff;padding:6px 0;z-index:1}"
     ".hidden{display:none}"
     ".meta{color:#555;font-size:14px}button{font-size:15px;margin-right:6px;padding:4px 12px}"
-    "#msg{font-size:15px}.err{color:#b00020}"
+    "#msg{font-size:15px}.err{color:#b00020}p.meta{line-height:1.9}"
     "kbd{border:1px solid #aaa;border-radius:3px;padding:0 4px;font-size:13px}code{background:#f3f5f7;padding:2px}"
 )
 
@@ -168,9 +168,12 @@ function pick(i){if(!cards.length)return;sel=Math.max(0,Math.min(cards.length-1,
 function step(d){let k=sel+d;while(k>=0&&k<cards.length&&!shown(k))k+=d;if(k>=0&&k<cards.length)pick(k);}
 function progress(){const done=cards.filter(final).length,unsure=cards.filter(c=>c.dataset.decision==='unsure').length;
  document.getElementById('progress').textContent=done+' / '+cards.length+' decided'+(unsure?', '+unsure+' unsure':'');}
-function filter(){const kind=document.getElementById('kind').value,open=document.getElementById('open').checked;
- cards.forEach(c=>c.classList.toggle('hidden',(kind&&c.dataset.fix!==kind)||(open&&final(c))));if(!shown(sel))step(1);}
+function filter(){const kind=document.getElementById('kind').value,open=document.getElementById('open').checked,
+ flag=document.getElementById('flag').value;
+ cards.forEach(c=>c.classList.toggle('hidden',(kind&&c.dataset.fix!==kind)||(open&&final(c))||
+  (flag&&c.dataset.flag!==flag)));if(!shown(sel))step(1);}
 document.getElementById('kind').addEventListener('change',filter);
+document.getElementById('flag').addEventListener('change',filter);
 document.getElementById('open').addEventListener('change',filter);
 document.getElementById('jump').addEventListener('keydown',e=>{if(e.key!=='Enter')return;e.preventDefault();
  const k=cards.findIndex(c=>c.dataset.person===e.target.value.trim());
@@ -240,7 +243,7 @@ def card(review: Review, row, index: int) -> str:
     )
     return (
         f"<div class='card {decision}' id='c{index}' data-person='{person}' data-fix='{html.escape(row.fix)}' "
-        f"data-decision='{decision}'>"
+        f"data-decision='{decision}' data-flag='{flag_of(row)}'>"
         f"<div class='fix'>#{index + 1} person {person}: {html.escape(row.fix)} {html.escape(row.current)} &rarr; "
         f"{html.escape(row.suggested)}</div><div class='meta'>confidence {float(row.confidence or 0):.2f}{flags} · "
         f"{html.escape(row.note)}</div><div class='crops'>{crops}</div>"
@@ -250,15 +253,33 @@ def card(review: Review, row, index: int) -> str:
     )
 
 
+def flag_of(row) -> str:
+    """What the ranking says about a candidate: automatic (confident, of a kind measured precise), systematic (the
+    model fails on such persons, the label may be right), or a label suspect."""
+    return "automatic" if row.auto == "True" else "systematic" if row.systematic == "True" else "suspect"
+
+
+FLAGS = (("suspect", "label suspects"), ("systematic", "systematic (the model's failure)"), ("automatic", "automatic"))
+
+
 def toolbar(review: Review) -> str:
     """Progress, a filter by kind, open-only, and a jump to a person id; stays on top while scrolling."""
     kinds = "".join(f"<option value='{html.escape(k)}'>{html.escape(k)}</option>" for k in
                     sorted(set(review.candidates["fix"])))  # fmt: skip
+    present = {flag_of(row) for row in review.candidates.itertuples()}
+    flags = "".join(f"<option value='{v}'>{name}</option>" for v, name in FLAGS if v in present)
     return (
         "<div class='bar'><b id='progress'></b> · kind <select id='kind'><option value=''>all</option>"
-        f"{kinds}</select> <label><input type='checkbox' id='open'> undecided only</label> · person "
+        f"{kinds}</select> <select id='flag'><option value=''>every candidate</option>{flags}</select> "
+        "<label><input type='checkbox' id='open'> undecided only</label> · person "
         "<input id='jump' size='8' placeholder='id, Enter'> · click a photo to zoom<div id='msg'></div></div>"
     )
+
+
+def counts(review: Review) -> str:
+    """How many candidates of each flag, in words."""
+    found = pd.Series([flag_of(row) for row in review.candidates.itertuples()]).value_counts()
+    return ", ".join(f"{found[v]} {name}" for v, name in FLAGS if v in found) or "none"
 
 
 def render(review: Review) -> str:
@@ -266,10 +287,10 @@ def render(review: Review) -> str:
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Review: {html.escape(review.run.label)}</title>"
         f"<style>{PAGE_STYLE}</style></head><body><h1>Label review: run {html.escape(review.run.label)}</h1>"
-        f"<p class='meta'>{len(review.candidates)} candidates, most likely first. Keys: <kbd>j</kbd>/<kbd>k</kbd> "
-        "next/previous (<kbd>s</kbd> skips), <kbd>a</kbd> accept, <kbd>r</kbd> reject, <kbd>e</kbd> edit the value "
-        "(Enter saves), <kbd>u</kbd> unsure (kept for later, fixes nothing), <kbd>z</kbd> undo, <kbd>p</kbd> the "
-        "uncropped photos (gender often rests on hair and clothes). Every "
+        f"<p class='meta'>{len(review.candidates)} candidates ({counts(review)}), most likely first. Keys: "
+        "<kbd>j</kbd>/<kbd>k</kbd> next/previous (<kbd>s</kbd> skips), <kbd>a</kbd> accept, <kbd>r</kbd> reject, "
+        "<kbd>e</kbd> edit the value (Enter saves), <kbd>u</kbd> unsure (kept for later, fixes nothing), "
+        "<kbd>z</kbd> undo, <kbd>p</kbd> the uncropped photos (gender often rests on hair and clothes). Every "
         f"decision is saved at once to <code>{html.escape(str(review.run.reviewed_fixes))}</code>. Then retrain with "
         f"<code>{html.escape(review.retrain)}</code></p>{toolbar(review)}{cards}<script>{SCRIPT}</script>"
         "</body></html>"
