@@ -91,6 +91,7 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     assert f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
     assert "From 4 finished trial(s): with fewer than 20, importances are noise as often as signal" in text
     assert f"make tune-dashboard TUNE={search} DATA={sample_root}" in text
+    assert study.metric_names == ["CV macro F1 (nested)"], "the dashboard names the value"
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"
     cfg = load_config(best_file, [o for o in overrides if o.startswith("paths.")])

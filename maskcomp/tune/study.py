@@ -39,6 +39,7 @@ STORAGE_ENV = "TUNE_STORAGE"
 JOURNAL = "journal://"  # TUNE_STORAGE=journal:///shared/studies/search.log: an append-only file, no server
 STUDIES = "tune"  # models/tune/: the SQLite studies (a search's record: nothing regenerates it)
 SCHEMA_ATTEMPTS = 5  # workers starting together race to create the storage's tables; the losers open them after
+OBJECTIVE = "CV macro F1 (nested)"
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -166,7 +167,7 @@ def make_pruner(cfg: Settings) -> optuna.pruners.BasePruner:
 
 def open_study(job: TuneJob) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=job.cfg.tune.seed + os.getpid())
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=job.study,
         storage=open_storage(job),
         direction="maximize",
@@ -174,6 +175,10 @@ def open_study(job: TuneJob) -> optuna.Study:
         pruner=make_pruner(job.cfg),
         load_if_exists=True,
     )
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([OBJECTIVE])  # what make tune-dashboard calls the value
+    return study
 
 
 def trial_folds(cfg: Settings) -> list[int]:
