@@ -12,7 +12,12 @@ Rows, in the order they run (each in its own process, all in one work folder so 
 Each row: CV (nested, the sidecar's), eval macro F1 and its 90 % person-bootstrap interval, the paired difference to
 ours (the same person resamples), per-head eval F1, wall time. Choose on CV; eval is scored once per row.
 
+The greyed-background check of the analysis page (each head's OOF macro F1 with everything outside the face box
+greyed) is measured for every trained row afterwards: `--causal RESULTS.json` adds it to a finished run's table
+(background suppression should shrink the drop).
+
 Usage: python bench/levers.py [--data DIR] [--work DIR] [--results DIR] [--rows ours pseudo ...] [--set key=value ...]
+       python bench/levers.py --causal bench/results/levers-<date>.json --work DIR
 """
 
 from __future__ import annotations
@@ -132,11 +137,37 @@ def write_best_config(best: list[str], path: Path) -> None:
     write_text(header + yaml.safe_dump(tree, sort_keys=False), path)
 
 
+def greyed_drop(data: Path, work: Path, overrides: list[str]) -> dict[str, float]:
+    """Each head's OOF macro F1 lost when the background is greyed (the analysis page's causal check)."""
+    from maskcomp.analyze.attention import attention_report
+    from maskcomp.runs import read_oof, resolve_run
+
+    cfg = recipe_config("ours", data, work, False, overrides)
+    run = resolve_run(cfg.paths.resolved, cfg.experiment)
+    report = attention_report(cfg, run, read_oof(run, cfg.paths.resolved), work / "attention" / cfg.experiment)
+    return {h: c["f1"] - c["f1_background_greyed"] for h, c in (report or {}).get("causal", {}).items()}
+
+
+def add_causal(path: Path, data: Path, work: Path) -> None:
+    """The greyed-background drop of every trained row, added to a finished results file and its table."""
+    saved = json.loads(path.read_text())
+    meta = saved.pop("meta")
+    for row, result in saved.items():
+        if row not in ("heads", "neighbours"):
+            drops = greyed_drop(data, work, result["overrides"])
+            result.update({f"greyed_drop_{h}": d for h, d in drops.items()})
+    write_json({**saved, "meta": meta}, path)
+    write_text(markdown(saved, meta), path.with_suffix(".md"))
+    print(markdown(saved, meta))
+
+
 def markdown(results: dict, meta: dict) -> str:
     cols = [("CV (nested)", "cv_macro_f1"), ("CV - ours", "cv_minus_ours"), ("eval macro F1", "eval_macro_f1"),
             ("eval 90 % interval", "eval_macro_f1_90ci"), ("eval - ours", "eval_minus_ours"),
             ("eval - ours, paired 90 %", "eval_minus_ours_90ci"), ("eval F1 mask", "eval_f1_mask"),
-            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"), ("wall (s)", "wall_s")]  # fmt: skip
+            ("eval F1 gender", "eval_f1_gender"), ("eval F1 age", "eval_f1_age"), ("wall (s)", "wall_s"),
+            ("greyed drop mask", "greyed_drop_mask"), ("greyed drop gender", "greyed_drop_gender"),
+            ("greyed drop age", "greyed_drop_age")]  # fmt: skip
     out = [f"# Levers benchmark {meta['date']}", "", f"Data: {meta['data']} ({meta['device']}).", "",
            "| row | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     for name, r in results.items():
@@ -168,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary folder, kept)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every row")
+    parser.add_argument("--causal", type=Path, help="add the greyed-background check to this finished results file")
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         write_json(run_row(args.child, args.data, args.work, args.set), args.out)
+        return 0
+    if args.causal:
+        add_causal(args.causal, args.data, args.work)
         return 0
     if not (args.data / "eval_answers.csv").exists():
         print(f"bench-levers: skipped, no benchmark data at {args.data} (needs eval_answers.csv)")
