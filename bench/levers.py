@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary folder, kept)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every row")
+    parser.add_argument("--merge", type=Path, help="an earlier results JSON whose other rows join this table")
     parser.add_argument("--causal", type=Path, help="add the greyed-background check to this finished results file")
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="maskcomp-levers-"))
     answers = pd.read_csv(args.data / "eval_answers.csv", dtype={"ImageID": str, "person_id": str}).set_index("ImageID")
-    results, chosen = {}, {}
+    earlier = json.loads(args.merge.read_text()) if args.merge else {}
+    chosen = earlier.pop("meta", {}).get("chosen", {})
+    results = {row: r for row, r in earlier.items() if row not in args.rows}
     for row in args.rows:
         if row == "heads":
             chosen["heads"] = choose_heads(results)
@@ -231,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row}: CV {results[row]['cv_macro_f1']:.4f}, eval {results[row]['eval_macro_f1']:.4f}", flush=True)
     meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "device": "CPU", "chosen": chosen}
     path = args.results / f"levers-{meta['date']}.json"
-    slim = {r: {k: v for k, v in res.items() if k not in ("eval_pred", "eval_ids")} for r, res in results.items()}
+    slim = {
+        r: {k: v for k, v in results[r].items() if k not in ("eval_pred", "eval_ids")} for r in ROWS if r in results
+    }
     write_json({**slim, "meta": meta}, path)
     write_text(markdown(slim, meta), path.with_suffix(".md"))
     print(markdown(slim, meta))
