@@ -127,4 +127,7 @@ def test_the_levers_bench_writes_the_combination_cv_chose_as_a_config(tmp_path):
         "augment.background=0.5",
         "experiment=lever_best",
     ]
-    assert row_overrides("pseudo", tmp_path, {})[0] == f"pseudo.submission={tmp_path}/submissions/quality_ours.csv"
+    assert row_overrides("pseudo", tmp_path, {})[:2] == [
+        f"pseudo.submission={tmp_path}/submissions/quality_ours.csv",
+        "pseudo.threshold=0.7",
+    ]

@@ -128,6 +128,10 @@ def test_pseudo_rows_are_the_confident_eval_images_with_decoded_labels(tmp_path)
     grouped = pseudo_rows(updated(cfg, {"pseudo.threshold": 0.85}))
     assert [p.rsplit("/", 1)[1] for p in grouped["image_path"]] == ["a.jpg", "d.jpg"]
     assert grouped["person_id"].tolist() == ["eval:a.jpg", "eval:a.jpg"] and grouped["label"].tolist() == [17, 0]
+    # no image reaches the threshold: refused (a run with no pseudo-label would only repeat the one before)
+    with pytest.raises(MaskcompError, match=r"pseudo.threshold=0.99: no eval image of sub.csv reaches it \(confidence: "
+                       r"median 0.79, 90th percentile 0.88, highest 0.88\); lower pseudo.threshold"):  # fmt: skip
+        pseudo_rows(updated(cfg, {"pseudo.threshold": 0.99}))
     with pytest.raises(MaskcompError, match=r"pseudo.submission: .*nothing.probs.csv is missing .*run `make ensemble`"):
         pseudo_rows(updated(cfg, {"pseudo.submission": str(tmp_path / "nothing.csv")}))
 

@@ -62,7 +62,14 @@ def pseudo_rows(cfg: Settings) -> pd.DataFrame:
     probs = pd.read_csv(probs_file(submission), dtype={"ImageID": str})
     grouped = groups_file(submission).is_file()
     groups = pd.read_csv(groups_file(submission), dtype=str) if grouped else None
-    keep = probs[confidence(probs, groups) >= cfg.pseudo.threshold].reset_index(drop=True)
+    conf = confidence(probs, groups)
+    if not (conf >= cfg.pseudo.threshold).any():
+        low, mid, high = np.percentile(conf, [50, 90, 100])
+        raise MaskcompError(
+            f"pseudo.threshold={cfg.pseudo.threshold}: no eval image of {submission.name} reaches it (confidence: "
+            f"median {low:.2f}, 90th percentile {mid:.2f}, highest {high:.2f}); lower pseudo.threshold"
+        )
+    keep = probs[conf >= cfg.pseudo.threshold].reset_index(drop=True)
     label = keep[labels.PROB_COLUMNS].to_numpy().argmax(1)
     mask, gender, age = labels.decode(label)
     group = groups.set_index("ImageID").loc[keep["ImageID"], "group"].to_numpy() if grouped else keep["ImageID"]
@@ -77,8 +84,6 @@ def pseudo_rows(cfg: Settings) -> pd.DataFrame:
 
 def describe(rows: pd.DataFrame, total: int) -> str:
     """How many eval images were added and their class mix, in one line."""
-    if rows.empty:
-        return f"pseudo-labels: none of {total} eval images reached the threshold"
     mix = rows["label"].value_counts().sort_index()
     shares = ", ".join(f"{labels.short_name(c)} {n}" for c, n in mix.items())
     return f"pseudo-labels: {len(rows)} of {total} eval images ({rows['person_id'].nunique()} persons) added: {shares}"
