@@ -61,11 +61,8 @@ def row_overrides(row: str, work: Path, chosen: dict) -> list[str]:
     if row == "ours":
         return []
     if row == "heads":
-        own = [f"ensemble.heads={json.dumps(chosen['heads'])}"]
-    elif row == "best":
-        own = [s for lever in chosen["best"] for s in LEVERS[lever]]
-    else:
-        own = LEVERS[row]
+        return [f"ensemble.heads={json.dumps(chosen['heads'])}", NAMES[row]]
+    own = [s for lever in chosen["best"] for s in LEVERS[lever]] if row == "best" else LEVERS[row]
     ours_submission = (work / OURS_SUBMISSION).as_posix()
     return [s.format(ours_submission=ours_submission) for s in own] + [NAMES[row]]
 
@@ -185,12 +182,17 @@ def _cell(v) -> str:
 
 
 def run_child(row: str, args, work: Path, overrides: list[str]) -> dict:
+    """One row in its own process (its JSON, with the wall time, kept in the work folder: --reuse reads it back)."""
     out = work / f"{row}.json"
+    if args.reuse and out.exists() and "wall_s" in json.loads(out.read_text()):
+        return json.loads(out.read_text())
     start = time.perf_counter()
     cmd = [sys.executable, __file__, "--child", row, "--data", str(args.data), "--work", str(work), "--out", str(out),
            "--set", *args.set, *overrides]  # fmt: skip
     subprocess.run(cmd, check=True)
-    return {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1), "work": str(work)}
+    result = {**json.loads(out.read_text()), "wall_s": round(time.perf_counter() - start, 1), "work": str(work)}
+    write_json(result, out)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep stage outputs here (default: a temporary folder, kept)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every row")
+    parser.add_argument("--reuse", action="store_true", help="rows finished in --work before are read, not rerun")
     parser.add_argument("--merge", type=Path, help="an earlier results JSON whose other rows join this table")
     parser.add_argument("--causal", type=Path, help="add the greyed-background check to this finished results file")
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
@@ -229,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             write_best_config(chosen["best"], ROOT / "configs" / "quality_best.yaml")
         results[row] = run_child(row, args, work, row_overrides(row, work, chosen))
-        if row == "pseudo":
-            results[row]["wall_s"] += results["ours"]["wall_s"]  # the second round counts the first
+        if row == "pseudo" and not results[row].get("counts_first_round"):
+            results[row].update(wall_s=results[row]["wall_s"] + results["ours"]["wall_s"], counts_first_round=True)
         results[row].update(score(results[row], results.get("ours") if row != "ours" else None, answers))
         print(f"{row}: CV {results[row]['cv_macro_f1']:.4f}, eval {results[row]['eval_macro_f1']:.4f}", flush=True)
     meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "device": "CPU", "chosen": chosen}

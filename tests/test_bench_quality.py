@@ -127,6 +127,9 @@ def test_the_levers_bench_writes_the_combination_cv_chose_as_a_config(tmp_path):
         "augment.background=0.5",
         "experiment=lever_best",
     ]
+    heads = {"mask": "quality_ours", "gender": "lever_background", "age": "quality_ours"}
+    override = row_overrides("heads", tmp_path, {"heads": heads})[0]
+    assert load_config(None, [override]).ensemble.heads == heads, "a mapping's braces survive the row's settings"
     assert row_overrides("pseudo", tmp_path, {})[:2] == [
         f"pseudo.submission={tmp_path}/submissions/quality_ours.csv",
         "pseudo.threshold=0.7",
