@@ -168,8 +168,8 @@ def markdown(results: dict, meta: dict) -> str:
             ("greyed drop age", "greyed_drop_age")]  # fmt: skip
     out = [f"# Levers benchmark {meta['date']}", "", f"Data: {meta['data']} ({meta['device']}).", "",
            "| row | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
-    for name, r in results.items():
-        out.append(f"| {name} | " + " | ".join(_cell(r.get(k)) for _, k in cols) + " |")
+    for name in [row for row in ROWS if row in results]:  # a JSON read back has its keys sorted
+        out.append(f"| {name} | " + " | ".join(_cell(results[name].get(k)) for _, k in cols) + " |")
     return "\n".join(out + ["", *meta.get("notes", [])]) + "\n"
 
 
