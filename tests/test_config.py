@@ -128,7 +128,8 @@ def test_stage_identities_come_from_the_declarations():
     assert "train.lr" in train and "folds.oversample" in train and "seed" in train
     assert not {"train.workers", "train.device", "train.threads", "data.image_check", "crop.mode"} & set(train)
     assert set(identity_keys("crop")) >= {"crop.mode", "crop.margin", "data.image_check"}
-    assert identity_keys("infer") == ["infer.tta", "infer.tta_reduce", "infer.engine"]
+    assert identity_keys("infer") == ["infer.tta", "infer.tta_reduce", "infer.engine", "infer.neighbours"]
+    assert {"pseudo.submission", "pseudo.threshold", "augment.background"} <= set(train)
 
 
 def test_numbers_keep_the_type_they_were_written_with():
