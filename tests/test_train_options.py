@@ -291,3 +291,10 @@ def test_a_suppressed_background_changes_outside_only_and_repeats_with_the_seed(
     assert np.array_equal(first, again), "the sample's seed decides the draw: a resumed run sees the same images"
     assert not np.array_equal(first, step(image, box, 8)), "another seed jitters the box elsewhere"
     assert np.array_equal(augment.BackgroundSuppression(0.0, fill, 0.2)(image, box, 7), image)
+
+
+def test_background_suppression_on_centre_crops_says_little_is_suppressed(tiny_root, tmp_path, caplog):
+    cfg = _cfg(tiny_root, tmp_path, "crop.mode=center", "augment.background=1.0")
+    with caplog.at_level("WARNING"):
+        _trainer(cfg)
+    assert "augment.background: the face boxes fill the crops (median 92% of each, as centre crops do)" in caplog.text

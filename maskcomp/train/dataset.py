@@ -173,6 +173,26 @@ def existing_crops_only(df: pd.DataFrame, cache: CropCache, skip_bad: bool, what
     return df[keep].reset_index(drop=True)
 
 
+FILLED = 0.85  # a face box this share of its crop leaves little background to suppress (centre crops: 0.9)
+
+
+def warn_nothing_to_suppress(cache: CropCache, rows: np.ndarray) -> None:
+    """augment.background needs face boxes inside the crops: refused without any, a warning where they fill them."""
+    if cache.faces is None:
+        raise MaskcompError(
+            "augment.background needs the crops' face boxes, which these crop records lack; run `make crop` again"
+        )
+    height, width = cache.array.shape[1:3]
+    boxes = cache.faces[rows]
+    share = float(np.median((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (height * width)))
+    if share >= FILLED:
+        log.warning(
+            "augment.background: the face boxes fill the crops (median %.0f%% of each, as centre crops do), so little "
+            "is suppressed; use crop.mode=mtcnn",
+            100 * share,
+        )
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """How a loader batches and feeds: batch size, worker processes, pinned memory, and the seed of the workers'
@@ -196,10 +216,8 @@ def crop_loader(
 ) -> DataLoader:
     """The one way a loader over cached crops is built (training, validation, inference, benchmarks): rows of `df`
     in order (or in the sampler's order), with their targets unless `with_targets` is false (eval images)."""
-    if background is not None and cache.faces is None:
-        raise MaskcompError(
-            "augment.background needs the crops' face boxes, which these crop records lack; run `make crop` again"
-        )
+    if background is not None:
+        warn_nothing_to_suppress(cache, cache.rows(df["image_path"]))
     targets = targets_of(df) if with_targets else {}
     dataset = CropDataset(cache.array, cache.rows(df["image_path"]), targets, transform, background, cache.faces)
     generator = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
