@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from maskcomp.core.fileio import write_json  # noqa: E402
+from maskcomp.core.manifests import digest_of, file_digest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SHARED_DATA = ROOT.parent / "shared" / "data" / "aaf_masks"
@@ -21,6 +22,17 @@ def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
+
+
+def data_fingerprint(data: Path) -> dict[str, str]:
+    """Digests of a benchmark's data (its label tables, and every file under train/ and eval/ by relative path), so
+    results stored on different days can tell a change of data from a change of code."""
+    tables = ["train/train.csv", "eval/info.csv", "eval_answers.csv"]
+    files = sorted(p for split in ("train", "eval") for p in (data / split).rglob("*") if p.is_file())
+    return {
+        **{name: file_digest(data / name)[:16] for name in tables if (data / name).is_file()},
+        "all_files": digest_of([(p.relative_to(data).as_posix(), file_digest(p)) for p in files])[:16],
+    }
 
 
 def save_results(name: str, rows: list[dict]) -> Path:

@@ -41,7 +41,7 @@ from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import bootstrap_macro_f1, macro_f1
 from maskcomp.ensemble.names import submission_file
 
-from common import RESULTS, ROOT, SHARED_DATA
+from common import RESULTS, ROOT, SHARED_DATA, data_fingerprint
 
 ROWS = ("ours", "pseudo", "background", "heads", "neighbours", "best")
 LEVERS = {  # each lever's own settings (the rows add a name so their runs and submissions stay apart)
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             results[row].update(wall_s=results[row]["wall_s"] + results["ours"]["wall_s"], counts_first_round=True)
         results[row].update(score(results[row], results.get("ours") if row != "ours" else None, answers))
         print(f"{row}: CV {results[row]['cv_macro_f1']:.4f}, eval {results[row]['eval_macro_f1']:.4f}", flush=True)
-    meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "device": "CPU", "chosen": chosen}
+    meta = {"date": dt.date.today().isoformat(), "data": str(args.data), "data_digests": data_fingerprint(args.data),
+            "device": "CPU", "chosen": chosen}  # fmt: skip
     path = args.results / f"levers-{meta['date']}.json"
     slim = {
         r: {k: v for k, v in results[r].items() if k not in ("eval_pred", "eval_ids")} for r in ROWS if r in results

@@ -40,7 +40,7 @@ from maskcomp.predict.infer import infer
 from maskcomp.runs import RunRef, read_oof, read_test_probs
 from maskcomp.train.trainer import train
 
-from common import RESULTS, ROOT, SHARED_DATA, peak_rss_mb
+from common import RESULTS, ROOT, SHARED_DATA, data_fingerprint, peak_rss_mb
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": dt.date.today().isoformat(),
         "data": str(args.data),
+        "data_digests": data_fingerprint(args.data),
         "gpu_config": args.gpu,
         "device": torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else f"CPU, {_cores()} cores",
         "shared": "configs/quality.yaml"

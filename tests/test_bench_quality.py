@@ -134,3 +134,23 @@ def test_the_levers_bench_writes_the_combination_cv_chose_as_a_config(tmp_path):
         f"pseudo.submission={tmp_path}/submissions/quality_ours.csv",
         "pseudo.threshold=0.7",
     ]
+
+
+def test_the_data_fingerprint_sees_a_changed_label_or_image_and_nothing_else(tmp_path):
+    from common import data_fingerprint
+
+    for name, text in (
+        ("train/train.csv", "id\n1\n"),
+        ("eval/info.csv", "ImageID\n"),
+        ("train/images/a/mask1.jpg", "x"),
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    first = data_fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("outside train/ and eval/")
+    assert data_fingerprint(tmp_path) == first
+    (tmp_path / "train/images/a/mask1.jpg").write_text("y")
+    changed = data_fingerprint(tmp_path)
+    assert changed["all_files"] != first["all_files"] and changed["train/train.csv"] == first["train/train.csv"]
+    (tmp_path / "train/train.csv").write_text("id\n2\n")
+    assert data_fingerprint(tmp_path)["train/train.csv"] != first["train/train.csv"]
