@@ -22,6 +22,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 from ..core import labels  # noqa: E402
 from ..core.fileio import write_text  # noqa: E402
 from ..core.settings import AttentionSettings  # noqa: E402
+from ..predict.neighbours import pooled_features  # noqa: E402
 from ..report import plots  # noqa: E402
 from ..train.models import probs18  # noqa: E402
 
@@ -32,9 +33,8 @@ ERRORS_PER_FOLD = 3
 def features(model: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(L2-normalised penultimate features, 18-class probabilities) of a batch."""
     with torch.no_grad():
-        pooled = model.backbone(batch)
+        pooled, feats = pooled_features(model, batch)
         probs = probs18({name: head(pooled) for name, head in model.heads.items()} | _age(model, pooled))
-    feats = torch.nn.functional.normalize(pooled.float(), dim=1)
     return feats.numpy(), probs.numpy()
 
 

@@ -130,20 +130,21 @@ def load_review(cfg: Settings) -> Review:
         if run.review_decisions.exists()
         else pd.DataFrame(columns=DECISION_COLUMNS)
     )
-    crops = person_images(cfg, set(candidates["person_id"]), "crop_path")
-    photos = person_images(cfg, set(candidates["person_id"]), "image_path")
+    crops, photos = person_images(cfg, set(candidates["person_id"]))
     return Review(run, candidates, crops, decisions, list(cfg.data.label_fixes), photos=photos)
 
 
-def person_images(cfg: Settings, persons: set[str], column: str) -> dict[str, list[str]]:
-    """Each person's crops (column crop_path) or uncropped images (image_path), in IMAGE_STEMS order."""
+def person_images(cfg: Settings, persons: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each person's crops and uncropped images (under the current data root), in IMAGE_STEMS order."""
     records = crop_dir(cfg) / "records.csv"
     if not records.exists():
         raise MaskcompError(f"{records}: no crop records; run `make crop` first")
     df = pd.read_csv(records, dtype={"person_id": str}, keep_default_na=False)
     df = df[(df["split"] == "train") & df["person_id"].isin(persons)]
     df = df.assign(order=[labels.IMAGE_STEMS.index(Path(k).stem) for k in df["key"]]).sort_values("order")
-    return {p: rows[column].tolist() for p, rows in df.groupby("person_id")}
+    df = df.assign(photo=[cfg.paths.resolved.image_file(k) for k in df["key"]])
+    by_person = df.groupby("person_id")
+    return {p: r["crop_path"].tolist() for p, r in by_person}, {p: r["photo"].tolist() for p, r in by_person}
 
 
 PAGE_STYLE = (

@@ -28,8 +28,8 @@ from ..core.manifests import (
 )
 from ..core.settings import target_class
 from .label_fixes import fix_files
-from .pseudo import describe, pseudo_rows
-from .tables import drop_age_bands, load_eval, read_train, training_labels
+from .pseudo import pseudo_rows
+from .tables import drop_age_bands, read_train, training_labels
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,6 @@ def split_fold(cfg: Settings, images: pd.DataFrame, fold: int) -> tuple[pd.DataF
     val = images[fold_of == fold].reset_index(drop=True)
     pseudo = pseudo_rows(cfg)  # confident eval images (pseudo.submission): training rows only, never validation
     rows = pd.concat([images[fold_of != fold], pseudo], ignore_index=True) if len(pseudo) else images[fold_of != fold]
-    if len(pseudo):
-        log.info("fold %d: %s", fold, describe(pseudo, len(load_eval(cfg))))
     train, weights = training_split(cfg, rows, f"fold {fold}", cfg.seed + fold)
     return train, val, weights
 

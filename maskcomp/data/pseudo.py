@@ -44,13 +44,18 @@ def pseudo_submission(cfg: Settings) -> Path | None:
     return submission
 
 
-def confidence(probs: pd.DataFrame, groups: pd.DataFrame | None) -> np.ndarray:
-    """Each image's top probability, or its person group's mean of them when the submission grouped persons."""
-    top = probs[labels.PROB_COLUMNS].to_numpy().max(1)
-    if groups is None:
-        return top
-    group = groups.set_index("ImageID").loc[probs["ImageID"], "group"].to_numpy()
-    return pd.Series(top).groupby(group).transform("mean").to_numpy()
+def person_groups(submission: Path, image_ids: pd.Series) -> np.ndarray:
+    """Each eval image's person group in the submission (<name>.groups.csv), or the image itself when it grouped
+    none."""
+    if not groups_file(submission).is_file():
+        return image_ids.to_numpy()
+    groups = pd.read_csv(groups_file(submission), dtype=str).set_index("ImageID")["group"]
+    return groups.loc[image_ids].to_numpy()
+
+
+def confidence(probs: pd.DataFrame, group: np.ndarray) -> np.ndarray:
+    """Each image's top probability, its person group's mean of them (a group of one: its own)."""
+    return pd.Series(probs[labels.PROB_COLUMNS].to_numpy().max(1)).groupby(group).transform("mean").to_numpy()
 
 
 def pseudo_rows(cfg: Settings) -> pd.DataFrame:
@@ -60,26 +65,27 @@ def pseudo_rows(cfg: Settings) -> pd.DataFrame:
     if submission is None:
         return pd.DataFrame()
     probs = pd.read_csv(probs_file(submission), dtype={"ImageID": str})
-    grouped = groups_file(submission).is_file()
-    groups = pd.read_csv(groups_file(submission), dtype=str) if grouped else None
-    conf = confidence(probs, groups)
+    group = person_groups(submission, probs["ImageID"])
+    conf = confidence(probs, group)
     if not (conf >= cfg.pseudo.threshold).any():
         low, mid, high = np.percentile(conf, [50, 90, 100])
         raise MaskcompError(
             f"pseudo.threshold={cfg.pseudo.threshold}: no eval image of {submission.name} reaches it (confidence: "
             f"median {low:.2f}, 90th percentile {mid:.2f}, highest {high:.2f}); lower pseudo.threshold"
         )
-    keep = probs[conf >= cfg.pseudo.threshold].reset_index(drop=True)
+    chosen = conf >= cfg.pseudo.threshold
+    keep, group = probs[chosen].reset_index(drop=True), group[chosen]
     label = keep[labels.PROB_COLUMNS].to_numpy().argmax(1)
     mask, gender, age = labels.decode(label)
-    group = groups.set_index("ImageID").loc[keep["ImageID"], "group"].to_numpy() if grouped else keep["ImageID"]
     eval_images = cfg.paths.resolved.eval_images
-    return pd.DataFrame({
+    rows = pd.DataFrame({
         "image_path": [str(eval_images / i) for i in keep["ImageID"]], "person_id": [f"eval:{g}" for g in group],
         "id": [f"eval:{g}" for g in group], "gender": np.where(gender == 1, "female", "male"), "race": "",
         "age": np.array(AGE_OF_GROUP)[age], "stem": [Path(i).stem for i in keep["ImageID"]], "mask": mask,
         "gender_label": gender, "age_group": age, "label": label,
     })  # fmt: skip
+    log.info(describe(rows, len(probs)))
+    return rows
 
 
 def describe(rows: pd.DataFrame, total: int) -> str:

@@ -294,9 +294,10 @@ def blend(cfg: Settings, loaded: list[Experiment], out: Path) -> Blend:
     oof_blend = np.tensordot(weights, np.stack(oof_probs), 1)
     test_blend = np.tensordot(weights, np.stack([e.test_probs for e in loaded]), 1)
     oof_blend, test_blend, age_cuts = tune_age_cuts(ens_cfg, loaded, weights, y, folds, oof_blend, test_blend)
-    shares = read_shares(loaded[0].ref, loaded[0].oof["image_path"].tolist(), cfg.paths.resolved)
-    oof_blend, test_blend, alike = look_alikes(
-        shares if cfg.infer.neighbours else None, y, folds, oof_blend, test_blend
+    first = loaded[0]
+    shares = (
+        read_shares(first.ref, first.oof["image_path"].tolist(), cfg.paths.resolved) if cfg.infer.neighbours else None
     )
+    oof_blend, test_blend, alike = look_alikes(shares, y, folds, oof_blend, test_blend)
     grouped = person_grouping(cfg, loaded[0], oof_blend, test_blend, out)
     return Blend(grouped.oof, grouped.test, weights, age_cuts, grouped.summary, alike)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 from ..core import labels
 from ..core.config import Settings
@@ -31,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def write_eval_probs(ids: list[str], logits: np.ndarray, path: Path) -> Path:
     """<name>.probs.csv: the submission's decided class probabilities per eval image (what pseudo-labels read)."""
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    table = pd.DataFrame(probs / probs.sum(1, keepdims=True), columns=labels.PROB_COLUMNS).round(5)
+    table = pd.DataFrame(softmax(logits, axis=1), columns=labels.PROB_COLUMNS).round(5)
     return write_csv(table.assign(ImageID=ids)[["ImageID", *labels.PROB_COLUMNS]], path)
 
 

@@ -17,6 +17,13 @@ K_CHOICES = (5, 10, 20, 40)  # persons; a fold's training split has hundreds
 SHARES = {"age": 3, "gender": 2}  # the heads whose labels a look-alike person carries (mask is per image)
 
 
+def pooled_features(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the backbone's pooled output, the same L2-normalised) of a batch: what look-alikes are found by (here and on
+    the analysis page's embedding view)."""
+    pooled = model.backbone(images)
+    return pooled, torch.nn.functional.normalize(pooled.float(), dim=1)
+
+
 def penultimate(model: torch.nn.Module, loader, device: torch.device) -> np.ndarray:
     """L2-normalised pooled backbone features of every image the loader yields, in order."""
     out = []
@@ -24,8 +31,7 @@ def penultimate(model: torch.nn.Module, loader, device: torch.device) -> np.ndar
     with torch.no_grad():
         for batch in loader:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            feats = model.backbone(images.to(device)).float()
-            out.append(torch.nn.functional.normalize(feats, dim=1).cpu().numpy())
+            out.append(pooled_features(model, images.to(device))[1].cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
