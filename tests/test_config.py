@@ -67,6 +67,11 @@ def test_config_files_layer_in_order():
         ("train.ema=yes please", "config key train.ema='yes please': expected true/false"),
         ("crop.thresholds=[0.6, 0.7]", "config key crop.thresholds=.*: expected a list of 3 numbers"),
         ("loss.label_smoothing=1.5", r"config key loss.label_smoothing=1.5: expected a number in \[0.0, 0.99\]"),
+        ("data.label_fixes=[1]", r"config key data.label_fixes=\[1\]: expected a list of text values"),
+        ("train.lr=[1]", r"config key train.lr=\[1\]: expected a number$"),
+        ("train.batch_size=1.5", "config key train.batch_size=1.5: expected a whole number$"),
+        ("infer.person_grouping=1", "config key infer.person_grouping=1: expected one of auto, true, false"),
+        ("train.drop_age_bands=[[57, 59.5]]", r"drop_age_bands=.*: expected a list of whole numbers in \[0, 150\]"),
     ],
 )
 def test_wrong_types_and_ranges_name_key_value_and_expectation(override, message):

@@ -1,20 +1,21 @@
 """Config loading: the settings schema (settings.py) gives every key's default; config files (each may name a
-parent with `base: <file>`) and dotted overrides change them; every value is checked against its declaration with a
-one-line error; the result is a typed Settings object (`cfg.train.lr`)."""
+parent with `base: <file>`) and dotted overrides change them; pydantic checks every value against its declaration
+(strict types, bounds, lengths, and the declared choices and words) and its first error becomes one line naming the
+key, the value and what it expects; the result is a typed Settings object (`cfg.train.lr`)."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 import yaml
+from pydantic import ValidationError
 
 from .errors import MaskcompError
 from .paths import PROJECT_ROOT
-from .settings import Settings, is_section, setting_info
+from .settings import Number, Settings, is_section, not_finite, setting_info
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -109,8 +110,7 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
                 _merge(cfg, data, str(source))
     for text in overrides or []:
         _merge(cfg, parse_override(text), f"override '{text}'")
-    validate(cfg, Settings)
-    return Settings.model_validate(cfg)
+    return validated(cfg)
 
 
 def _renamed(values: dict) -> dict:
@@ -129,8 +129,7 @@ def settings_from(values: dict, source: str = "settings") -> Settings:
     read by their new name), each checked against its declaration."""
     merged = Settings().model_dump()
     _merge(merged, _renamed(values), source)
-    validate(merged, Settings)
-    return Settings.model_validate(merged)
+    return validated(merged)
 
 
 def updated(cfg: Settings, changes: dict[str, Any]) -> Settings:
@@ -138,8 +137,7 @@ def updated(cfg: Settings, changes: dict[str, Any]) -> Settings:
     values = cfg.model_dump()
     for key, value in changes.items():
         _merge(values, nested_value(key, value), f"change '{key}'")
-    validate(values, Settings)
-    return Settings.model_validate(values)
+    return validated(values)
 
 
 def _type_name(value: Any) -> str:
@@ -156,58 +154,7 @@ def _type_name(value: Any) -> str:
     return "empty" if value is None else type(value).__name__
 
 
-def _same_type(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return default is None or isinstance(value, type(default))
-
-
-def _not_finite(value: Any) -> bool:
-    """NaN or infinity anywhere in a value (lists and mappings too): YAML reads .nan and .inf as numbers."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_not_finite(v) for v in value.values())
-    return isinstance(value, list) and any(_not_finite(v) for v in value)
-
-
-def _problem(field, value: Any) -> str | None:
-    """What is wrong with `value` for a declared setting (None if it is fine)."""
-    info, default = setting_info(field), field.get_default(call_default_factory=True)
-    if _not_finite(value):
-        return "a finite number (not NaN or infinity)"
-    if info.get("choices"):
-        ok = any(value is c if isinstance(c, bool) else value == c for c in info["choices"])
-        names = (str(c).lower() if isinstance(c, bool) else c for c in info["choices"])
-        return None if ok else "one of " + ", ".join(names)
-    if info.get("items"):
-        ok = isinstance(value, list) and all(v in info["items"] for v in value)
-        return None if ok else "a list of " + ", ".join(info["items"])
-    if value in info.get("words", ()):  # a number or a word: train.batch_size=auto
-        return None
-    if info.get("words") and isinstance(value, str):
-        return f"{_type_name(default)} or {' / '.join(info['words'])}"
-    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else ()
-    if info.get("words"):
-        kinds = ()
-    if str in kinds:  # model.pretrained: bool | str
-        return None if isinstance(value, kinds) else " or ".join(_type_name(k()) for k in kinds)
-    length = info.get("length")
-    if not _same_type(value, default) or (length and len(value) != length):
-        return f"a list of {length} numbers" if length else _type_name(default)
-    if info.get("range"):
-        sample = default[0] if isinstance(default, list) and default else default
-        if isinstance(sample, list):
-            sample = 0  # a list of lists of whole numbers (train.drop_age_bands)
-        return _range_problem(value, *info["range"], integer=isinstance(sample, int) and not isinstance(sample, bool))
-    return None
-
-
-def _range_problem(value: Any, low, high, integer: bool) -> str | None:
-    items = value if isinstance(value, list) else [value]
-    flat = [x for item in items for x in (item if isinstance(item, list) else [item])]
+def _range_words(value: Any, low, high, integer: bool) -> str:
     bounds = (
         f" in [{low}, {high}]"
         if low is not None and high is not None
@@ -218,34 +165,69 @@ def _range_problem(value: Any, low, high, integer: bool) -> str | None:
         else ""
     )
     noun = "whole number" if integer else "number"
-    want = f"a list of {noun}s{bounds}" if isinstance(value, list) else f"a {noun}{bounds}"
-    for x in flat:
-        if (
-            isinstance(x, bool)
-            or not isinstance(x, (int, float))
-            or (isinstance(value, list) and integer and not isinstance(x, int))
-        ):
-            return want
-        if (low is not None and x < low) or (high is not None and x > high):
-            return want
-    return None
+    return f"a list of {noun}s{bounds}" if isinstance(value, list) else f"a {noun}{bounds}"
 
 
-def validate(values: dict, model: type = Settings, prefix: str = "") -> None:
-    """Every value against its declaration (settings.py); one line naming key, value and expectation."""
-    for key, field in model.model_fields.items():
-        dotted, value = f"{prefix}{key}", values[key]
-        if is_section(field):
-            if not isinstance(value, dict):
-                raise MaskcompError(f"config key {dotted}={value!r}: expected a mapping")
-            validate(value, field.annotation, dotted + ".")
-            continue
-        problem = _problem(field, value)
-        if problem:
-            raise MaskcompError(f"config key {dotted}={value!r}: expected {problem}")
-    problem = model.cross_check(values)
-    if problem:
-        raise MaskcompError(f"config key {prefix}{problem}")
+_TYPE_ERRORS = ("_type", "_parsing", "union_tag_invalid")
+
+
+def _list_words(annotation: Any) -> str:
+    """'a list of whole numbers' for list[int], and so on; 'a list' for other annotations."""
+    args = get_args(annotation) if get_origin(annotation) is list else ()
+    names = {str: "text values", int: "whole numbers", dict: "mappings", Number: "numbers"}
+    return f"a list of {names[args[0]]}" if args and args[0] in names else "a list"
+
+
+def expectation(field, value: Any, error: str, in_item: bool) -> str:
+    """What a declared setting expects, in words, for pydantic's error type `error` on `value` (`in_item`: the
+    error is about one of a list's items)."""
+    info, default = setting_info(field), field.get_default(call_default_factory=True)
+    if not_finite(value):
+        return "a finite number (not NaN or infinity)"
+    if info.get("choices"):
+        return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in info["choices"])
+    if info.get("items"):
+        return "a list of " + ", ".join(info["items"])
+    if info.get("words") and isinstance(value, str):
+        return f"{_type_name(default)} or {' / '.join(info['words'])}"
+    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else ()
+    if str in kinds and not info.get("words"):  # model.pretrained: bool | str
+        return " or ".join(_type_name(k()) for k in kinds)
+    length = info.get("length")
+    if length and (not isinstance(value, list) or error in ("too_short", "too_long")):
+        return f"a list of {length} numbers"
+    if info.get("range") and (in_item or not error.endswith(_TYPE_ERRORS)):
+        sample = default[0] if isinstance(default, list) and default else default
+        integer = isinstance(sample, (int, list)) and not isinstance(sample, bool)  # a list of lists: whole numbers
+        return _range_words(value, *info["range"], integer=integer)
+    return _list_words(field.annotation) if isinstance(default, list) and in_item else _type_name(default)
+
+
+def _first_problem(err: ValidationError, values: dict) -> str:
+    """pydantic's first error as one line naming the key, its value and what it expects (or what the section's
+    settings together lack)."""
+    first = err.errors()[0]
+    model, node, prefix = Settings, values, ""
+    for depth, part in enumerate(first["loc"]):
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        if not is_section(field):
+            value, in_item = node[part], any(isinstance(p, int) for p in first["loc"][depth + 1 :])
+            return f"config key {prefix}{part}={value!r}: expected {expectation(field, value, first['type'], in_item)}"
+        model, node, prefix = field.annotation, node[part], f"{prefix}{part}."
+    if first["type"] == "together":
+        return f"config key {prefix}{first['ctx']['problem']}"
+    return f"config key {prefix.rstrip('.') or '(top level)'}: {first['msg']}"
+
+
+def validated(values: dict) -> Settings:
+    """Typed settings from merged values, pydantic checking every value against its declaration (settings.py); a
+    problem is one line naming key, value and expectation."""
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as err:
+        raise MaskcompError(_first_problem(err, values)) from None
 
 
 def dump_config(cfg: Settings) -> str:

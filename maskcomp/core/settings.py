@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from . import labels
 from .paths import Paths
@@ -43,7 +45,9 @@ def setting(
     shapes_input: bool = False,
     invocation: bool = False,
 ) -> Any:
-    """One setting's declaration (a pydantic Field carrying what validation and the manifests need)."""
+    """One setting's declaration: a pydantic Field whose type (the annotation, checked strictly), bounds and length
+    pydantic checks; the extras carry what its field types cannot (choices, list items, words, the bounds of a list's
+    numbers; checked by Section._declared) and what the manifests need."""
     extra = {
         "choices": choices,
         "range": (low, high) if (low, high) != (None, None) else None,
@@ -56,17 +60,66 @@ def setting(
         "shapes_input": shapes_input,
         "invocation": invocation,
     }
+    limits: dict[str, Any] = {"min_length": length, "max_length": length} if length else {}
+    if not words and not isinstance(default, list):  # pydantic bounds a number, not a list's or a word's
+        limits.update(ge=low, le=high)
     if isinstance(default, (list, dict)):
-        return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
-    return Field(default=default, description=doc, json_schema_extra=extra)
+        return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra, **limits)
+    return Field(default=default, description=doc, json_schema_extra=extra, **limits)
+
+
+def not_finite(value: Any) -> bool:
+    """NaN or infinity anywhere in a value (lists and mappings too): YAML reads .nan and .inf as numbers."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(not_finite(v) for v in value.values())
+    return isinstance(value, list) and any(not_finite(v) for v in value)
+
+
+def _numbers(value: Any) -> list:
+    """The numbers of a value, a list's and a list of lists' too."""
+    items = value if isinstance(value, list) else [value]
+    return [x for item in items for x in (item if isinstance(item, list) else [item])]
+
+
+def within_declaration(info: dict, value: Any) -> bool:
+    """Whether a value (already of the declared type) keeps to what its field type cannot say."""
+    if not_finite(value):
+        return False
+    if info.get("choices"):
+        return any(value is c if isinstance(c, bool) else value == c for c in info["choices"])
+    if info.get("items"):
+        return all(v in info["items"] for v in value)
+    if isinstance(value, str):
+        return not info.get("words") or value in info["words"]
+    low, high = info.get("range") or (None, None)
+    if isinstance(value, list) or info.get("words"):
+        return all((low is None or x >= low) and (high is None or x <= high) for x in _numbers(value))
+    return True
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are an error; validation happens in config.py with one-line messages."""
+    """A config section: unknown keys are an error, values are checked strictly against their declarations
+    (config.py words pydantic's first error as one line)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
     stages: ClassVar[tuple[str, ...]] = ()
     doc: ClassVar[str] = ""
+
+    @field_validator("*")
+    @classmethod
+    def _declared(cls, value: Any, info: ValidationInfo) -> Any:
+        if not within_declaration(setting_info(cls.model_fields[info.field_name]), value):
+            raise PydanticCustomError("declared", "outside its declaration")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> "Section":
+        problem = self.cross_check(self.model_dump())
+        if problem:
+            raise PydanticCustomError("together", "{problem}", {"problem": problem})
+        return self
 
     @classmethod
     def cross_check(cls, values: dict) -> str | None:
