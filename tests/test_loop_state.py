@@ -307,7 +307,7 @@ def test_ctrl_c_during_training_prints_one_line_and_exits_130(tiny_root, tmp_pat
     cfg = config_for(tiny_root, tmp_path, *TINY)
     crop_faces(cfg)
     make_folds(cfg)
-    overrides = search_overrides(tiny_root, tmp_path, "train.epochs=200")
+    overrides = search_overrides(tiny_root, tmp_path, "train.epochs=200", "train.patience=200")  # never ends early
     proc = subprocess.Popen(
         [sys.executable, "train.py", "--config", "configs/sample.yaml", *overrides],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
