@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -311,7 +312,8 @@ def test_ctrl_c_during_training_prints_one_line_and_exits_130(tiny_root, tmp_pat
     proc = subprocess.Popen(
         [sys.executable, "train.py", "--config", "configs/sample.yaml", *overrides],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a suite run in the background ignores
+    )  # fmt: skip                                                          # SIGINT; its children would inherit that
     seen = ""
     while "epoch 2/200" not in seen:  # the progress bar: training is under way
         chunk = proc.stderr.read(1)
