@@ -44,12 +44,16 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: setup
-	$(PY) -m pytest -q tests
+# pytest-xdist: TEST_WORKERS processes, each test file on one of them (a module's shared trained run is made once)
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# the quick part of the suite (no test marked slow): under 2 minutes on 2 cores
+test: setup
+	$(PYTEST) tests
+
+# the quick part of the suite (no test marked slow): under a minute on 2 cores
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # ruff: lint (pyflakes, pycodestyle, import order) and format, line length 120 (pyproject.toml)
 lint: setup
