@@ -3,6 +3,7 @@ declarations, building paths has no side effect, the digest cache is read once p
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 
@@ -16,11 +17,11 @@ from maskcomp.crop.stage import crop_faces
 from maskcomp.data import tables
 from maskcomp.data.folds import make_folds
 from maskcomp.ensemble.stage import ensemble
-from maskcomp.predict.infer import infer, run_config
+from maskcomp.predict.infer import infer, require_current_predictions, run_config
 from maskcomp.runs import RunRef
 from maskcomp.train.trainer import train
 
-from conftest import TINY_MODEL, config_for
+from conftest import TINY_MODEL, config_for, latest, run_pipeline
 
 
 def test_a_stored_run_keeps_its_input_shaping_settings_and_takes_the_rest_from_the_invocation(tmp_path):
@@ -109,3 +110,21 @@ def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(tiny):
     assert [
         sorted(p.name for p in files.dir.glob("*.json") if p.name not in ("done.json", "env.json")) for files in folds
     ] == [["predictions.json"]] * len(folds)
+
+
+@pytest.mark.slow
+def test_checks_build_and_write_nothing(tiny):
+    """With the crop array and the digest cache deleted and a training image touched (same bytes, a new stat), the
+    checks infer and ensemble make pass and create nothing; the ensemble stage then writes its submission and, when it
+    ends, the digests it learned, and builds no crop array."""
+    root, cfg = tiny
+    run_pipeline(cfg)
+    cache = cfg.paths.resolved.cache
+    shutil.rmtree(cache)
+    image = next((root / "train" / "images").rglob("mask1.*"))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    require_current_predictions(cfg, latest(cfg))
+    assert not cache.exists()
+    ensemble(cfg)
+    assert sorted(p.name for p in cache.iterdir()) == ["digests.json"]
+    assert str(image.resolve()) in (cache / "digests.json").read_text()

@@ -1,7 +1,8 @@
 """One scope per stage call (a command line's process, or a test's call of a stage function): what a stage derives
 from the raw data (the training and eval listings with every image checked, the crops' expected manifest) is derived
 once while the stage runs, however many of its checks ask for it. Data does not change under a running stage; the
-next stage call starts afresh, so a change made between two calls is always seen."""
+next stage call starts afresh, so a change made between two calls is always seen. When the outermost stage call ends,
+the file digests it learned are written back to the digest cache (the checks themselves write nothing)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import functools
 from contextvars import ContextVar
 from typing import Any, Callable, TypeVar
 
-from .manifests import digest_of
+from .manifests import digest_of, save_digest_caches
 from .settings import Settings
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ def stage(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         finally:
             _memo.reset(token)
+            save_digest_caches()  # the digests learned, even by a stage that stopped: its checks wrote nothing
 
     return wrapped
 

@@ -6,7 +6,8 @@ when the manifest it would write now equals the one on disk, and a downstream st
 outputs whose manifest no longer matches the current inputs.
 
 File digests are SHA-256 of the bytes. They are remembered in `cache/digests.json` under the file's
-(size, mtime, ctime, inode): a repeated run stats every file but reads only those whose stat changed.
+(size, mtime, ctime, inode): a repeated run stats every file but reads only those whose stat changed. The checks only
+read that file; a stage writes what it learned back when it ends (core/context.py).
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def digest_cache(cfg: Settings) -> DigestCache:
     if path not in _CACHES:
         _CACHES[path] = DigestCache(path)
     return _CACHES[path]
+
+
+def save_digest_caches() -> None:
+    """Write back the digests this process learned (a stage does it once, when it ends: checks write nothing)."""
+    for cache in _CACHES.values():
+        cache.save()
 
 
 @dataclass

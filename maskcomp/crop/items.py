@@ -28,5 +28,4 @@ def list_items(cfg: Settings) -> list[Item]:
     listed = [(p, "train", pid) for p, pid in zip(train["image_path"], train["person_id"])]
     listed += [(p, "eval", "") for p in evals["image_path"]]
     digests = cache.digests([p for p, _, _ in listed], "images")
-    cache.save()
     return [Item(paths.image_key(p), split, p, pid, d) for (p, split, pid), d in zip(listed, digests)]

@@ -97,7 +97,6 @@ def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
         file = paths.image_file(key)
         digest = cache.digest(file) if Path(file).is_file() else "missing"
         items.append(Item(key, split, file, person, "info.csv changed" if eval_moved and split == "eval" else digest))
-    cache.save()
     return items
 
 

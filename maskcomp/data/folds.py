@@ -61,7 +61,6 @@ def folds_manifest(cfg: Settings) -> Manifest:
         "train_csv": cache.digest(paths.train_csv),
         "label_fixes": digest_of([cache.digest(f) for f in fix_files(cfg) if f.exists()]),
     }
-    cache.save()
     return Manifest("folds", inputs, config_keys(cfg, "folds"))
 
 

@@ -191,7 +191,6 @@ def prediction_manifest(inputs: EvalInputs, run: RunRef, files: FoldFiles) -> Ma
         raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` first")
     cache = digest_cache(inputs.cfg)
     model = cache.digest(best)
-    cache.save()
     return Manifest(
         "infer",
         {"model": model, "run": read_manifest(run.dir)["digest"], "eval": inputs.eval_digest},

@@ -73,7 +73,6 @@ def run_manifest(cfg: Settings) -> Manifest:
     pseudo = pseudo_submission(cfg)
     if pseudo is not None:  # the eval crops then feed training too: the crop manifest's digest covers them
         inputs.update(pseudo_labels=cache.digest(probs_file(pseudo)), crops=crops["digest"])
-    cache.save()
     return Manifest("train", inputs, config_keys(cfg, "train"))
 
 
