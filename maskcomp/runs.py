@@ -85,6 +85,10 @@ class FoldFiles:
 
     manifest = property(lambda self: self.dir / MANIFEST)  # a refit model's inputs (run, epochs, seed)
 
+    def prediction_outs(self) -> list[Path]:
+        """The files make infer wrote here that later stages read: their digests go into the predictions' lock."""
+        return [p for p in (self.test_probs, self.test_ids, self.oof_tta, self.neighbours) if p.exists()]
+
     def onnx(self, model_digest: str) -> Path:
         """best.pt exported for infer.engine=onnxruntime, named by the checkpoint's content."""
         return self.dir / f"best-{model_digest[:16]}.onnx"

@@ -20,7 +20,7 @@ from maskcomp.core.config import load_config, updated
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.manifests import DigestCache
 from maskcomp.crop import detect
-from maskcomp.crop.stage import crop_faces, load_crops
+from maskcomp.crop.stage import crop_dir, crop_faces, load_crops
 from maskcomp.data.folds import make_folds
 from maskcomp.data.sample import make_sample
 from maskcomp.data.tables import load_train
@@ -100,6 +100,39 @@ def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny,
     )
     stamped = second_sub.parent / index["copy"].iloc[-1]
     assert stamped.name.startswith("sample_cv0.") and stamped.read_text() == second_sub.read_text()
+
+
+def test_hand_edited_crop_records_and_predictions_are_seen_and_remade(tiny):
+    """A stage's lock holds the digests of the files it wrote: a crop box edited in records.csv stops infer until
+    `make crop` writes the records again (nothing retrained or predicted), and an edited fold's test_probs.npy stops
+    the ensemble until infer predicts that fold, and only it, again."""
+    _, cfg = tiny
+    run_pipeline(cfg)
+    run = latest(cfg)
+    records = crop_dir(cfg) / "records.csv"
+    table = pd.read_csv(records, dtype=str, keep_default_na=False)
+    table.loc[0, "x1"] = str(int(table.loc[0, "x1"]) + 1)
+    table.to_csv(records, index=False)
+    with pytest.raises(MaskcompError, match=r"settings \(records.csv changed\); run `make crop` first"):
+        infer(cfg)
+    crop_faces(cfg)
+    stamps = [run.fold(f).test_probs.stat().st_mtime_ns for f in (0, 1)]
+    infer(cfg)
+    assert latest(cfg).run_id == run.run_id and [run.fold(f).test_probs.stat().st_mtime_ns for f in (0, 1)] == stamps
+    probs = run.fold(0).test_probs
+    np.save(probs, np.load(probs)[::-1])
+    with pytest.raises(MaskcompError, match=r"fold0: predictions do not match .*\(test_probs.npy changed\); run `make"):
+        ensemble(cfg)
+    infer(cfg)
+    assert run.fold(1).test_probs.stat().st_mtime_ns == stamps[1] and probs.stat().st_mtime_ns != stamps[0]
+    ensemble(cfg)
+    folds = cfg.paths.resolved.folds
+    folds.write_text(folds.read_text().replace(",0\n", ",1\n", 1))  # a person moved to the other fold by hand
+    with pytest.raises(MaskcompError, match=r"folds.csv: made from .* \(folds.csv changed\); run `make folds` first"):
+        infer(cfg)
+    make_folds(cfg)
+    infer(cfg)
+    assert latest(cfg).run_id == run.run_id
 
 
 def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):

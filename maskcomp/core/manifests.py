@@ -1,7 +1,8 @@
 """Content digests and stage manifests: the one place that decides whether a stage's outputs still hold.
 
-A stage writes `manifest.json` beside its outputs: the digests of everything those outputs depend on
-(input files by content, upstream manifests) and the config keys the stage read. It skips its work only
+A stage writes `manifest.json` beside its outputs, its lock: the digests of everything those outputs depend on
+(input files by content, upstream manifests) and the config keys the stage read, and the digests of the files it wrote
+that others read (its outs: a hand-edited records.csv or test_probs.npy is seen). It skips its work only
 when the manifest it would write now equals the one on disk, and a downstream stage refuses upstream
 outputs whose manifest no longer matches the current inputs.
 
@@ -149,17 +150,37 @@ def read_manifest(place: Path) -> dict | None:
         return None
 
 
-def write_manifest(place: Path, manifest: Manifest) -> Path:
-    return write_json(manifest.as_dict(), manifest_path(place))
+def write_manifest(place: Path, manifest: Manifest, outs: Iterable[Path] = ()) -> Path:
+    """Write the stage's lock: what it consumed (`manifest`) and, under "outs", the content digests of the files it
+    wrote that downstream stages read (named relative to the lock's folder). The outs stay out of the lock's digest:
+    a downstream stage consumed the same lock whether or not the outs were checked."""
+    path = manifest_path(place)
+    record = manifest.as_dict()
+    if outs:
+        record["outs"] = {str(Path(out).relative_to(path.parent)): file_digest(Path(out)) for out in outs}
+    return write_json(record, path)
+
+
+def changed_outputs(place: Path) -> list[str]:
+    """The stage's outs whose bytes are no longer those it wrote ('records.csv changed'); a lock written before outs
+    were recorded vouches for none."""
+    path, stored = manifest_path(place), read_manifest(place) or {}
+    return [
+        f"{name} changed"
+        for name, digest in sorted(stored.get("outs", {}).items())
+        if not (path.parent / name).is_file() or file_digest(path.parent / name) != digest
+    ]
 
 
 def is_current(place: Path, manifest: Manifest) -> bool:
+    """The stored lock was made from what `manifest` says the stage would consume now, and its outs are intact."""
     stored = read_manifest(place)
-    return stored is not None and stored.get("digest") == manifest.digest
+    return stored is not None and stored.get("digest") == manifest.digest and not changed_outputs(place)
 
 
 def differences(place: Path, manifest: Manifest) -> list[str]:
-    """Names of the inputs and config keys that differ from the stored manifest (for messages)."""
+    """Names of the inputs and config keys that differ from the stored manifest, and the outs changed since (for
+    messages)."""
     stored = read_manifest(place)
     if stored is None:
         return ["no manifest yet"]
@@ -173,7 +194,7 @@ def differences(place: Path, manifest: Manifest) -> list[str]:
         for k in set(manifest.config) | set(stored.get("config", {}))
         if manifest.config.get(k) != stored.get("config", {}).get(k)
     ]
-    return sorted(names)
+    return sorted(names) + changed_outputs(place)
 
 
 def require_current(place: Path, manifest: Manifest, subject: str, mismatch: str, fix: str) -> None:

@@ -212,7 +212,7 @@ def crop_faces(cfg: Settings) -> pd.DataFrame:
     write_csv(records.loc[~records["unreadable"], columns], out_dir / "records.csv")
     write_csv(pd.DataFrame([(it.key, it.split, it.person_id, it.digest) for it in items], columns=ITEM_COLUMNS),
               out_dir / ITEMS)  # fmt: skip
-    write_manifest(out_dir, crop_manifest(cfg, items))
+    write_manifest(out_dir, crop_manifest(cfg, items), outs=[out_dir / "records.csv", out_dir / ITEMS])
     if bad:
         write_csv(pd.DataFrame({"image_path": bad}), paths.reports / "crop" / "unreadable_images.csv")
         log.warning(

@@ -103,7 +103,7 @@ def make_folds(cfg: Settings) -> pd.DataFrame:
         manifest_file(cfg).unlink(missing_ok=True)
         write_csv(persons, out)
         log.info("wrote %s (%d persons, %d folds)", out, len(persons), k)
-    write_manifest(manifest_file(cfg), folds_manifest(cfg))
+    write_manifest(manifest_file(cfg), folds_manifest(cfg), outs=[out])
     write_csv(table.reset_index(), out.with_name("fold_summary.csv"))
     applied = train.applied_fixes
     write_csv(applied, out.with_name("applied_fixes.csv"))
