@@ -152,7 +152,7 @@ def age_directions(per: pd.DataFrame) -> list[Direction]:
     """Labelled group A, looks group B (B the pooled arg-max); the suggested age is the median age of persons
     labelled B."""
     probs = per[[f"age_p{i}" for i in range(3)]].to_numpy()
-    looks = probs.argmax(1)
+    predicted_group = probs.argmax(1)  # each person's pooled arg-max age group
     out = []
     for a in range(3):
         for b in range(3):
@@ -160,7 +160,7 @@ def age_directions(per: pd.DataFrame) -> list[Direction]:
             if a == b or mine.empty:
                 continue
             suggested = int(theirs["age"].median()) if len(theirs) else None
-            score = np.where(looks[per["age_group"] == a] == b, mine[f"age_p{b}"].to_numpy(), 0.0)
+            score = np.where(predicted_group[per["age_group"] == a] == b, mine[f"age_p{b}"].to_numpy(), 0.0)
             rows = pd.DataFrame(
                 {
                     "person_id": mine.index,
