@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from ..core import labels
 from ..core.config import Settings
@@ -38,6 +37,8 @@ HEAD_COLUMNS = {"label": "label", "mask": "mask", "gender": "gender_label", "age
 
 def assign_folds(persons: pd.DataFrame, k: int, seed: int) -> pd.Series:
     """Fold of each person, stratified by gender x age group (the person-level class)."""
+    from sklearn.model_selection import StratifiedKFold  # here: scikit-learn costs every other stage 0.6 s to import
+
     strata = persons["gender_label"] * 3 + persons["age_group"]
     if strata.value_counts().min() < k:
         log.warning("some gender x age group has fewer than k=%d persons; its share per fold will be uneven", k)
