@@ -85,9 +85,10 @@ class FoldFiles:
 
     manifest = property(lambda self: self.dir / MANIFEST)  # a refit model's inputs (run, epochs, seed)
 
-    def prediction_outs(self) -> list[Path]:
-        """The files make infer wrote here that later stages read: their digests go into the predictions' lock."""
-        return [p for p in (self.test_probs, self.test_ids, self.oof_tta, self.neighbours) if p.exists()]
+    def prediction_outs(self, oof: bool, neighbours: bool) -> list[Path]:
+        """The files make infer wrote here that later stages read (the eval predictions; a fold's re-scored OOF and
+        its look-alike shares when written): their digests go into the predictions' lock."""
+        return [self.test_probs, self.test_ids] + [self.oof_tta] * oof + [self.neighbours] * neighbours
 
     def onnx(self, model_digest: str) -> Path:
         """best.pt exported for infer.engine=onnxruntime, named by the checkpoint's content."""

@@ -161,21 +161,21 @@ def write_manifest(place: Path, manifest: Manifest, outs: Iterable[Path] = ()) -
     return write_json(record, path)
 
 
-def changed_outputs(place: Path) -> list[str]:
-    """The stage's outs whose bytes are no longer those it wrote ('records.csv changed'); a lock written before outs
-    were recorded vouches for none."""
-    path, stored = manifest_path(place), read_manifest(place) or {}
+def changed_outputs(place: Path, stored: dict | None) -> list[str]:
+    """The outs of the lock `stored` (read from `place`) whose bytes are no longer those the stage wrote
+    ('records.csv changed'); a lock written before outs were recorded vouches for none."""
+    folder = manifest_path(place).parent
     return [
         f"{name} changed"
-        for name, digest in sorted(stored.get("outs", {}).items())
-        if not (path.parent / name).is_file() or file_digest(path.parent / name) != digest
+        for name, digest in sorted((stored or {}).get("outs", {}).items())
+        if not (folder / name).is_file() or file_digest(folder / name) != digest
     ]
 
 
 def is_current(place: Path, manifest: Manifest) -> bool:
     """The stored lock was made from what `manifest` says the stage would consume now, and its outs are intact."""
     stored = read_manifest(place)
-    return stored is not None and stored.get("digest") == manifest.digest and not changed_outputs(place)
+    return stored is not None and stored.get("digest") == manifest.digest and not changed_outputs(place, stored)
 
 
 def differences(place: Path, manifest: Manifest) -> list[str]:
@@ -194,7 +194,7 @@ def differences(place: Path, manifest: Manifest) -> list[str]:
         for k in set(manifest.config) | set(stored.get("config", {}))
         if manifest.config.get(k) != stored.get("config", {}).get(k)
     ]
-    return sorted(names) + changed_outputs(place)
+    return sorted(names) + changed_outputs(place, stored)
 
 
 def require_current(place: Path, manifest: Manifest, subject: str, mismatch: str, fix: str) -> None:

@@ -67,13 +67,13 @@ def pseudo_rows(cfg: Settings) -> pd.DataFrame:
     probs = pd.read_csv(probs_file(submission), dtype={"ImageID": str})
     group = person_groups(submission, probs["ImageID"])
     conf = confidence(probs, group)
-    if not (conf >= cfg.pseudo.threshold).any():
+    chosen = conf >= cfg.pseudo.threshold
+    if not chosen.any():
         low, mid, high = np.percentile(conf, [50, 90, 100])
         raise MaskcompError(
             f"pseudo.threshold={cfg.pseudo.threshold}: no eval image of {submission.name} reaches it (confidence: "
             f"median {low:.2f}, 90th percentile {mid:.2f}, highest {high:.2f}); lower pseudo.threshold"
         )
-    chosen = conf >= cfg.pseudo.threshold
     keep, group = probs[chosen].reset_index(drop=True), group[chosen]
     label = keep[labels.PROB_COLUMNS].to_numpy().argmax(1)
     mask, gender, age = labels.decode(label)

@@ -368,7 +368,7 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
             continue
         out.predictions_manifest.unlink(missing_ok=True)
         prediction.predict_eval(prediction.model(out, what, run), out, f"{what}, TTA {'+'.join(prediction.tta)}")
-        write_manifest(out.predictions_manifest, manifest, outs=out.prediction_outs())
+        write_manifest(out.predictions_manifest, manifest, outs=out.prediction_outs(oof=False, neighbours=False))
         log.info("%s: wrote test_probs.npy/.csv (%d images) in %s", what, len(inputs.evals), out.dir)
 
 
@@ -392,7 +392,8 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
         out.predictions_manifest.unlink(missing_ok=True)
         val = existing_crops_only(fold_rows(inputs.cfg, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation")
         prediction.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(prediction.tta)}")
-        write_manifest(out.predictions_manifest, manifest, outs=out.prediction_outs())
+        outs = out.prediction_outs(oof=True, neighbours=prediction.neighbours)
+        write_manifest(out.predictions_manifest, manifest, outs=outs)
         log.info(
             "fold %d: wrote test_probs.npy/.csv (%d images, TTA %s) and oof_tta.csv in %s",
             fold,
