@@ -7,8 +7,8 @@ from maskcomp.core.errors import cli
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    print(closing_summary(cfg, analyze(cfg)))
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    print(closing_summary(ctx.cfg, analyze(ctx)))
 
 
 if __name__ == "__main__":

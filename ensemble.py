@@ -8,8 +8,8 @@ from maskcomp.ensemble.stage import ensemble
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    ensemble(cfg)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    ensemble(ctx)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from maskcomp.predict.infer import infer
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
-    cfg, args = parse_stage_args(parser, argv)
-    infer(cfg, folds=args.fold)
+    ctx, args = parse_stage_args(parser, argv)
+    infer(ctx, folds=args.fold)
 
 
 if __name__ == "__main__":

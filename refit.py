@@ -12,8 +12,8 @@ from maskcomp.train.refit import refit
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    run, models = refit(cfg)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    run, models = refit(ctx)
     folders = ", ".join(str(files.dir) for files in models)
     after = make_command("infer ensemble", ["ensemble.models=refit"])
     print(f"refit models of run {run.label}: {folders}\nnext: {after} (or ensemble.models=both)")

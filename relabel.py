@@ -10,8 +10,8 @@ from maskcomp.core.errors import cli
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    result = relabel(cfg)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    result = relabel(ctx)
     print(
         f"label-noise candidates: {result.automatic} to apply automatically, {result.to_review} to review "
         f"(systematic ones listed last)\nall candidates: {result.candidates}\nautomatic fixes: {result.fixes}"
@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     for why in result.held:
         print(f"held for review: {why}")
     if result.automatic:
-        retrain = make_command("folds train infer ensemble", [label_fixes_override(cfg.data.label_fixes, result.fixes)])
+        fixes = label_fixes_override(ctx.cfg.data.label_fixes, result.fixes)
+        retrain = make_command("folds train infer ensemble", [fixes])
         print(f"next: {review} to check the candidates by eye, or apply the automatic fixes as they are: {retrain}")
         print("(train.csv is never changed)")
     else:

@@ -13,8 +13,8 @@ from maskcomp.core.errors import cli
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    cfg, args = parse_stage_args(parser, argv)
-    server = review_server(cfg, args.port)
+    ctx, args = parse_stage_args(parser, argv)
+    server = review_server(ctx.cfg, args.port)
     review = server.RequestHandlerClass.review
     host, port = server.server_address[:2]
     print(f"review page: http://{host}:{port}/ ({len(review.candidates)} candidates of run {review.run.label})")

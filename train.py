@@ -13,8 +13,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from each fold's last.pt")
-    cfg, args = parse_stage_args(parser, argv)
-    train(cfg, folds=args.fold, resume=args.resume)
+    ctx, args = parse_stage_args(parser, argv)
+    train(ctx, folds=args.fold, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from maskcomp.tune.study import TuneJob, optimise
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, args = parse_stage_args(stage_parser(__doc__), argv)
-    job = TuneJob.from_config(cfg, args.config, args.overrides)
-    study = optimise(job)
+    ctx, args = parse_stage_args(stage_parser(__doc__), argv)
+    job = TuneJob.from_config(ctx.cfg, args.config, args.overrides)
+    study = optimise(ctx, job)
     best = best_config(study, job)
     page = write_study_page(study, job, best)
     print(f"study {job.study}: page {page}" + (f"; best config {best} ({train_command(best)})" if best else ""))

@@ -13,8 +13,8 @@ from maskcomp.tune.dashboard import dashboard_server
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    cfg, args = parse_stage_args(parser, argv)
-    server = dashboard_server(cfg, args.config, args.port)
+    ctx, args = parse_stage_args(parser, argv)
+    server = dashboard_server(ctx.cfg, args.config, args.port)
     host, port = server.server_address[:2]
     print(f"tune dashboard: http://{host}:{port}/ (study of {args.config})", flush=True)
     try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.manifests import DigestCache
 from maskcomp.data.tables import load_eval, load_train
 
@@ -32,7 +33,8 @@ def run() -> list[dict]:
         cfg = load_config(
             None, [f"paths.data_root={SHARED_DATA}", f"paths.reports={tmp}/reports", "data.image_check=none"]
         )
-        files = list(load_train(cfg)["image_path"]) + list(load_eval(cfg)["image_path"])
+        ctx = Context(cfg)
+        files = list(load_train(ctx)["image_path"]) + list(load_eval(ctx)["image_path"])
         megabytes = sum(Path(f).stat().st_size for f in files) / 2**20
         rows = []
         for label in ("first run (empty cache)", "repeated run (cache hit)"):
@@ -41,7 +43,7 @@ def run() -> list[dict]:
             rows.append({"step": f"digest images, {label}", "images": len(files), "MB": megabytes, "seconds": seconds})
         for check in ("none", "header", "decode"):
             checked = updated(cfg, {"data.image_check": check})
-            seconds, _ = _timed(lambda: (load_train(checked), load_eval(checked)))
+            seconds, _ = _timed(lambda: (load_train(Context(checked)), load_eval(Context(checked))))
             rows.append(
                 {
                     "step": f"load train+eval, image_check={check}",

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from maskcomp.core.config import load_config
+from maskcomp.core.context import Context
 from maskcomp.core.device import resolve_device
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.sample import make_sample
@@ -35,8 +36,9 @@ def run(eval_persons: int = 60, repeats: int = 2) -> list[dict]:
         make_sample(cfg.paths.resolved, 2, eval_persons, seed=0)
         crop_faces(cfg)
         size = tuple(cfg.train.img_size)
-        cache = build_cache(cfg, size)
-        evals = load_eval(cfg)
+        ctx = Context(cfg)
+        cache = build_cache(ctx, size)
+        evals = load_eval(ctx)
         mean, std = normalisation(cfg.model.backbone)
         device = resolve_device(cfg.train.device)
         loader = crop_loader(

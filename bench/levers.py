@@ -37,6 +37,7 @@ import yaml
 from quality import eval_scores, pipeline_submission, recipe_config, run_recipe
 
 from maskcomp.core import labels
+from maskcomp.core.context import Context
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import bootstrap_macro_f1, macro_f1
 from maskcomp.ensemble.names import submission_file
@@ -104,7 +105,7 @@ def oof_head_f1(cfg) -> dict[str, float]:
     """Each head's macro F1 on the experiment's OOF (how the heads row picks its experiments: on CV)."""
     from maskcomp.ensemble.blend import load_experiment
 
-    oof = load_experiment(cfg, cfg.experiment).oof
+    oof = load_experiment(Context(cfg), cfg.experiment).oof
     truth = labels.head_labels(oof["label"].to_numpy())
     guess = labels.head_labels(oof[labels.PROB_COLUMNS].to_numpy().argmax(1))
     return {h: macro_f1(truth[h], guess[h]) for h in labels.HEADS}

@@ -29,6 +29,7 @@ import pandas as pd
 
 from maskcomp.core import labels
 from maskcomp.core.config import Settings, load_config
+from maskcomp.core.context import Context
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import bootstrap_macro_f1, f1_per_class, macro_f1, scores
 from maskcomp.crop.stage import crop_faces
@@ -141,7 +142,7 @@ def first_submission(cfg: Settings) -> Submission:
 def pipeline_submission(cfg: Settings, answer_table: pd.DataFrame) -> Submission:
     """The pipeline's own: every fold inferred with TTA, then the ensemble and its nested decision steps."""
     run = infer(cfg)
-    oof = load_experiment(cfg, cfg.experiment).oof
+    oof = load_experiment(Context(cfg), cfg.experiment).oof
     sub_path = ensemble(cfg)
     side = json.loads(sub_path.with_suffix(".json").read_text())
     sub = pd.read_csv(sub_path, dtype={"ImageID": str})

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.device import Placement, autocast, resolve_device
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -52,8 +53,9 @@ def pure_rate(trainer: FoldTrainer, steps: int) -> float:
 def measure(cfg: dict, label: str) -> dict:
     """A fresh trainer (threads chosen now, as a training started at this moment would), one warm-up epoch,
     then one timed epoch of the loop and as many pure steps."""
+    ctx = Context(cfg)
     trainer = FoldTrainer(
-        cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)), Placement(resolve_device(cfg.train.device))
+        ctx, 0, load_train(ctx), open_run(cfg, run_manifest(ctx)), Placement(resolve_device(cfg.train.device))
     )
     threads = torch.get_num_threads()
     trainer._train_epoch(0)

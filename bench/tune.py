@@ -28,6 +28,7 @@ import yaml
 from optuna.trial import TrialState
 
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.fileio import write_json, write_text
 from maskcomp.core.metrics import macro_f1
 from maskcomp.core.settings import value_of
@@ -56,7 +57,7 @@ def phase(search: Path, overrides: list[str], queue: list[dict]) -> tuple[optuna
     for params in queue[len(study.get_trials(deepcopy=False)) :]:  # a rerun continues: only the trials it lacks
         study.enqueue_trial(params)
     start = time.perf_counter()
-    study = optimise(job)
+    study = optimise(cfg, job)
     wall = time.perf_counter() - start
     write_study_page(study, job)
     best_config(study, job)
@@ -87,7 +88,7 @@ def summary(study: optuna.Study, wall: float) -> dict:
 
 def eval_score(cfg, answers: pd.Series) -> dict:
     """The pipeline's submission for this config's run (infer with TTA, ensemble with its nested decisions) on eval."""
-    cfg = updated(cfg, {"run": open_run(cfg, run_manifest(cfg), write=False).run_id})
+    cfg = updated(cfg, {"run": open_run(cfg, run_manifest(Context(cfg)), write=False).run_id})
     infer(cfg)
     sub = pd.read_csv(ensemble(cfg), dtype={"ImageID": str})
     side = json.loads(Path(cfg.paths.resolved.submissions / f"{cfg.experiment}.json").read_text())

@@ -25,10 +25,17 @@ import json, sys, time, logging
 from maskcomp.core.config import load_config
 from maskcomp.predict.infer import infer
 from maskcomp.ensemble.blend import load_experiment
+try:
+    from maskcomp.core.context import Context  # checks take a stage call's context (older checkouts: the settings)
+except ImportError:
+    Context = None
 logging.disable(logging.WARNING)
 cfg = load_config("configs/sample.yaml", sys.argv[1:])
 out = {}
-steps = {"infer, nothing to do": lambda: infer(cfg), "ensemble's inputs": lambda: load_experiment(cfg, cfg.experiment)}
+steps = {
+    "infer, nothing to do": lambda: infer(cfg),
+    "ensemble's inputs": lambda: load_experiment(Context(cfg) if Context else cfg, cfg.experiment),
+}
 for name, step in steps.items():
     times = []
     for _ in range(3):

@@ -7,8 +7,8 @@ from maskcomp.data.folds import make_folds
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
-    make_folds(cfg)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    make_folds(ctx)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def summary(done: Cleaned, everything: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--everything", action="store_true", help="also the review decisions, studies, submissions")
-    cfg, args = parse_stage_args(parser, argv)
-    print(summary(clean(cfg, args.everything), args.everything))
+    ctx, args = parse_stage_args(parser, argv)
+    print(summary(clean(ctx.cfg, args.everything), args.everything))
 
 
 if __name__ == "__main__":

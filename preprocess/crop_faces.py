@@ -11,10 +11,10 @@ from maskcomp.report.crop_page import write_crop_report
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
     start = time.perf_counter()
-    records = crop_faces(cfg)
-    write_crop_report(cfg, records, time.perf_counter() - start)
+    records = crop_faces(ctx)
+    write_crop_report(ctx.cfg, records, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

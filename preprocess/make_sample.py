@@ -7,7 +7,8 @@ from maskcomp.data.sample import make_sample
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    cfg, _ = parse_stage_args(stage_parser(__doc__), argv)
+    ctx, _ = parse_stage_args(stage_parser(__doc__), argv)
+    cfg = ctx.cfg
     make_sample(cfg.paths.resolved, cfg.sample.persons, cfg.sample.eval_persons, cfg.sample.seed)
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from maskcomp.core.config import load_config
+from maskcomp.core.context import Context
 from maskcomp.core.device import start_distributed
 from maskcomp.data.tables import load_train
 from maskcomp.runs import open_run
@@ -17,7 +18,8 @@ from maskcomp.train.trainer import FoldTrainer, run_manifest
 
 cfg = load_config("configs/sample.yaml", sys.argv[1:])
 place = start_distributed(cfg.train.device)
-trainer = FoldTrainer(cfg, 1, load_train(cfg), open_run(cfg, run_manifest(cfg), write=place.is_main), place)
+ctx = Context(cfg)
+trainer = FoldTrainer(ctx, 1, load_train(ctx), open_run(cfg, run_manifest(ctx), write=place.is_main), place)
 trainer.sampler.set_epoch(0)
 seen = [index for index, _ in trainer.sampler]
 trainer._seed_epoch(0)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces, load_crops
 from maskcomp.data.folds import make_folds
@@ -53,8 +54,8 @@ def test_truncated_jpeg_is_caught_by_the_default_check(tiny_copy, tmp_path):
     with pytest.raises(
         MaskcompError, match=rf"{victim.name}: truncated image \(its end marker is missing\); replace the file"
     ):
-        load_train(config_for(tiny_copy, tmp_path / "w"))
-    skipped = load_train(config_for(tiny_copy, tmp_path / "w", "data.skip_bad=true"))
+        load_train(Context(config_for(tiny_copy, tmp_path / "w")))
+    skipped = load_train(Context(config_for(tiny_copy, tmp_path / "w", "data.skip_bad=true")))
     assert victim.parent.name not in set(skipped["image_path"].map(lambda p: Path(p).parent.name))
     listed = pd.read_csv(tmp_path / "w" / "reports" / "skipped_train.csv")
     assert listed["reason"].str.contains("truncated").any()
@@ -62,10 +63,10 @@ def test_truncated_jpeg_is_caught_by_the_default_check(tiny_copy, tmp_path):
 
 def test_truncated_png_is_caught_and_complete_files_pass(tiny_copy, tmp_path):
     png = next(p for p in sorted((tiny_copy / "train" / "images").rglob("*.png")))
-    assert len(load_train(config_for(tiny_copy, tmp_path / "w"))) == 6 * 7
+    assert len(load_train(Context(config_for(tiny_copy, tmp_path / "w")))) == 6 * 7
     png.write_bytes(png.read_bytes()[:-20])
     with pytest.raises(MaskcompError, match=rf"{png.name}: truncated image"):
-        load_train(config_for(tiny_copy, tmp_path / "w"))
+        load_train(Context(config_for(tiny_copy, tmp_path / "w")))
 
 
 def test_drop_age_bands_that_empty_a_training_split_stop_training(tiny_copy, tmp_path):
@@ -81,7 +82,7 @@ def test_drop_age_bands_that_empty_a_training_split_stop_training(tiny_copy, tmp
 def test_header_only_info_csv_is_one_line(tiny_copy, tmp_path):
     (tiny_copy / "eval" / "info.csv").write_text("ImageID,ans\n")
     with pytest.raises(MaskcompError, match=r"info.csv: no rows \(only a header\); restore the competition's info.csv"):
-        load_eval(config_for(tiny_copy, tmp_path / "w"))
+        load_eval(Context(config_for(tiny_copy, tmp_path / "w")))
 
 
 def test_sample_into_an_unwritable_folder_is_one_line(tmp_path):
@@ -115,7 +116,7 @@ def test_train_csv_saved_by_korean_excel_is_read(tiny_copy, tmp_path, caplog, en
     persons["race"] = "아시아인"
     csv.write_bytes(persons.to_csv(index=False).encode(encoding))
     with caplog.at_level(logging.INFO, logger="maskcomp.data.csvfiles"):
-        df = load_train(config_for(tiny_copy, tmp_path / "w"))
+        df = load_train(Context(config_for(tiny_copy, tmp_path / "w")))
     assert (df["race"] == "아시아인").all()
     assert any(logged in r.getMessage() and "train.csv" in r.getMessage() for r in caplog.records)
 
@@ -123,7 +124,7 @@ def test_train_csv_saved_by_korean_excel_is_read(tiny_copy, tmp_path, caplog, en
 def test_undecodable_train_csv_is_one_line(tiny_copy, tmp_path):
     (tiny_copy / "train" / "train.csv").write_bytes(b"id,gender,race,age,path\n\xff\xfe\xfa\n")
     with pytest.raises(MaskcompError, match="train.csv: neither UTF-8 nor CP949 text; save it again as UTF-8 CSV"):
-        load_train(config_for(tiny_copy, tmp_path / "w"))
+        load_train(Context(config_for(tiny_copy, tmp_path / "w")))
 
 
 def test_implausible_age_is_named_in_a_warning(tiny_copy, tmp_path, caplog):
@@ -132,7 +133,7 @@ def test_implausible_age_is_named_in_a_warning(tiny_copy, tmp_path, caplog):
     persons.loc[2, "age"] = "200"
     persons.to_csv(csv, index=False)
     with caplog.at_level(logging.WARNING, logger="maskcomp.data.tables"):
-        load_train(config_for(tiny_copy, tmp_path / "w"))
+        load_train(Context(config_for(tiny_copy, tmp_path / "w")))
     assert [r.getMessage() for r in caplog.records if "outside 0-120" in r.getMessage()] == [
         f"{csv}: age 200 of person {persons.loc[2, 'id']} (line 4) is outside 0-120; check it (it is used as given)"
     ]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from maskcomp.core import labels
+from maskcomp.core.context import Context
 from maskcomp.core.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +100,7 @@ def test_noise_benchmark_plants_what_it_reports(sample_root, tmp_path):
             source = sample_root / "train" / "images" / clean.at[row.person_id, "path"]
             assert next(folder.glob("incorrect_mask.*")).resolve().stem == "normal"
             assert next(folder.glob("normal.*")).resolve().parent == source.resolve()
-    images = load_train(load_config(None, [f"paths.data_root={tmp_path / 'noisy'}"]))
+    images = load_train(Context(load_config(None, [f"paths.data_root={tmp_path / 'noisy'}"])))
     flipped = planted.loc[planted["kind"] == "gender", "person_id"]
     got = images.drop_duplicates("person_id").set_index("person_id").loc[flipped, "gender"]
     assert (got == noisy.loc[flipped, "gender"]).all() and len(images) == len(clean) * 7

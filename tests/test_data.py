@@ -8,6 +8,7 @@ import pytest
 
 from maskcomp.core import labels
 from maskcomp.core.config import load_config
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.data.sample import draw_persons, make_sample
 from maskcomp.data.tables import drop_age_bands, load_eval, load_train, training_labels
@@ -20,7 +21,7 @@ def first_person_dir(root: Path) -> Path:
 
 
 def test_train_table_columns_and_labels(sample_root, tmp_path):
-    df = load_train(config_for(sample_root, tmp_path))
+    df = load_train(Context(config_for(sample_root, tmp_path)))
     assert len(df) == SAMPLE_PERSONS * 7
     for col in ("image_path", "person_id", "gender", "race", "age", "mask", "gender_label", "age_group", "label"):
         assert col in df
@@ -32,7 +33,7 @@ def test_train_table_columns_and_labels(sample_root, tmp_path):
 
 
 def test_eval_table_keeps_info_order(sample_root, tmp_path):
-    df = load_eval(config_for(sample_root, tmp_path))
+    df = load_eval(Context(config_for(sample_root, tmp_path)))
     info = pd.read_csv(sample_root / "eval" / "info.csv")
     assert df["ImageID"].tolist() == info["ImageID"].tolist()
     assert all(Path(p).is_file() for p in df["image_path"])
@@ -40,7 +41,7 @@ def test_eval_table_keeps_info_order(sample_root, tmp_path):
 
 def expect_error(root: Path, tmp_path: Path, pattern: str, *overrides: str):
     with pytest.raises(MaskcompError, match=pattern) as err:
-        load_train(config_for(root, tmp_path / "work", *overrides))
+        load_train(Context(config_for(root, tmp_path / "work", *overrides)))
     assert "\n" not in str(err.value)
     return str(err.value)
 
@@ -96,7 +97,7 @@ def test_skip_bad_writes_list_and_drops_person(data_copy, tmp_path):
     person = first_person_dir(data_copy)
     next(person.glob("mask3.*")).write_bytes(b"")
     cfg = config_for(data_copy, tmp_path / "work", "data.skip_bad=true")
-    df = load_train(cfg)
+    df = load_train(Context(cfg))
     assert len(df) == (SAMPLE_PERSONS - 1) * 7
     skipped = pd.read_csv(cfg.paths.resolved.reports / "skipped_train.csv")
     assert len(skipped) == 1 and "mask3" in skipped["file"][0]
@@ -106,14 +107,14 @@ def test_eval_missing_image(data_copy, tmp_path):
     first = pd.read_csv(data_copy / "eval" / "info.csv")["ImageID"][0]
     (data_copy / "eval" / "images" / first).unlink()
     with pytest.raises(MaskcompError, match="missing"):
-        load_eval(config_for(data_copy, tmp_path))
+        load_eval(Context(config_for(data_copy, tmp_path)))
 
 
 def test_hidden_files_are_ignored(data_copy, tmp_path):
     person = first_person_dir(data_copy)
     (person / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07")
     (person / ".DS_Store").write_bytes(b"junk")
-    assert len(load_train(config_for(data_copy, tmp_path))) == SAMPLE_PERSONS * 7
+    assert len(load_train(Context(config_for(data_copy, tmp_path)))) == SAMPLE_PERSONS * 7
 
 
 def test_duplicated_person_id_survives_as_two_persons(data_copy, tmp_path):
@@ -121,14 +122,14 @@ def test_duplicated_person_id_survives_as_two_persons(data_copy, tmp_path):
     df = pd.read_csv(csv, dtype=str)
     df.loc[1, "id"] = df.loc[0, "id"]
     df.to_csv(csv, index=False)
-    out = load_train(config_for(data_copy, tmp_path))
+    out = load_train(Context(config_for(data_copy, tmp_path)))
     pid = df.loc[0, "id"]
     assert set(out[out["id"] == pid]["person_id"]) == {pid, f"{pid}-1"}
     assert len(out) == SAMPLE_PERSONS * 7
 
 
 def test_training_labels_and_age_bands(sample_root, tmp_path):
-    df = load_train(config_for(sample_root, tmp_path))
+    df = load_train(Context(config_for(sample_root, tmp_path)))
     moved = training_labels(df, old_threshold=58)
     assert (moved.loc[df["age"].between(58, 59), "age_group"] == 2).all()
     assert (df.loc[df["age"].between(58, 59), "age_group"] == 1).all()
@@ -166,7 +167,7 @@ def test_sample_layout(sample_root):
     root = sample_root
     persons = pd.read_csv(root / "train" / "train.csv", dtype=str)
     assert list(persons.columns) == ["id", "gender", "race", "age", "path"]
-    images = load_train(load_config(None, [f"paths.data_root={root}"]))
+    images = load_train(Context(load_config(None, [f"paths.data_root={root}"])))
     assert (images["mask"] == 0).mean() == pytest.approx(5 / 7)
     exts = {p.suffix for p in (root / "train" / "images").rglob("*.*")}
     assert exts == {".jpg", ".jpeg", ".png"}

@@ -13,6 +13,7 @@ from maskcomp.analyze.eda import run_eda
 from maskcomp.analyze.noise import CANDIDATE_COLUMNS, MEASURED_PRECISION, relabel
 from maskcomp.analyze.pages import analyze, closing_summary
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -155,8 +156,8 @@ def test_relabel_writes_fixes_that_the_loader_applies(pipeline, monkeypatch):
     candidates = pd.read_csv(result.candidates, dtype={"person_id": str}, keep_default_na=False)
     assert len(fixes) == result.automatic == candidates["auto"].sum() > 0
     assert set(fixes["fix"]) <= {"gender", "swap_incorrect_normal"}
-    images = load_train(updated(cfg, {"data.label_fixes": [str(result.fixes)]}))
-    before = load_train(cfg).drop_duplicates("person_id").set_index("person_id")["gender"]
+    images = load_train(Context(updated(cfg, {"data.label_fixes": [str(result.fixes)]})))
+    before = load_train(Context(cfg)).drop_duplicates("person_id").set_index("person_id")["gender"]
     after = images.drop_duplicates("person_id").set_index("person_id")["gender"]
     assert set(after.index[after != before]) == set(fixes.loc[fixes["fix"] == "gender", "person_id"])
 

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.data.folds import load_folds, make_folds, oversample, split_fold
 from maskcomp.data.tables import load_train
@@ -18,7 +19,7 @@ def folds_cfg(sample_root, tmp_path):
 def test_no_person_in_two_folds_and_strata_balanced(folds_cfg):
     persons = make_folds(folds_cfg)
     assert persons["person_id"].is_unique and len(persons) == SAMPLE_PERSONS
-    images = load_train(folds_cfg)
+    images = load_train(Context(folds_cfg))
     fold_of_image = load_folds(folds_cfg, images)
     assert (images.assign(fold=fold_of_image).groupby("person_id")["fold"].nunique() == 1).all()
     assert set(fold_of_image) == {0, 1, 2, 3}
@@ -50,14 +51,14 @@ def test_noop_fix_file_keeps_folds_identical(folds_cfg, sample_root, tmp_path):
 
 
 def test_label_fixes_applied_including_swap(sample_root, tmp_path):
-    before = load_train(config_for(sample_root, tmp_path))
+    before = load_train(Context(config_for(sample_root, tmp_path)))
     p = before["person_id"].iloc[0]
     old_gender = before.loc[before["person_id"] == p, "gender"].iloc[0]
     new_gender = "male" if old_gender == "female" else "female"
     fixes = tmp_path / "fixes.csv"
     fixes.write_text(f"person_id,fix,value,note\n{p},gender,{new_gender},\n{p},age,61,\n{p},swap_incorrect_normal,,\n")
     cfg = config_for(sample_root, tmp_path, f"data.label_fixes=[{fixes}]")
-    after = load_train(cfg)
+    after = load_train(Context(cfg))
     mine, theirs = after[after["person_id"] == p], before[before["person_id"] == p]
     assert (mine["gender"] == new_gender).all() and (mine["age"] == 61).all() and (mine["age_group"] == 2).all()
     assert mine.set_index("stem")["mask"].to_dict() == {
@@ -77,7 +78,7 @@ def test_unknown_person_in_fixes_is_an_error(sample_root, tmp_path):
     fixes = tmp_path / "fixes.csv"
     fixes.write_text("person_id,fix,value,note\n999999,gender,male,\n")
     with pytest.raises(MaskcompError, match=r"fixes.csv: unknown person id\(s\) 999999"):
-        load_train(config_for(sample_root, tmp_path, f"data.label_fixes=[{fixes}]"))
+        load_train(Context(config_for(sample_root, tmp_path, f"data.label_fixes=[{fixes}]")))
 
 
 def _train_split():
@@ -108,7 +109,7 @@ def test_sampler_weights_give_target_share_in_expectation():
 def test_oversampling_leaves_validation_untouched(folds_cfg):
     make_folds(folds_cfg)
     cfg = updated(folds_cfg, {"folds.oversample": {"strategy": "repeat", "head": "age", "targets": {2: 0.3}}})
-    images = load_train(cfg)
+    images = load_train(Context(cfg))
     train, val, _ = split_fold(cfg, images, fold=1)
     folds = load_folds(cfg, images)
     assert val["image_path"].tolist() == images.loc[folds == 1, "image_path"].tolist()
@@ -124,7 +125,7 @@ def test_unknown_strategy_is_an_error():
 def test_age_boundary_moves_in_training_only(folds_cfg):
     make_folds(folds_cfg)
     cfg = updated(folds_cfg, {"train.age_old_threshold": 50})
-    images = load_train(cfg)
+    images = load_train(Context(cfg))
     train, val, _ = split_fold(cfg, images, fold=0)
     assert (train.loc[train["age"].between(50, 59), "age_group"] == 2).all()
     assert (val.loc[val["age"].between(50, 59), "age_group"] == 1).all()
@@ -134,7 +135,7 @@ def test_age_boundary_moves_in_training_only(folds_cfg):
 def test_age_band_drop_touches_training_only(folds_cfg):
     make_folds(folds_cfg)
     cfg = updated(folds_cfg, {"train.drop_age_bands": [[27, 29], [57, 59]]})
-    images = load_train(cfg)
+    images = load_train(Context(cfg))
     folds = load_folds(cfg, images)
     train, val, _ = split_fold(cfg, images, fold=2)
     in_band = images["age"].between(27, 29) | images["age"].between(57, 59)

@@ -18,6 +18,7 @@ import torch
 from maskcomp.analyze.runs_index import runs_index
 from maskcomp.core.cli import parse_stage_args, stage_parser
 from maskcomp.core.config import updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -120,7 +121,7 @@ def test_contradictory_fixes_within_a_file_stop_naming_both_rows(tiny, tmp_path)
         match=rf"fixes.csv:2 and .*fixes.csv:4: gender of person {pid} is fixed to "
         r"'male' and to 'female'",
     ):
-        load_train(with_keys(cfg, data={"label_fixes": [str(fixes)]}))
+        load_train(Context(with_keys(cfg, data={"label_fixes": [str(fixes)]})))
 
 
 def test_contradictory_fixes_across_files_stop_naming_both_files(tiny, tmp_path):
@@ -131,7 +132,7 @@ def test_contradictory_fixes_across_files_stop_naming_both_files(tiny, tmp_path)
     with pytest.raises(
         MaskcompError, match=rf"a.csv:2 and .*b.csv:2: age of person {pid} is fixed to '58' and to '61'"
     ):
-        load_train(with_keys(cfg, data={"label_fixes": [str(a), str(b)]}))
+        load_train(Context(with_keys(cfg, data={"label_fixes": [str(a), str(b)]})))
 
 
 def test_an_exact_repeat_is_applied_once_with_a_warning(tiny, tmp_path, caplog):
@@ -141,7 +142,7 @@ def test_an_exact_repeat_is_applied_once_with_a_warning(tiny, tmp_path, caplog):
     a = write_fixes(tmp_path / "a.csv", [(pid, "gender", other)])
     b = write_fixes(tmp_path / "b.csv", [(pid, "gender", other)])
     with caplog.at_level(logging.WARNING):
-        result = read_train(with_keys(cfg, data={"label_fixes": [str(a), str(b)]}))
+        result = read_train(Context(with_keys(cfg, data={"label_fixes": [str(a), str(b)]})))
     assert len(result.applied_fixes) == 1
     assert (result.images.loc[result.images["person_id"] == pid, "gender"] == other).all()
     assert "b.csv:2 repeats the gender fix" in caplog.text
@@ -153,7 +154,7 @@ def test_two_swaps_of_one_person_stop(tiny, tmp_path):
     a = write_fixes(tmp_path / "a.csv", [(pid, "swap_incorrect_normal", "")])
     b = write_fixes(tmp_path / "b.csv", [(pid, "swap_incorrect_normal", "")])
     with pytest.raises(MaskcompError, match=rf"a.csv:2 and .*b.csv:2: person {pid} is swapped twice"):
-        load_train(with_keys(cfg, data={"label_fixes": [str(a), str(b)]}))
+        load_train(Context(with_keys(cfg, data={"label_fixes": [str(a), str(b)]})))
 
 
 # 3. a damaged checkpoint
@@ -324,7 +325,7 @@ def test_invisible_characters_in_a_path_are_named(tiny, suffix, exists, said):
     persons.loc[0, "path"] += suffix
     persons.to_csv(csv, index=False)
     with pytest.raises(MaskcompError, match=said):
-        load_train(cfg)
+        load_train(Context(cfg))
 
 
 # 8. infer follows the checkpoint, and says so

@@ -12,6 +12,7 @@ import torch
 
 from maskcomp.core import labels
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.device import Placement
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
@@ -149,7 +150,7 @@ def test_a_pseudo_labelled_run_trains_on_eval_images_and_validates_on_real_label
     train(pseudo)
     run = resolve_run(cfg.paths.resolved, "sample")
     assert run.run_id != first.run_id, "a pseudo-labelled run is a new run, keyed by the probabilities' content"
-    trainer = FoldTrainer(pseudo, 0, load_train(pseudo), run, Placement(torch.device("cpu")))
+    trainer = FoldTrainer(Context(pseudo), 0, load_train(Context(pseudo)), run, Placement(torch.device("cpu")))
     added = trainer.train_df[trainer.train_df["image_path"].str.contains("/eval/images/")]
     assert len(added) == 14 and not trainer.val_df["image_path"].str.contains("/eval/images/").any()
     for fold in run.trained_folds():

@@ -65,7 +65,8 @@ def test_a_search_does_not_move_the_run_make_infer_uses(tiny_root, tmp_path):
     mine = latest(cfg).run_id
     overrides = search_overrides(tiny_root, tmp_path, "train.epochs=1")
     search = write_search(tmp_path, {"train.lr": {"choices": [0.0123, 0.0234]}}, trials=2)
-    study = optimise(TuneJob.from_config(load_config(search, overrides), search, overrides))
+    job = TuneJob.from_config(load_config(search, overrides), search, overrides)
+    study = optimise(job.cfg, job)
     trial_runs = {t.user_attrs["run_id"] for t in study.get_trials()}
     assert trial_runs and mine not in trial_runs, "the trials trained runs of their own"
     assert latest(cfg).run_id == mine, "a plain make infer still uses the run the user trained"
@@ -84,7 +85,7 @@ def test_a_setting_both_in_args_and_in_the_space_is_refused(tiny_root, tmp_path)
     with pytest.raises(
         MaskcompError, match=r"tune.space.train.img_size: also set in ARGS \(train.img_size=\[48, ?36\]\)"
     ):
-        optimise(job)
+        optimise(job.cfg, job)
     assert not (tmp_path / "models" / "sample").exists(), "no trial trained"
 
 

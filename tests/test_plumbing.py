@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections import Counter
 
 import pytest
 import yaml
 
-from maskcomp.core.config import dump_config, load_config
+from maskcomp.core import context
+from maskcomp.core.config import dump_config, load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
-from maskcomp.core.manifests import digest_cache
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data import tables
 from maskcomp.data.folds import make_folds
@@ -61,7 +63,8 @@ def test_building_paths_moves_nothing_and_the_digest_cache_is_read_once(tmp_path
     cfg = load_config(None, [f"paths.models={tmp_path / 'models'}", f"paths.cache={tmp_path / 'cache'}"])
     cfg.paths.resolved
     assert (legacy / "run.json").exists() and not (tmp_path / "models").exists()
-    assert digest_cache(cfg) is digest_cache(cfg)
+    ctx = Context(cfg)
+    assert ctx.digests is ctx.digests is ctx.with_settings(updated(cfg, {"seed": 5})).digests
 
 
 @pytest.mark.slow
@@ -77,10 +80,12 @@ def test_only_the_crop_stage_lists_or_opens_the_raw_images(tiny_root, tmp_path, 
     for name in ("_read_train", "_load_eval", "check_image"):
         real = getattr(tables, name)
         monkeypatch.setattr(tables, name, lambda *a, real=real, name=name: calls.update([name]) or real(*a))
+    real_cache = context.DigestCache
+    monkeypatch.setattr(context, "DigestCache", lambda *a: calls.update(["digests"]) or real_cache(*a))
     for stage, listed in ((infer, {"_read_train": 1, "check_image": 42}), (infer, {}), (ensemble, {})):
         calls.clear()
         stage(cfg)  # predicting (the validation images: one listing for both folds), then all current, the submission
-        assert calls == listed, stage.__name__
+        assert calls == {**listed, "digests": 1}, stage.__name__  # one context per call: the digest file read once
     image = next((root / "train" / "images").rglob("mask1.*"))
     image.write_bytes(image.read_bytes() + b"\0")  # one training image's bytes change: the stat check sees it
     with pytest.raises(
@@ -91,7 +96,6 @@ def test_only_the_crop_stage_lists_or_opens_the_raw_images(tiny_root, tmp_path, 
 
 @pytest.mark.slow
 def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(tiny):
-    from maskcomp.core.config import updated
 
     from conftest import latest, run_pipeline
 
@@ -123,8 +127,28 @@ def test_checks_build_and_write_nothing(tiny):
     shutil.rmtree(cache)
     image = next((root / "train" / "images").rglob("mask1.*"))
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
-    require_current_predictions(cfg, latest(cfg))
+    require_current_predictions(Context(cfg), latest(cfg))
     assert not cache.exists()
     ensemble(cfg)
     assert sorted(p.name for p in cache.iterdir()) == ["digests.json"]
     assert str(image.resolve()) in (cache / "digests.json").read_text()
+
+
+def test_the_command_line_opens_one_context_and_passes_it_down(tmp_path, monkeypatch):
+    """`python -m maskcomp train ...` hands the stage the context it built from --config and the overrides."""
+    import signal
+
+    import maskcomp.__main__ as entry
+    from maskcomp.train import trainer
+
+    received = []
+    monkeypatch.setattr(trainer, "train", lambda ctx, **options: received.append((ctx, options)))
+    monkeypatch.setattr(sys, "argv", sys.argv)  # the entry point replaces it
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        entry.main(["train", "--config", "configs/sample.yaml", f"paths.cache={tmp_path}", "seed=3", "--fold", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    ((ctx, options),) = received
+    assert isinstance(ctx, Context) and (ctx.cfg.seed, ctx.paths.cache) == (3, tmp_path)
+    assert options == {"folds": [1], "resume": False}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from skimage import data as skdata
 
 from maskcomp.core.config import load_config
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.metrics import macro_f1
 from maskcomp.data.tables import load_train
@@ -43,8 +44,8 @@ def test_known_fixes_flip_exactly_the_listed_labels(data_copy, tmp_path):
         if pid in KNOWN:
             persons.loc[i, "gender"] = "female" if KNOWN[pid] == "male" else "male"
     persons.to_csv(csv, index=False)
-    before = load_train(config_for(data_copy, tmp_path))
-    after = load_train(config_for(data_copy, tmp_path, "data.known_label_fixes=true"))
+    before = load_train(Context(config_for(data_copy, tmp_path)))
+    after = load_train(Context(config_for(data_copy, tmp_path, "data.known_label_fixes=true")))
     assert "001498-1" in set(after["person_id"])
     changed = before.merge(after, on="image_path", suffixes=("_b", "_a"))
     assert set(changed.loc[changed["gender_b"] != changed["gender_a"], "person_id_a"]) == set(KNOWN)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from maskcomp.core.config import updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -40,7 +41,7 @@ def test_refit_trains_on_everyone_and_submits_with_the_folds_cv(tiny_root, tmp_p
         history = pd.read_csv(files.metrics)
         assert len(history) == epochs, "as many epochs as the folds' median best epoch"
         env = json.loads(files.env.read_text())
-        assert env["train_images"] == len(load_train(cfg)), "every training image, no fold held out"
+        assert env["train_images"] == len(load_train(Context(cfg))), "every training image, no fold held out"
     digests = [files.best.read_bytes() for files in models]
     assert digests[0] != digests[1], "each seed its own model"
     stamp = models[0].best.stat().st_mtime_ns

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from maskcomp.analyze.review import review_server
+from maskcomp.core.context import Context
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
 from maskcomp.data.tables import load_train
@@ -30,7 +31,7 @@ def reviewed_run(tiny_root, tmp_path):
     make_folds(cfg)
     train(cfg, folds=[0])
     run = resolve_run(cfg.paths.resolved, "sample")
-    persons = load_train(cfg).drop_duplicates("person_id")["person_id"].tolist()[:3]
+    persons = load_train(Context(cfg)).drop_duplicates("person_id")["person_id"].tolist()[:3]
     rows = [
         (persons[0], "gender", "male", "female", "male"),
         (persons[1], "age", "61", "30-59 (45)", ">=60 (61)"),

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from maskcomp.core.context import Context
 from maskcomp.core.device import Placement
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
@@ -33,7 +34,8 @@ def _cfg(tiny_root, tmp_path, *overrides):
 
 
 def _trainer(cfg) -> FoldTrainer:
-    return FoldTrainer(cfg, 0, load_train(cfg), open_run(cfg, run_manifest(cfg)), Placement(torch.device("cpu")))
+    ctx = Context(cfg)
+    return FoldTrainer(ctx, 0, load_train(ctx), open_run(cfg, run_manifest(ctx)), Placement(torch.device("cpu")))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -149,13 +151,14 @@ def test_weighted_sampler_with_skip_bad_leaves_out_the_missing_crop(tiny_root, t
         "folds.oversample.targets={1: 0.5}",
         "data.skip_bad=true",
     )
-    images = load_train(cfg)
+    ctx = Context(cfg)
+    images = load_train(ctx)
     gone = images.loc[load_folds(cfg, images) != 0, "image_path"].iloc[0]
     trainer = FoldTrainer(
-        cfg,
+        ctx,
         0,
         images.assign(image_path=images["image_path"].replace(gone, gone + ".missing")),
-        open_run(cfg, run_manifest(cfg)),
+        open_run(cfg, run_manifest(ctx)),
         Placement(torch.device("cpu")),
     )
     assert trainer.sampler.weights is not None and len(trainer.sampler.weights) == len(trainer.train_df)
@@ -257,7 +260,7 @@ def test_background_suppression_replaces_what_lies_outside_the_face_box_in_the_t
     cfg = _cfg(tiny_root, tmp_path, "crop.mode=mtcnn", "augment.background=1.0", "augment.background_jitter=0",
                "augment.hflip=0", "augment.color_jitter=0", "augment.shift_scale_rotate=0")  # fmt: skip
     trainer = _trainer(cfg)
-    dataset, cache = trainer.train_loader.dataset, build_cache(cfg, tuple(cfg.train.img_size))
+    dataset, cache = trainer.train_loader.dataset, build_cache(Context(cfg), tuple(cfg.train.img_size))
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalisation(cfg.model.backbone))
     grey = (augment.GREY / 255 - mean) / std
     checked = 0

@@ -17,6 +17,7 @@ import torch
 
 from maskcomp.core import fileio, manifests
 from maskcomp.core.config import load_config, updated
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.core.manifests import DigestCache
 from maskcomp.crop import detect
@@ -212,7 +213,7 @@ def test_second_training_of_the_same_run_stops_naming_the_holder(tiny):
     from maskcomp.runs import open_run
     from maskcomp.train.trainer import run_manifest
 
-    ref = open_run(cfg, run_manifest(cfg))
+    ref = open_run(cfg, run_manifest(Context(cfg)))
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ref.dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -242,12 +243,12 @@ def test_a_moved_data_folder_keeps_its_crops_and_cache(tiny, tmp_path):
     root, cfg = tiny
     crop_faces(cfg)
     size = tuple(cfg.train.img_size)
-    first = build_cache(cfg, size)
+    first = build_cache(Context(cfg), size)
     moved = copy_data(root, tmp_path / "moved")
     cfg2 = updated(cfg, {"paths.data_root": str(moved)})
     crop_faces(cfg2)
-    second = build_cache(cfg2, size)
-    old_paths, new_paths = load_train(cfg)["image_path"], load_train(cfg2)["image_path"]
+    second = build_cache(Context(cfg2), size)
+    old_paths, new_paths = load_train(Context(cfg))["image_path"], load_train(Context(cfg2))["image_path"]
     assert new_paths.str.startswith(str(moved)).all()
     assert np.array_equal(second.rows(new_paths), first.rows(old_paths))
     assert second.has(new_paths).all()

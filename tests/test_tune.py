@@ -18,6 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from maskcomp.core.config import load_config
+from maskcomp.core.context import Context
 from maskcomp.core.errors import MaskcompError
 from maskcomp.crop.stage import crop_faces
 from maskcomp.data.folds import make_folds
@@ -95,7 +96,7 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"
     cfg = load_config(best_file, [o for o in overrides if o.startswith("paths.")])
-    assert open_run(cfg, run_manifest(cfg), write=False).run_id == best.user_attrs["run_id"]
+    assert open_run(cfg, run_manifest(Context(cfg)), write=False).run_id == best.user_attrs["run_id"]
     assert (cfg.train.lr, cfg.train.weight_decay) == (best.params["train.lr"], best.params["train.weight_decay"])
 
 
@@ -106,7 +107,7 @@ def test_a_repeated_configuration_trains_nothing(sample_root, tmp_path):
     study = optuna.create_study(study_name=job.study, storage=job.storage, direction="maximize")
     for _ in range(2):
         study.enqueue_trial({"train.lr": 0.003, "train.weight_decay": 0.0})
-    optimise(job)
+    optimise(job.cfg, job)
     first, second = real_trials(study_of(search, overrides))
     assert first.user_attrs["run_id"] == second.user_attrs["run_id"]
     assert (first.user_attrs["folds_trained"], second.user_attrs["folds_trained"]) == (2, 0)
@@ -224,9 +225,9 @@ def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypa
     fold_f1 = {0.003: 0.8, 0.001: 0.2}
     calls = []
 
-    def fake_train(cfg, folds, wait, as_latest=True):
-        calls.append((cfg.train.lr, folds))
-        return [{"best_f1": fold_f1[cfg.train.lr], "trained_now": True}]
+    def fake_train(ctx, folds, wait, as_latest=True):
+        calls.append((ctx.cfg.train.lr, folds))
+        return [{"best_f1": fold_f1[ctx.cfg.train.lr], "trained_now": True}]
 
     monkeypatch.setattr("maskcomp.tune.study.train", fake_train)
     monkeypatch.setattr("maskcomp.tune.study.nested_cv", lambda cfg, ref: fold_f1[cfg.train.lr])
@@ -235,7 +236,7 @@ def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypa
     study = optuna.create_study(study_name=job.study, storage=job.storage, direction="maximize")
     study.enqueue_trial({"train.lr": 0.003, "train.weight_decay": 0.0})
     study.enqueue_trial({"train.lr": 0.001, "train.weight_decay": 0.0})
-    optimise(job)
+    optimise(job.cfg, job)
     first, second = real_trials(study_of(search, overrides))
     assert (first.state, first.value, first.user_attrs["folds_done"]) == (TrialState.COMPLETE, 0.8, 2)
     assert (second.state, second.user_attrs["folds_done"], second.user_attrs["folds_trained"]) == (

@@ -11,8 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from ..core import labels
-from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.fileio import write_text
 from ..data.tables import load_eval, load_train
 from ..report import htmlpage, plots
@@ -126,12 +125,12 @@ PHOTOS = (("samples_per_class", "One image per class"), ("eval_samples", "Eval s
 
 
 @stage
-def run_eda(cfg: Settings) -> Path:
+def run_eda(ctx: Context) -> Path:
     """Plots, summary.md and index.html (the plots shown with the numbers) in reports/eda/."""
-    paths = cfg.paths.resolved
+    paths = ctx.paths
     out = paths.reports / "eda"
-    df = load_train(cfg)
-    eval_df = load_eval(cfg)
+    df = load_train(ctx)
+    eval_df = load_eval(ctx)
     persons = df.drop_duplicates("person_id")
     class_counts = class_plots(df, persons, out)
     gender_age = age_plots(persons, out)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.fileio import write_csv
 from ..runs import read_oof, resolve_run
 
@@ -250,10 +250,10 @@ class RelabelResult:
 
 
 @stage
-def relabel(cfg: Settings) -> RelabelResult:
+def relabel(ctx: Context) -> RelabelResult:
     """Candidates of the configured experiment's run, written beside its OOF: label_fix_candidates.csv (all) and
     label_fixes_auto.csv (those to apply without review). The raw train.csv is never changed."""
-    paths = cfg.paths.resolved
+    cfg, paths = ctx.cfg, ctx.paths
     run = resolve_run(paths, cfg.experiment, cfg.run)
     settings = NoiseSettings.from_config(cfg)
     found = candidates(read_oof(run, paths, tta=True), settings)

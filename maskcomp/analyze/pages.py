@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.fileio import write_csv, write_json
 from ..core.manifests import read_manifest
 from ..core.metrics import confusion, f1_per_class, macro_f1, scores
@@ -432,7 +432,8 @@ def _thumb(path: str) -> np.ndarray:
 
 
 @stage
-def analyze(cfg: Settings) -> list[Path]:
+def analyze(ctx: Context) -> list[Path]:
+    cfg = ctx.cfg
     experiments = cfg.ensemble.experiments or [cfg.experiment]
     pages = [analyze_experiment(cfg, e) for e in experiments]
     if len(experiments) > 1:

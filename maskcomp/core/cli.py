@@ -8,7 +8,8 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from .config import Settings, load_config
+from .config import load_config
+from .context import Context
 from .errors import MaskcompError
 from .paths import adopt_legacy_runs
 from .settings import leaves
@@ -86,7 +87,8 @@ def _check_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             raise _unknown_flag(token, value)
 
 
-def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Context, argparse.Namespace]:
+    """The process's context (its settings from --config and the overrides) and the other arguments."""
     _check_flags(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     global _invocation
@@ -96,4 +98,4 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    return cfg, args
+    return Context(cfg), args

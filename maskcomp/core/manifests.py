@@ -100,25 +100,6 @@ class DigestCache:
             self.changed = False
 
 
-_CACHES: dict[Path, DigestCache] = {}  # one per file and process: read once, not at every check
-
-
-def digest_cache(cfg: Settings) -> DigestCache:
-    """The process's digest cache of the config's cache folder (entries are checked against each file's stat, so
-    one kept in memory never answers for a changed file)."""
-
-    path = cfg.paths.resolved.cache / "digests.json"
-    if path not in _CACHES:
-        _CACHES[path] = DigestCache(path)
-    return _CACHES[path]
-
-
-def save_digest_caches() -> None:
-    """Write back the digests this process learned (a stage does it once, when it ends: checks write nothing)."""
-    for cache in _CACHES.values():
-        cache.save()
-
-
 @dataclass
 class Manifest:
     """What a stage's outputs were made from: named input digests and the config keys it read."""

@@ -56,6 +56,11 @@ class Paths:
         return cls(**{name: absolute(value) for name, value in values.items()})
 
     @property
+    def digest_cache(self) -> Path:
+        """File digests remembered by stat signature (core/manifests.py DigestCache)."""
+        return self.cache / "digests.json"
+
+    @property
     def train_csv(self) -> Path:
         return self.data_root / "train" / "train.csv"
 

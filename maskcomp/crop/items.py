@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.config import Settings
-from ..core.manifests import digest_cache
+from ..core.context import Context
 from ..data.tables import load_eval, load_train
 
 
@@ -20,11 +19,10 @@ class Item:
     digest: str
 
 
-def list_items(cfg: Settings) -> list[Item]:
-    paths = cfg.paths.resolved
-    train = load_train(cfg)
-    evals = load_eval(cfg)
-    cache = digest_cache(cfg)
+def list_items(ctx: Context) -> list[Item]:
+    paths, cache = ctx.paths, ctx.digests
+    train = load_train(ctx)
+    evals = load_eval(ctx)
     listed = [(p, "train", pid) for p, pid in zip(train["image_path"], train["person_id"])]
     listed += [(p, "eval", "") for p in evals["image_path"]]
     digests = cache.digests([p for p, _, _ in listed], "images")

@@ -24,14 +24,13 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Settings
-from ..core.context import remembered, settings_key, stage
+from ..core.context import Context, stage
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.manifests import (
     MANIFEST,
     Manifest,
     config_keys,
-    digest_cache,
     digest_of,
     require_current,
     write_manifest,
@@ -79,7 +78,7 @@ def train_crops_digest(crops: dict) -> str:
     return digest_of([crops["inputs"]["train"], crops["config"]])
 
 
-def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
+def recorded_items(ctx: Context, folder: Path) -> list[Item] | None:
     """The images the crop stage consumed (its items.csv), each with the digest its file has now: a stat per image
     (the digest cache), no folder listed, no image opened unless its stat changed. A missing file gets the digest
     'missing'; info.csv naming other images than those cropped marks every eval item changed. None for a crop folder
@@ -87,7 +86,7 @@ def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
     path = folder / ITEMS
     if not path.exists():
         return None
-    paths, cache = cfg.paths.resolved, digest_cache(cfg)
+    cfg, paths, cache = ctx.cfg, ctx.paths, ctx.digests
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     listed = set(read_csv_with(paths.eval_csv, EVAL_COLUMNS, "eval info.csv")["ImageID"])
     cropped = {Path(k).name for k in table.loc[table["split"] == "eval", "key"]}
@@ -100,21 +99,21 @@ def recorded_items(cfg: Settings, folder: Path) -> list[Item] | None:
     return items
 
 
-def expected_crop_manifest(cfg: Settings) -> Manifest:
+def expected_crop_manifest(ctx: Context) -> Manifest:
     """The crop manifest the current images and settings give: from the crop stage's items.csv when there is one
-    (only `make crop` lists and opens the images), else from listing them (once per stage)."""
+    (only `make crop` lists and opens the images), else from listing them (once per context)."""
 
     def compute() -> Manifest:
-        recorded = recorded_items(cfg, crop_dir(cfg))
-        return crop_manifest(cfg, recorded if recorded is not None else list_items(cfg))
+        recorded = recorded_items(ctx, crop_dir(ctx.cfg))
+        return crop_manifest(ctx.cfg, recorded if recorded is not None else list_items(ctx))
 
-    return remembered("crop manifest", settings_key(cfg, "paths", "data", "crop"), compute)
+    return ctx.remembered("crop manifest", ("paths", "data", "crop"), compute)
 
 
-def require_current_crops(cfg: Settings) -> dict:
+def require_current_crops(ctx: Context) -> dict:
     """The crop manifest on disk, after checking that it matches the current images and crop settings."""
-    folder = crop_dir(cfg)
-    manifest = expected_crop_manifest(cfg)
+    folder = crop_dir(ctx.cfg)
+    manifest = expected_crop_manifest(ctx)
     require_current(
         folder, manifest, str(folder), "crops were made from other images or settings", "run `make crop` first"
     )
@@ -177,12 +176,11 @@ def _image_size(path: str, img: np.ndarray | None) -> tuple[int, int]:
 
 
 @stage
-def crop_faces(cfg: Settings) -> pd.DataFrame:
+def crop_faces(ctx: Context) -> pd.DataFrame:
     """Run the crop stage; returns the per-image records (also in crop-<hash>/records.csv)."""
-    crop_cfg = cfg.crop
-    paths = cfg.paths.resolved
+    cfg, paths, crop_cfg = ctx.cfg, ctx.paths, ctx.cfg.crop
     start = time.perf_counter()
-    items = list_items(cfg)
+    items = list_items(ctx)
     out_dir = crop_dir(cfg)
     if crop_cfg.mode == "mtcnn":
         det_path = paths.crops / f"det-{detector_hash(crop_cfg)}" / "detections.jsonl"

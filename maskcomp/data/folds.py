@@ -14,13 +14,12 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.manifests import (
     Manifest,
     config_keys,
-    digest_cache,
     digest_of,
     require_current,
     write_manifest,
@@ -54,10 +53,9 @@ def manifest_file(cfg: Settings) -> Path:
     return folds.with_name(folds.stem + ".manifest.json")
 
 
-def folds_manifest(cfg: Settings) -> Manifest:
+def folds_manifest(ctx: Context) -> Manifest:
     """What folds.csv depends on: train.csv and the label-fix files by content, and the folds settings."""
-    paths = cfg.paths.resolved
-    cache = digest_cache(cfg)
+    cfg, paths, cache = ctx.cfg, ctx.paths, ctx.digests
     inputs = {
         "train_csv": cache.digest(paths.train_csv),
         "label_fixes": digest_of([cache.digest(f) for f in fix_files(cfg) if f.exists()]),
@@ -65,13 +63,13 @@ def folds_manifest(cfg: Settings) -> Manifest:
     return Manifest("folds", inputs, config_keys(cfg, "folds"))
 
 
-def require_current_folds(cfg: Settings) -> dict:
+def require_current_folds(ctx: Context) -> dict:
     """The folds manifest, after checking that folds.csv was made from the current labels and settings."""
-    manifest, place = folds_manifest(cfg), manifest_file(cfg)
+    manifest, place = folds_manifest(ctx), manifest_file(ctx.cfg)
     require_current(
         place,
         manifest,
-        str(cfg.paths.resolved.folds),
+        str(ctx.paths.folds),
         "made from other labels or folds settings",
         "run `make folds` first",
     )
@@ -79,10 +77,10 @@ def require_current_folds(cfg: Settings) -> dict:
 
 
 @stage
-def make_folds(cfg: Settings) -> pd.DataFrame:
+def make_folds(ctx: Context) -> pd.DataFrame:
     """Write folds.csv (one row per person) and the per-fold class shares beside it."""
-    paths = cfg.paths.resolved
-    train = read_train(cfg)
+    cfg, paths = ctx.cfg, ctx.paths
+    train = read_train(ctx)
     images = train.images
     persons = images.drop_duplicates("person_id")[["person_id", "gender", "age", "gender_label", "age_group"]]
     persons = persons.sort_values("person_id").reset_index(drop=True)
@@ -104,7 +102,7 @@ def make_folds(cfg: Settings) -> pd.DataFrame:
         manifest_file(cfg).unlink(missing_ok=True)
         write_csv(persons, out)
         log.info("wrote %s (%d persons, %d folds)", out, len(persons), k)
-    write_manifest(manifest_file(cfg), folds_manifest(cfg), outs=[out])
+    write_manifest(manifest_file(cfg), folds_manifest(ctx), outs=[out])
     write_csv(table.reset_index(), out.with_name("fold_summary.csv"))
     applied = train.applied_fixes
     write_csv(applied, out.with_name("applied_fixes.csv"))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..core import labels
 from ..core.config import Settings
-from ..core.context import remembered, settings_key
+from ..core.context import Context
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.paths import Paths
@@ -229,18 +229,18 @@ class TrainImages:
     applied_fixes: pd.DataFrame
 
 
-def load_train(cfg: Settings) -> pd.DataFrame:
+def load_train(ctx: Context) -> pd.DataFrame:
     """One row per training image with person and labels, label fixes applied (see read_train)."""
-    return read_train(cfg).images
+    return read_train(ctx).images
 
 
-def read_train(cfg: Settings) -> TrainImages:
+def read_train(ctx: Context) -> TrainImages:
     """One row per training image with person, labels and the fixes applied, and the log of those fixes (listed and
-    checked once per stage: context.remembered).
+    checked once per context: Context.remembered).
 
     Columns: image_path, person_id, id, gender, race, age, stem, mask, gender_label, age_group, label.
     """
-    return remembered("train images", settings_key(cfg, "paths", "data"), lambda: _read_train(cfg))
+    return ctx.remembered("train images", ("paths", "data"), lambda: _read_train(ctx.cfg))
 
 
 def _read_train(cfg: Settings) -> TrainImages:
@@ -281,9 +281,9 @@ def _read_train(cfg: Settings) -> TrainImages:
     return TrainImages(df, applied_fixes)
 
 
-def load_eval(cfg: Settings) -> pd.DataFrame:
+def load_eval(ctx: Context) -> pd.DataFrame:
     """eval/info.csv in its own row order, with each image's path (listed and checked once per stage)."""
-    return remembered("eval images", settings_key(cfg, "paths", "data"), lambda: _load_eval(cfg))
+    return ctx.remembered("eval images", ("paths", "data"), lambda: _load_eval(ctx.cfg))
 
 
 def _load_eval(cfg: Settings) -> pd.DataFrame:

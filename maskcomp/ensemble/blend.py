@@ -15,6 +15,7 @@ from scipy.optimize import minimize
 from ..core import labels
 from ..core.cli import make_command
 from ..core.config import Settings
+from ..core.context import Context
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
 from ..core.metrics import macro_f1
@@ -44,13 +45,14 @@ class Experiment:
         return self.oof[labels.AGE_ORD_COLUMNS].to_numpy() if self.test_ord is not None else None
 
 
-def load_experiment(cfg: Settings, spec: str) -> Experiment:
+def load_experiment(ctx: Context, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
+    cfg = ctx.cfg
     ref = resolve_run(cfg.paths.resolved, spec, cfg.run if spec == cfg.experiment else "latest")
     require_complete(cfg, ref)
     refits = required_refits(cfg, ref) if cfg.ensemble.models != "folds" else []  # refit.* are the invocation's
-    require_current_predictions(cfg, ref, refits)
+    require_current_predictions(ctx, ref, refits)
     folds = ref.trained_folds()
     if not folds:
         raise ref.no_folds_error()
@@ -159,8 +161,8 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def load_all(cfg: Settings, experiments: list[str]) -> list[Experiment]:
-    loaded = [load_experiment(cfg, e) for e in experiments]
+def load_all(ctx: Context, experiments: list[str]) -> list[Experiment]:
+    loaded = [load_experiment(ctx, e) for e in experiments]
     base = loaded[0]
     for exp, other in zip(experiments[1:], loaded[1:]):
         if other.oof["image_path"].tolist() != base.oof["image_path"].tolist() or other.ids != base.ids:

@@ -11,8 +11,7 @@ import pandas as pd
 from scipy.special import softmax
 
 from ..core import labels
-from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.fileio import write_csv
 from .blend import blend, compose_heads, load_all
 from .decide import decide
@@ -37,16 +36,16 @@ def write_eval_probs(ids: list[str], logits: np.ndarray, path: Path) -> Path:
 
 
 @stage
-def ensemble(cfg: Settings) -> Path:
+def ensemble(ctx: Context) -> Path:
     """Blend the experiments, decide (biases, nested), write the submission, its sidecar and an index row (or, with
     ensemble.vote, hard-vote submission files: vote.py); with
     ensemble.stamped_copy also <name>_cv<CV>_<date>.csv, a file name a leaderboard upload can be told apart by."""
+    cfg, paths = ctx.cfg, ctx.paths
     if cfg.ensemble.vote:
-        return vote(cfg)
-    paths = cfg.paths.resolved
+        return vote(ctx)
     ens_cfg = cfg.ensemble
     experiments = blended_experiments(cfg)
-    loaded = load_all(cfg, experiments)
+    loaded = load_all(ctx, experiments)
     y, folds = loaded[0].oof["label"].to_numpy(), loaded[0].oof["fold"].to_numpy()
     out = submission_file(cfg)
     per_head = [compose_heads(ens_cfg.heads, dict(zip(experiments, loaded)))] if ens_cfg.heads else loaded

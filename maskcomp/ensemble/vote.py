@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..core import labels
 from ..core.config import PROJECT_ROOT, Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.errors import MaskcompError
 from ..core.manifests import file_digest
 from ..runs import git_commit
@@ -121,10 +121,10 @@ def require_distinct(files: list[Path], out: Path) -> None:
 
 
 @stage
-def vote(cfg: Settings) -> Path:
+def vote(ctx: Context) -> Path:
     """Write the hard vote of ensemble.vote's files as submissions/<name>.csv (name default: vote) with its sidecar,
     and list it in submissions/index.csv."""
-    paths = cfg.paths.resolved
+    cfg, paths = ctx.cfg, ctx.paths
     info = pd.read_csv(paths.eval_csv, dtype=str, keep_default_na=False)
     files = vote_files(cfg)
     if len(files) < 2:

@@ -17,14 +17,13 @@ import yaml
 
 from ..core import labels
 from ..core.config import Settings, settings_from
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.device import amp_dtype_of, resolve_device
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.manifests import (
     Manifest,
     config_keys,
-    digest_cache,
     digest_of,
     is_current,
     read_manifest,
@@ -117,11 +116,11 @@ def say_inputs_from_run(cfg: Settings, run_cfg: Settings, run: RunRef) -> None:
         log.info("run %s predicts with its own %s: its checkpoints were trained with them", run.label, ", ".join(taken))
 
 
-def require_current_run(cfg: Settings, run: RunRef) -> None:
+def require_current_run(ctx: Context, run: RunRef) -> None:
     """A run is used only while the labels, folds and training crops it was trained on still hold."""
     from ..train.trainer import run_manifest
 
-    expected = run_manifest(cfg)
+    expected = run_manifest(ctx)
     require_current(
         run.dir,
         expected,
@@ -133,21 +132,25 @@ def require_current_run(cfg: Settings, run: RunRef) -> None:
 
 @dataclass
 class EvalInputs:
-    """What every fold of a run predicts on: the run's config, the eval rows with crops (info.csv order), the crops'
-    manifest, and (opened when something is predicted) their crop array."""
+    """What every fold of a run predicts on: the context of the run's config, the eval rows with crops (info.csv
+    order), the crops' manifest, and (opened when something is predicted) their crop array."""
 
-    cfg: Settings
+    ctx: Context
     evals: pd.DataFrame
     crops: dict
     size: tuple[int, int]
 
-    @functools.cached_property
+    @property
+    def cfg(self) -> Settings:
+        return self.ctx.cfg
+
+    @property
     def paths(self) -> Paths:
-        return self.cfg.paths.resolved
+        return self.ctx.paths
 
     @functools.cached_property
     def cache(self) -> CropCache:
-        return build_cache(self.cfg, self.size)
+        return build_cache(self.ctx, self.size)
 
     @property
     def eval_digest(self) -> str:
@@ -174,13 +177,13 @@ def cropped_eval_rows(cfg: Settings) -> pd.DataFrame:
     return info[has].reset_index(drop=True).assign(image_path=files[has].tolist())
 
 
-def eval_inputs(cfg: Settings, run: RunRef) -> EvalInputs:
+def eval_inputs(ctx: Context, run: RunRef) -> EvalInputs:
     """The run's eval side, checked against the crop stage's record: no image is listed or opened, and the crop
     array is opened (or built) only when a model predicts."""
-    run_cfg = run_config(cfg, run)
-    require_current_run(run_cfg, run)
-    crops = require_current_crops(run_cfg)
-    return EvalInputs(run_cfg, cropped_eval_rows(run_cfg), crops, tuple(run_cfg.train.img_size))
+    run_ctx = ctx.with_settings(run_config(ctx.cfg, run))
+    require_current_run(run_ctx, run)
+    crops = require_current_crops(run_ctx)
+    return EvalInputs(run_ctx, cropped_eval_rows(run_ctx.cfg), crops, tuple(run_ctx.cfg.train.img_size))
 
 
 def prediction_manifest(inputs: EvalInputs, run: RunRef, files: FoldFiles) -> Manifest:
@@ -189,8 +192,7 @@ def prediction_manifest(inputs: EvalInputs, run: RunRef, files: FoldFiles) -> Ma
     best = files.best
     if not best.exists():
         raise MaskcompError(f"{best}: missing fold checkpoint; run `make train` first")
-    cache = digest_cache(inputs.cfg)
-    model = cache.digest(best)
+    model = inputs.ctx.digests.digest(best)
     return Manifest(
         "infer",
         {"model": model, "run": read_manifest(run.dir)["digest"], "eval": inputs.eval_digest},
@@ -213,10 +215,10 @@ def required_refits(cfg: Settings, run: RunRef) -> list[FoldFiles]:
     return chosen
 
 
-def require_current_predictions(cfg: Settings, run: RunRef, refits: list[FoldFiles] = ()) -> None:
+def require_current_predictions(ctx: Context, run: RunRef, refits: list[FoldFiles] = ()) -> None:
     """Every trained fold's (and every model in `refits`') test predictions were made by its current best.pt on the
     current eval set."""
-    inputs = eval_inputs(cfg, run)
+    inputs = eval_inputs(ctx, run)
     models = [(run.fold(f), f"fold {f}") for f in run.trained_folds()]
     models += [(files, f"refit {files.dir.name}") for files in refits]
     for files, what in models:
@@ -309,7 +311,7 @@ class FoldPrediction:
     def model(self, files: FoldFiles, what: str, run: RunRef) -> torch.nn.Module | OnnxModel:
         """The model of a fold (or refit) checkpoint, in the engine infer.engine names."""
         model = load_fold_model(files, what, self.device, self.inputs.cfg, run.config)
-        return engine_model(model, files, digest_cache(self.inputs.cfg), self.inputs.size, self.engine, self.device)
+        return engine_model(model, files, self.inputs.ctx.digests, self.inputs.size, self.engine, self.device)
 
     def run(self, run: RunRef, fold: int, val: pd.DataFrame, step: str) -> None:
         """The fold's validation images re-scored (oof_tta.csv) and the eval set predicted (test_probs.*)."""
@@ -328,7 +330,7 @@ class FoldPrediction:
         torch model, whatever the engine)."""
         inputs = self.inputs
         model = load_fold_model(run.fold(fold), f"fold {fold}", self.device, inputs.cfg, run.config)
-        train = existing_crops_only(fold_rows(inputs.cfg, fold, held_out=False), inputs.cache,
+        train = existing_crops_only(fold_rows(inputs.ctx, fold, held_out=False), inputs.cache,
                                     inputs.cfg.data.skip_bad, "training split")  # fmt: skip
 
         def feats(rows: pd.DataFrame, what: str, targets: bool = True) -> np.ndarray:
@@ -347,11 +349,11 @@ class FoldPrediction:
         write_test_predictions(out, inputs.evals[["ImageID"]].reset_index(drop=True), probs, heads)
 
 
-def fold_rows(cfg: Settings, fold: int, held_out: bool = True) -> pd.DataFrame:
+def fold_rows(ctx: Context, fold: int, held_out: bool = True) -> pd.DataFrame:
     """The training images of one fold's validation persons (held_out), or of its training persons (listed only when
     a fold is predicted)."""
-    images = load_train(cfg)
-    return images[(load_folds(cfg, images) == fold) == held_out].reset_index(drop=True)
+    images = load_train(ctx)
+    return images[(load_folds(ctx.cfg, images) == fold) == held_out].reset_index(drop=True)
 
 
 def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) -> None:
@@ -373,13 +375,14 @@ def infer_refits(run: RunRef, inputs: EvalInputs, prediction: FoldPrediction) ->
 
 
 @stage
-def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
+def infer(ctx: Context, folds: list[int] | None = None) -> RunRef:
     """Predict the eval set and re-score the validation images with TTA, for each fold of the chosen run whose
     predictions do not match its current checkpoint, eval set and TTA (predictions.json)."""
-    run = resolve_run(cfg.paths.resolved, cfg.experiment, cfg.run)
+    cfg = ctx.cfg
+    run = resolve_run(ctx.paths, cfg.experiment, cfg.run)
     for op in cfg.infer.tta:
         tta_view(torch.zeros(1, 3, 8, 8), op)
-    inputs = eval_inputs(cfg, run)
+    inputs = eval_inputs(ctx, run)
     say_inputs_from_run(cfg, inputs.cfg, run)
     prediction = FoldPrediction.of(cfg, inputs)
     todo = folds or run.trained_folds()
@@ -390,7 +393,7 @@ def infer(cfg: Settings, folds: list[int] | None = None) -> RunRef:
             log.info("fold %d: predictions up to date in %s", fold, out.dir)
             continue
         out.predictions_manifest.unlink(missing_ok=True)
-        val = existing_crops_only(fold_rows(inputs.cfg, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation")
+        val = existing_crops_only(fold_rows(inputs.ctx, fold), inputs.cache, inputs.cfg.data.skip_bad, "validation")
         prediction.run(run, fold, val, f"fold {fold} ({i + 1}/{len(todo)}), TTA {'+'.join(prediction.tta)}")
         outs = out.prediction_outs(oof=True, neighbours=prediction.neighbours)
         write_manifest(out.predictions_manifest, manifest, outs=outs)

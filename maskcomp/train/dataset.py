@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..core.config import Settings
+from ..core.context import Context
 from ..core.errors import MaskcompError
 from ..core.fileio import atomic_path, write_csv
 from ..core.paths import Paths
@@ -57,11 +57,11 @@ class CropCache:
         return np.array([self.row_of_key[k] for k in keys], dtype=np.int64)
 
 
-def build_cache(cfg: Settings, size: tuple[int, int]) -> CropCache:
+def build_cache(ctx: Context, size: tuple[int, int]) -> CropCache:
     """Open (building once if needed) the crop array for the current crop config at size (h, w)."""
     h, w = size
-    manifest = require_current_crops(cfg)
-    paths = cfg.paths.resolved
+    cfg, paths = ctx.cfg, ctx.paths
+    manifest = require_current_crops(ctx)
     folder = paths.cache / f"{crop_dir(cfg).name}-{h}x{w}-{manifest['digest'][:12]}"
     array_path, index_path = folder / "images.npy", folder / "index.csv"
     crops = load_crops(cfg)

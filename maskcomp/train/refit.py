@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Settings, updated
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.device import start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv
@@ -35,9 +35,9 @@ SEED_STRIDE = 10_007  # refit seed s trains with seed + SEED_STRIDE * (s + 1): a
 class RefitTrainer(FoldTrainer):
     """A FoldTrainer over every training person with no validation: the last epoch's weights are the model."""
 
-    def __init__(self, cfg: Settings, seed_index: int, images: pd.DataFrame, run: RunRef, place, files: FoldFiles):
+    def __init__(self, ctx: Context, seed_index: int, images: pd.DataFrame, run: RunRef, place, files: FoldFiles):
         self.seed_index, self.refit_files = seed_index, files
-        super().__init__(cfg, 0, images, run, place)
+        super().__init__(ctx, 0, images, run, place)
 
     def _files(self, run: RunRef) -> FoldFiles:
         return self.refit_files
@@ -107,16 +107,17 @@ def chosen_refits(cfg: Settings, run: RunRef) -> list[FoldFiles]:
 
 
 @stage
-def refit(cfg: Settings) -> tuple[RunRef, list[FoldFiles]]:
+def refit(ctx: Context) -> tuple[RunRef, list[FoldFiles]]:
     """Train refit.seeds models on every training person in the run of the current config; done ones are skipped.
     Returns the run and the models' folders."""
+    cfg = ctx.cfg
     require_input_size(cfg.model.backbone, cfg.train.img_size)
-    run = open_run(cfg, run_manifest(cfg), write=False)
+    run = open_run(cfg, run_manifest(ctx), write=False)
     if read_manifest(run.dir) is None:
         raise MaskcompError(f"{run.dir}: this config's run is not trained; run `make train` before `make refit`")
     epochs = refit_epochs(cfg, run)
-    run_cfg = updated(cfg, {"train.epochs": epochs, "train.folds": []})
-    images, place = load_train(cfg), start_distributed(cfg.train.device)
+    run_ctx = ctx.with_settings(updated(cfg, {"train.epochs": epochs, "train.folds": []}))
+    images, place = load_train(ctx), start_distributed(cfg.train.device)
     with run_lock(run) if place.is_main else contextlib.nullcontext():
         for s in range(cfg.refit.seeds):
             files, manifest = run.refit(epochs, s), refit_manifest(run, epochs, s)
@@ -126,6 +127,6 @@ def refit(cfg: Settings) -> tuple[RunRef, list[FoldFiles]]:
             files.done.unlink(missing_ok=True)
             write_manifest(files.manifest, manifest)  # names the folder's model before any weight is written
             log.info("refit seed %d: %d epochs on all %d training images (run %s)", s, epochs, len(images), run.label)
-            RefitTrainer(run_cfg, s, images, run, place, files).run()
+            RefitTrainer(run_ctx, s, images, run, place, files).run()
             log.info("refit seed %d: model in %s", s, files.best)
     return run, [run.refit(epochs, s) for s in range(cfg.refit.seeds)]

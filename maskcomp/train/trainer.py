@@ -20,12 +20,11 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from ..core import labels
-from ..core.config import Settings
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.device import Placement, autocast, configure_cuda, configure_threads, resolve_amp, start_distributed
 from ..core.errors import MaskcompError
 from ..core.fileio import write_csv, write_json
-from ..core.manifests import Manifest, config_keys, digest_cache
+from ..core.manifests import Manifest, config_keys
 from ..core.metrics import scores
 from ..core.progress import progress
 from ..crop.stage import require_current_crops, train_crops_digest
@@ -60,11 +59,11 @@ LOG_EVERY = 20  # steps between progress-bar updates, the loop's only host synch
 RANK_SEED_STRIDE = 1_000_003  # per-rank offset of the epoch seeds (rank 0 keeps the single-process seeds)
 
 
-def run_manifest(cfg: Settings) -> Manifest:
+def run_manifest(ctx: Context) -> Manifest:
     """What a training run depends on: labels and folds (by content), the training crops, the training config."""
-    folds = require_current_folds(cfg)
-    crops = require_current_crops(cfg)
-    cache = digest_cache(cfg)
+    cfg, cache = ctx.cfg, ctx.digests
+    folds = require_current_folds(ctx)
+    crops = require_current_crops(ctx)
     inputs = {
         "labels_and_folds": folds["digest"],
         "folds_csv": cache.digest(cfg.paths.resolved.folds),
@@ -98,9 +97,10 @@ class FoldTrainer:
     early-stopping decision is shared with the other ranks."""
 
     def __init__(
-        self, cfg: Settings, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False
+        self, ctx: Context, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool = False
     ):
-        self.cfg, self.fold, self.resume, self.run_ref = cfg, fold, resume, run
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.fold, self.resume, self.run_ref = ctx, cfg, fold, resume, run
         train_cfg = cfg.train
         self.rank, self.world, self.device = place.rank, place.world, place.device
         if self.device.type == "cpu":  # re-chosen per fold: the machine's load may have changed since the last one
@@ -127,10 +127,10 @@ class FoldTrainer:
         """Train/validation splits of this fold over the crop cache, the epoch sampler and the two loaders."""
         cfg, train_cfg = self.cfg, self.cfg.train
         size = tuple(train_cfg.img_size)
-        cache = build_cache(cfg, size) if self.rank == 0 else None
+        cache = build_cache(self.ctx, size) if self.rank == 0 else None
         if self.world > 1:
             dist.barrier()
-            cache = cache or build_cache(cfg, size)
+            cache = cache or build_cache(self.ctx, size)
         train, val, weights = self._split(images)
         skip = cfg.data.skip_bad
         if weights is not None and skip:
@@ -484,7 +484,7 @@ def _fold_status(run: RunRef, fold: int, place: Placement) -> str:
 
 
 def _train_fold(
-    cfg: Settings, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool, as_latest: bool
+    ctx: Context, fold: int, images: pd.DataFrame, run: RunRef, place: Placement, resume: bool, as_latest: bool
 ) -> dict:
     """One fold of the run: skipped when done, else trained (resumed on request). A fold that finishes (or is found
     done) makes the run `latest` (with `as_latest`); a training that stops records its error in the run's
@@ -496,7 +496,7 @@ def _train_fold(
             mark_latest(run)
         return {**json.loads(run.done(fold).read_text()), "trained_now": False}
     try:
-        summary = FoldTrainer(cfg, fold, images, run, place, resume=resume and status != "damaged").run()
+        summary = FoldTrainer(ctx, fold, images, run, place, resume=resume and status != "damaged").run()
     except Exception as err:
         if place.is_main:
             record_failure(run, fold, err)
@@ -508,26 +508,27 @@ def _train_fold(
 
 @stage
 def train(
-    cfg: Settings, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
+    ctx: Context, folds: list[int] | None = None, resume: bool = False, wait: bool = False, as_latest: bool = True
 ) -> list[dict]:
     """Train the requested folds (default: train.folds, or all) in the run of the current manifest; folds that
     run already finished are skipped. The run becomes the experiment's `latest` unless `as_latest` is false (a search's
     trials: a plain `make infer` must not move to them). With `wait`, a run another process is training is waited for
     instead of refused."""
+    cfg = ctx.cfg
     require_input_size(cfg.model.backbone, cfg.train.img_size)
     if "wandb" in cfg.train.loggers:
         wandb_mode(cfg)  # a missing key or an unreachable server: one line now, not after the first epoch
-    images = load_train(cfg)
+    images = load_train(ctx)
     all_folds = sorted(set(load_folds(cfg, images)))
     todo = folds or cfg.train.folds or all_folds
     place = start_distributed(cfg.train.device)
-    manifest = run_manifest(cfg)
+    manifest = run_manifest(ctx)
     # every rank computes the same run; rank 0 alone writes its files and holds its lock
     run = open_run(cfg, manifest, write=place.is_main)
     log.info("run %s: %s", run.label, run.dir)
     lock = run_lock(run, wait) if place.is_main else contextlib.nullcontext()
     with lock:
-        results = [_train_fold(cfg, fold, images, run, place, resume, as_latest) for fold in todo]
+        results = [_train_fold(ctx, fold, images, run, place, resume, as_latest) for fold in todo]
         if place.is_main:
             clear_failure(run)
     if place.world > 1:  # every rank leaves together, and the process group is torn down before interpreter exit

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from ..core import labels
 from ..core.config import Settings, updated
-from ..core.context import stage
+from ..core.context import Context, stage
 from ..core.errors import MaskcompError
 from ..data.folds import load_folds
 from ..data.tables import load_train
@@ -181,9 +181,9 @@ def open_study(job: TuneJob) -> optuna.Study:
     return study
 
 
-def trial_folds(cfg: Settings) -> list[int]:
+def trial_folds(ctx: Context) -> list[int]:
     """The folds each trial trains, in order: train.folds, or all folds."""
-    return cfg.train.folds or sorted(set(load_folds(cfg, load_train(cfg))))
+    return ctx.cfg.train.folds or sorted(set(load_folds(ctx.cfg, load_train(ctx))))
 
 
 def nested_cv(cfg: Settings, ref: RunRef) -> float:
@@ -219,6 +219,7 @@ def counted_trials(study: optuna.Study, before: int | None = None) -> int:
 class Objective:
     """One trial: its settings, then its run's folds one at a time (reported to the pruner), then the nested CV."""
 
+    ctx: Context
     job: TuneJob
     dims: list[Dimension]
     folds: list[int]
@@ -244,12 +245,13 @@ class Objective:
             trial.study.stop()
             raise OverBudget(f"trial {trial.number}: the study's {self.job.cfg.tune.trials} trials are taken")
         cfg = updated(self.job.cfg, suggest(trial, self.dims))
-        ref = open_run(cfg, run_manifest(cfg), write=False)
+        trial_ctx = self.ctx.with_settings(cfg)  # the listings and digests of the worker, shared by its trials
+        ref = open_run(cfg, run_manifest(trial_ctx), write=False)
         trial.set_user_attr("experiment", ref.experiment)
         trial.set_user_attr("run_id", ref.run_id)
         values, trained, start = [], 0, time.perf_counter()
         for step, fold in enumerate(self.folds):
-            summary = train(cfg, folds=[fold], wait=True, as_latest=False)[0]  # `latest` stays the user's run
+            summary = train(trial_ctx, folds=[fold], wait=True, as_latest=False)[0]  # `latest` stays the user's run
             values.append(summary["best_f1"])
             trained += summary["trained_now"]
             trial.set_user_attr("folds_trained", trained)
@@ -303,12 +305,12 @@ def require_no_clash(dims: list[Dimension], overrides: tuple[str, ...]) -> None:
 
 
 @stage
-def optimise(job: TuneJob) -> optuna.Study:
+def optimise(ctx: Context, job: TuneJob) -> optuna.Study:
     """This worker's share of the study: trials until the study's budget is taken or tune.minutes pass. A failed
     trial prints one line; a failure that names no searched setting stops the search with that line."""
     dims = search_space(job.cfg)
     require_no_clash(dims, job.overrides)
-    folds = trial_folds(job.cfg)
+    folds = trial_folds(ctx)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our one line, not Optuna's traceback
     study = open_study(job)
     study.set_user_attr("trials", job.cfg.tune.trials)
@@ -320,7 +322,7 @@ def optimise(job: TuneJob) -> optuna.Study:
         log.info("study %s already has %d trials (tune.trials=%d); nothing to run", job.study, taken, budget)
         return study
     log.info("study %s in %s: %d of %d trials taken", job.study, _safe_url(job.storage), taken, budget)
-    objective = Objective(job, dims, folds)
+    objective = Objective(ctx, job, dims, folds)
     study.optimize(
         objective,
         timeout=job.cfg.tune.minutes * 60 or None,
