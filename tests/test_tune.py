@@ -33,17 +33,17 @@ pytestmark = pytest.mark.slow
 SPACE = {"train.lr": {"choices": [0.001, 0.003]}, "train.weight_decay": {"choices": [0.0, 0.01]}}
 
 
-def tune_setup(sample_root: Path, work: Path, trials: int, **tune) -> tuple[Path, list[str]]:
+def tune_setup(tiny_root: Path, work: Path, trials: int, **tune) -> tuple[Path, list[str]]:
     """A search file over a 4-point space, the data stages done, and the overrides every worker gets."""
     overrides = [*TINY_MODEL, "train.epochs=1"]
-    cfg = config_for(sample_root, work, *overrides)
+    cfg = config_for(tiny_root, work, *overrides)
     crop_faces(cfg)
     make_folds(cfg)
     search = work / "search.yaml"
     spec = {"trials": trials, "pruner": "none", "space": SPACE, **tune}
     search.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "sample.yaml"), "tune": spec}))
     outs = [f"paths.{n}={work / n}" for n in ("crops", "models", "reports", "submissions", "cache")]
-    paths = [f"paths.data_root={sample_root}", f"paths.folds={work / 'folds.csv'}", *outs]
+    paths = [f"paths.data_root={tiny_root}", f"paths.folds={work / 'folds.csv'}", *outs]
     return search, [*paths, "train.device=cpu", *overrides]
 
 
@@ -77,8 +77,8 @@ def check_all_finished_once(study: optuna.Study, trials: int) -> None:
     assert all(0 <= t.value <= 1 for t in done)
 
 
-def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=4)
+def test_two_workers_share_one_sqlite_study(tiny_root, tmp_path):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=4)
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     procs = [worker(search, overrides, log=log) for log in logs]
     assert [p.wait(timeout=600) for p in procs] == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
@@ -91,7 +91,7 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     assert "history.png" in text and "intermediate.png" in text
     assert f"Best config: <code>{tmp_path / 'search_best.yaml'}</code>" in text
     assert "From 4 finished trial(s): with fewer than 20, importances are noise as often as signal" in text
-    assert f"make tune-dashboard TUNE={search} DATA={sample_root}" in text
+    assert f"make tune-dashboard TUNE={search} DATA={tiny_root}" in text
     assert study.metric_names == ["CV macro F1 (nested)"], "the dashboard names the value"
     best = max(real_trials(study), key=lambda t: t.value)
     best_file = tmp_path / "search_best.yaml"
@@ -100,8 +100,8 @@ def test_two_workers_share_one_sqlite_study(sample_root, tmp_path):
     assert (cfg.train.lr, cfg.train.weight_decay) == (best.params["train.lr"], best.params["train.weight_decay"])
 
 
-def test_a_repeated_configuration_trains_nothing(sample_root, tmp_path):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=2)
+def test_a_repeated_configuration_trains_nothing(tiny_root, tmp_path):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=2)
     cfg = load_config(search, overrides)
     job = TuneJob.from_config(cfg, search, overrides)
     study = optuna.create_study(study_name=job.study, storage=job.storage, direction="maximize")
@@ -121,8 +121,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_a_killed_worker_leaves_no_trial_running(sample_root, tmp_path):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=2, heartbeat_s=1)
+def test_a_killed_worker_leaves_no_trial_running(tiny_root, tmp_path):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=2, heartbeat_s=1)
     proc = worker(search, overrides, log=tmp_path / "killed.log")
     fold0 = tmp_path / "models" / "sample"
     wait_for(lambda: any(fold0.glob("*/fold0/metrics.csv")) or any(fold0.glob("*/fold0/config.yaml")), 300, "fold 0")
@@ -174,8 +174,8 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_two_workers_share_a_postgresql_study(sample_root, tmp_path, postgres, monkeypatch):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=4)
+def test_two_workers_share_a_postgresql_study(tiny_root, tmp_path, postgres, monkeypatch):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=4)
     env = {"TUNE_STORAGE": postgres}
     logs = [tmp_path / f"pg_worker{i}.log" for i in range(2)]
     procs = [worker(search, overrides, env=env, log=log) for log in logs]
@@ -185,9 +185,9 @@ def test_two_workers_share_a_postgresql_study(sample_root, tmp_path, postgres, m
     check_all_finished_once(study_of(search, overrides), 4)
 
 
-def test_two_workers_share_a_journal_file_study(sample_root, tmp_path, monkeypatch):
+def test_two_workers_share_a_journal_file_study(tiny_root, tmp_path, monkeypatch):
     """No database server: the study is an append-only journal file on a (shared) filesystem."""
-    search, overrides = tune_setup(sample_root, tmp_path, trials=4)
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=4)
     journal = tmp_path / "shared" / "studies" / "search.log"
     env = {"TUNE_STORAGE": f"journal://{journal}"}
     logs = [tmp_path / f"journal_worker{i}.log" for i in range(2)]
@@ -200,8 +200,8 @@ def test_two_workers_share_a_journal_file_study(sample_root, tmp_path, monkeypat
     check_all_finished_once(study_of(search, overrides), 4)
 
 
-def test_an_unwritable_journal_folder_is_one_line(sample_root, tmp_path, monkeypatch):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=1)
+def test_an_unwritable_journal_folder_is_one_line(tiny_root, tmp_path, monkeypatch):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=1)
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the journal's folder would be\n")
     monkeypatch.setenv("TUNE_STORAGE", f"journal://{blocker}/search.log")
@@ -210,18 +210,18 @@ def test_an_unwritable_journal_folder_is_one_line(sample_root, tmp_path, monkeyp
         open_storage(job)
 
 
-def test_a_postgresql_worker_keeps_a_small_pool_of_checked_connections(sample_root, tmp_path, postgres, monkeypatch):
-    search, overrides = tune_setup(sample_root, tmp_path, trials=1)
+def test_a_postgresql_worker_keeps_a_small_pool_of_checked_connections(tiny_root, tmp_path, postgres, monkeypatch):
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=1)
     monkeypatch.setenv("TUNE_STORAGE", postgres)
     storage = open_storage(TuneJob.from_config(load_config(search, overrides), search, overrides))
     pool = storage.engine.pool
     assert (pool.size(), pool._max_overflow, pool._pre_ping) == (2, 1, True)
 
 
-def test_pruning_stops_a_trial_after_a_poor_fold(sample_root, tmp_path, monkeypatch):
+def test_pruning_stops_a_trial_after_a_poor_fold(tiny_root, tmp_path, monkeypatch):
     """The objective's fold loop against the median pruner, with training stubbed to fixed fold scores: a trial whose
     first fold is below the reference's is stopped there, and its trained fold is kept in the study's record."""
-    search, overrides = tune_setup(sample_root, tmp_path, trials=2, pruner="median", startup_trials=1)
+    search, overrides = tune_setup(tiny_root, tmp_path, trials=2, pruner="median", startup_trials=1)
     fold_f1 = {0.003: 0.8, 0.001: 0.2}
     calls = []
 

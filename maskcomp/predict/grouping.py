@@ -12,6 +12,7 @@ the same blind way, and the gain is measured nested (fit on k-1 folds, score the
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +58,14 @@ class Groups:
     group: np.ndarray
     confidence: np.ndarray
 
-    @property
+    @functools.cached_property
+    def codes(self) -> np.ndarray:
+        """0..groups-1 per image (a fitted pooling asks thousands of times: computed once)."""
+        return pd.factorize(self.group)[0]
+
+    @functools.cached_property
     def grouped(self) -> np.ndarray:
-        sizes = pd.Series(self.group).map(pd.Series(self.group).value_counts()).to_numpy()
-        return sizes > 1
+        return np.bincount(self.codes)[self.codes] > 1
 
 
 def group_images(features: np.ndarray, mask_probs: np.ndarray, min_similarity: float) -> Groups:
@@ -99,12 +104,18 @@ def views_of(mask_probs: np.ndarray) -> np.ndarray:
     return mask_probs.argmax(1)
 
 
-def pool(head_probs: dict[str, np.ndarray], views: np.ndarray, groups: Groups, weights: dict[str, np.ndarray]) -> dict:
-    """Per-image gender and age distributions replaced by their group's: softmax of the view-weighted sum of the
-    group's log-probabilities (singletons keep their own)."""
+def pool(
+    head_probs: dict[str, np.ndarray],
+    views: np.ndarray,
+    groups: Groups,
+    weights: dict[str, np.ndarray],
+    heads: tuple[str, ...] = PERSON_HEADS,
+) -> dict:
+    """Per-image distributions of `heads` (gender and age) replaced by their group's: softmax of the view-weighted
+    sum of the group's log-probabilities (singletons keep their own)."""
     out = dict(head_probs)
-    codes = pd.factorize(groups.group)[0]
-    for head in PERSON_HEADS:
+    codes = groups.codes
+    for head in heads:
         logp = np.log(np.clip(head_probs[head], 1e-9, None)) * weights[head][views][:, None]
         summed = np.zeros((codes.max() + 1, logp.shape[1]))
         np.add.at(summed, codes, logp)
@@ -124,7 +135,7 @@ def fit_view_weights(
     for head in PERSON_HEADS:
 
         def loss(theta: np.ndarray, head: str = head) -> float:
-            pooled = pool(head_probs, views, groups, {**weights, head: np.exp(theta)})[head]
+            pooled = pool(head_probs, views, groups, {head: np.exp(theta)}, heads=(head,))[head]
             return float(-np.log(np.clip(pooled[np.arange(len(views)), truth[head]], 1e-9, None)).mean())
 
         weights[head] = np.exp(minimize(loss, np.zeros(3), method="Nelder-Mead", options={"maxiter": 200}).x)
