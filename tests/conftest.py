@@ -109,6 +109,33 @@ def tiny(tiny_root, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_pipeline(tiny_root, tmp_path_factory) -> Path:
+    """The tiny data through crop -> folds -> train -> infer with the TINY settings (crops, folds, a run, its
+    predictions; no submission), once per session and xdist worker: data/ and work/ in the folder returned. Tests
+    take copies (trained_tiny), never this."""
+    from maskcomp.crop.stage import crop_faces
+    from maskcomp.data.folds import make_folds
+    from maskcomp.predict.infer import infer
+    from maskcomp.train.trainer import train
+
+    base = tmp_path_factory.mktemp("tiny_pipeline")
+    cfg = config_for(copy_data(tiny_root, base / "data"), base / "work", *TINY)
+    for stage in (crop_faces, make_folds, train, infer):
+        stage(cfg)
+    return base
+
+
+@pytest.fixture
+def trained_tiny(tiny_pipeline, tmp_path):
+    """`tiny` with its pipeline already run: a private copy of the session's trained tiny data and outputs, laid out
+    as `tiny` lays them out, which the test may damage. run_pipeline(cfg) on it trains and predicts nothing (the
+    crop stage only records the copy's paths) and makes the first submission."""
+    shutil.copytree(tiny_pipeline, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / "data"
+    return root, config_for(root, tmp_path / "work", *TINY)
+
+
+@pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """6 train persons and 2 eval persons, for stages whose cost grows with the image count."""
     root = tmp_path_factory.mktemp("tiny") / "data"

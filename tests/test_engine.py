@@ -21,8 +21,8 @@ from conftest import latest, run_pipeline
 pytestmark = pytest.mark.slow
 
 
-def test_onnxruntime_predicts_what_torch_predicts_and_exports_once(tiny):
-    _, cfg = tiny
+def test_onnxruntime_predicts_what_torch_predicts_and_exports_once(trained_tiny):
+    _, cfg = trained_tiny
     cfg = updated(cfg, {"infer.tta": ["identity", "hflip"]})
     torch_submission = pd.read_csv(run_pipeline(cfg))
     run = latest(cfg)

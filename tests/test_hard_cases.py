@@ -52,8 +52,8 @@ def with_keys(cfg, **sections):
 
 
 @pytest.mark.slow
-def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(tiny, tmp_path):
-    root, cfg = tiny
+def test_moved_data_folder_reuses_the_run_and_gives_the_same_submission(trained_tiny, tmp_path):
+    root, cfg = trained_tiny
     cfg = with_keys(cfg, infer={"person_grouping": True})
     first = run_pipeline(cfg)
     first_csv, first_side = first.read_text(), json.loads(first.with_suffix(".json").read_text())
@@ -161,8 +161,8 @@ def test_two_swaps_of_one_person_stop(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(tiny):
-    _, cfg = tiny
+def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(trained_tiny):
+    _, cfg = trained_tiny
     run_pipeline(cfg)
     run = latest(cfg)
     best = run.fold_dir(0) / "best.pt"

@@ -95,11 +95,8 @@ def test_only_the_crop_stage_lists_or_opens_the_raw_images(tiny_root, tmp_path, 
 
 
 @pytest.mark.slow
-def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(tiny):
-
-    from conftest import latest, run_pipeline
-
-    _, cfg = tiny
+def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(trained_tiny):
+    _, cfg = trained_tiny
     run_pipeline(cfg)
     run = latest(cfg)
     folds = [run.fold(f) for f in run.trained_folds()]
@@ -117,11 +114,11 @@ def test_folds_predicted_when_the_manifest_was_infer_json_stay_current(tiny):
 
 
 @pytest.mark.slow
-def test_checks_build_and_write_nothing(tiny):
+def test_checks_build_and_write_nothing(trained_tiny):
     """With the crop array and the digest cache deleted and a training image touched (same bytes, a new stat), the
     checks infer and ensemble make pass and create nothing; the ensemble stage then writes its submission and, when it
     ends, the digests it learned, and builds no crop array."""
-    root, cfg = tiny
+    root, cfg = trained_tiny
     run_pipeline(cfg)
     cache = cfg.paths.resolved.cache
     shutil.rmtree(cache)

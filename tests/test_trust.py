@@ -59,8 +59,8 @@ def swap_eval(root: Path, other: Path) -> None:
     shutil.copy(other / "eval_answers.csv", root / "eval_answers.csv")
 
 
-def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
-    root, cfg = tiny
+def test_edited_labels_train_a_new_run_and_keep_the_old_one(trained_tiny):
+    root, cfg = trained_tiny
     run_pipeline(cfg)
     first = latest(cfg)
     best = first.fold_dir(0) / "best.pt"
@@ -80,8 +80,8 @@ def test_edited_labels_train_a_new_run_and_keep_the_old_one(tiny):
     assert resolve_run(cfg.paths.resolved, f"sample@{first.run_id}").trained_folds() == [0, 1]
 
 
-def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny, other_eval, tmp_path):
-    root, cfg = tiny
+def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(trained_tiny, other_eval, tmp_path):
+    root, cfg = trained_tiny
     first_sub = run_pipeline(cfg)
     first_csv, first_run = first_sub.read_text(), latest(cfg)
     root2 = copy_data(root, tmp_path / "data2")
@@ -103,11 +103,11 @@ def test_another_dataset_with_the_same_names_is_not_mistaken_for_the_first(tiny,
     assert stamped.name.startswith("sample_cv0.") and stamped.read_text() == second_sub.read_text()
 
 
-def test_hand_edited_crop_records_and_predictions_are_seen_and_remade(tiny):
+def test_hand_edited_crop_records_and_predictions_are_seen_and_remade(trained_tiny):
     """A stage's lock holds the digests of the files it wrote: a crop box edited in records.csv stops infer until
     `make crop` writes the records again (nothing retrained or predicted), and an edited fold's test_probs.npy stops
     the ensemble until infer predicts that fold, and only it, again."""
-    _, cfg = tiny
+    _, cfg = trained_tiny
     run_pipeline(cfg)
     run = latest(cfg)
     records = crop_dir(cfg) / "records.csv"
@@ -136,8 +136,8 @@ def test_hand_edited_crop_records_and_predictions_are_seen_and_remade(tiny):
     assert latest(cfg).run_id == run.run_id
 
 
-def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
-    root, cfg = tiny
+def test_swapped_eval_set_is_cropped_and_predicted_again(trained_tiny, other_eval):
+    root, cfg = trained_tiny
     run_pipeline(cfg)
     run = latest(cfg)
     old_probs, _ = read_test_probs(run, 0)
@@ -159,8 +159,8 @@ def test_swapped_eval_set_is_cropped_and_predicted_again(tiny, other_eval):
     assert sub["ImageID"].tolist() == ids
 
 
-def test_ensemble_refuses_predictions_older_than_the_model(tiny):
-    _, cfg = tiny
+def test_ensemble_refuses_predictions_older_than_the_model(trained_tiny):
+    _, cfg = trained_tiny
     run_pipeline(cfg)
     best = latest(cfg).fold_dir(1) / "best.pt"
     state = torch.load(best, weights_only=False)
