@@ -179,8 +179,8 @@ def test_damaged_checkpoint_is_named_kept_and_its_fold_trained_again(trained_tin
 
 
 @pytest.mark.slow
-def test_a_changed_byte_of_the_same_size_is_caught_by_the_digest(tiny):
-    _, cfg = tiny
+def test_a_changed_byte_of_the_same_size_is_caught_by_the_digest(trained_tiny):
+    _, cfg = trained_tiny
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)

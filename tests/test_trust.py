@@ -194,8 +194,8 @@ def test_new_config_trains_a_new_run_and_infer_can_pick_the_old_one(tiny, caplog
     assert not (latest(cfg).fold_dir(0) / "test_probs.npy").exists()
 
 
-def test_changing_workers_keeps_the_trained_run(tiny):
-    _, cfg = tiny
+def test_changing_workers_keeps_the_trained_run(trained_tiny):
+    _, cfg = trained_tiny
     crop_faces(cfg)
     make_folds(cfg)
     train(cfg)
