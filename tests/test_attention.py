@@ -79,13 +79,22 @@ def test_the_greyed_check_shows_a_head_that_reads_the_background():
     assert result["mask"]["f1"] == result["mask"]["f1_background_greyed"] == 1.0
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
-def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path, backbone):
-    cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "crop.mode=mtcnn", "train.epochs=2", "train.lr=0.003",
-                     f"model.backbone={backbone}", "attention.per_class=4", "attention.grey_per_class=4")  # fmt: skip
+@pytest.fixture(scope="module")
+def detected_crops(tiny_root, tmp_path_factory) -> list[str]:
+    """MTCNN crops and folds of the tiny data, made once for every backbone below (crops do not depend on it)."""
+    work = tmp_path_factory.mktemp("attention")
+    cfg = config_for(tiny_root, work, *TINY_MODEL, "crop.mode=mtcnn")
     crop_faces(cfg)
     make_folds(cfg)
+    return [f"paths.crops={work / 'crops'}", f"paths.folds={work / 'folds.csv'}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_maps_for_a_convnet_and_a_transformer_computed_once(tiny_root, tmp_path, detected_crops, backbone):
+    cfg = config_for(tiny_root, tmp_path, *TINY_MODEL, "crop.mode=mtcnn", "train.epochs=2", "train.lr=0.003",
+                     f"model.backbone={backbone}", "attention.per_class=4", "attention.grey_per_class=4",
+                     *detected_crops)  # fmt: skip
     train(cfg)
     infer(cfg)
     run = resolve_run(cfg.paths.resolved, "sample")

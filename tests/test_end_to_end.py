@@ -162,15 +162,19 @@ def test_relabel_writes_fixes_that_the_loader_applies(pipeline, monkeypatch):
     assert set(after.index[after != before]) == set(fixes.loc[fixes["fix"] == "gender", "person_id"])
 
 
-def report_pages(cfg) -> list:
+@pytest.fixture(scope="module")
+def report_pages(pipeline) -> list:
+    """Every report page of the trained pipeline (EDA, crops, analysis, runs), written once for the tests that only
+    read them."""
+    cfg = pipeline[0]
     run_eda(cfg)
     analyze(cfg)
     return sorted(cfg.paths.resolved.reports.rglob("index.html"))
 
 
-def test_report_pages_have_no_broken_links_or_images(pipeline):
+def test_report_pages_have_no_broken_links_or_images(pipeline, report_pages):
     cfg, _, _, _ = pipeline
-    pages = report_pages(cfg)
+    pages = report_pages
     reports = cfg.paths.resolved.reports
     assert {str(p.relative_to(reports)) for p in pages} >= {
         "index.html",
@@ -196,12 +200,11 @@ def test_link_check_finds_a_missing_image_and_a_dead_anchor(tmp_path):
     assert len(broken) == 3 and "#b" in broken[0] and "gone.png" in broken[1] and "absolute" in broken[2]
 
 
-def test_report_pages_render_in_a_browser(pipeline):
+def test_report_pages_render_in_a_browser(report_pages):
     exe = browser()
     if exe is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium) to render the report pages")
-    cfg, _, _, _ = pipeline
-    for page in report_pages(cfg):
+    for page in report_pages:
         assert images_broken_in_browser(page, exe) == [], page
 
 
