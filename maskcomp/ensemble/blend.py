@@ -49,7 +49,7 @@ def load_experiment(ctx: Context, spec: str) -> Experiment:
     """`spec` is an experiment (its run from the `run` key) or experiment@run-id. Predictions older than their
     fold's model or than the eval set are refused."""
     cfg = ctx.cfg
-    ref = resolve_run(cfg.paths.resolved, spec, cfg.run if spec == cfg.experiment else "latest")
+    ref = resolve_run(ctx.paths, spec, cfg.run if spec == cfg.experiment else "latest")
     require_complete(cfg, ref)
     refits = required_refits(cfg, ref) if cfg.ensemble.models != "folds" else []  # refit.* are the invocation's
     require_current_predictions(ctx, ref, refits)

@@ -65,7 +65,13 @@ class Groups:
 
     @functools.cached_property
     def grouped(self) -> np.ndarray:
-        return np.bincount(self.codes)[self.codes] > 1
+        return in_a_group(self.group)
+
+
+def in_a_group(group: np.ndarray) -> np.ndarray:
+    """Whether each image shares its group with another image (a singleton does not)."""
+    codes = pd.factorize(group)[0]
+    return np.bincount(codes)[codes] > 1
 
 
 def group_images(features: np.ndarray, mask_probs: np.ndarray, min_similarity: float) -> Groups:
@@ -96,7 +102,7 @@ def purity_completeness(groups: np.ndarray, persons: np.ndarray) -> dict:
     return {
         "purity": float(table.max(axis=1).sum() / n),
         "completeness": float(table.max(axis=0).sum() / n),
-        "grouped_share": float((pd.Series(groups).map(pd.Series(groups).value_counts()) > 1).mean()),
+        "grouped_share": float(in_a_group(groups).mean()),
     }
 
 

@@ -66,7 +66,7 @@ def run_manifest(ctx: Context) -> Manifest:
     crops = require_current_crops(ctx)
     inputs = {
         "labels_and_folds": folds["digest"],
-        "folds_csv": cache.digest(cfg.paths.resolved.folds),
+        "folds_csv": cache.digest(ctx.paths.folds),
         "train_crops": train_crops_digest(crops),
     }
     pseudo = pseudo_submission(cfg)
